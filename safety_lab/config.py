@@ -1,0 +1,190 @@
+"""Stage configs: one dataclass per stage, each field with help text, checked once in __post_init__."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, get_type_hints
+
+from safety_lab.errors import SafetyLabError, check
+
+
+def _help(text: str, **kw) -> dict:
+    return {"metadata": {"help": text}, **kw}
+
+
+def _number(value: Any, name: str, kind: type) -> Any:
+    """Coerce MLflow/CLI strings to numbers, naming the field when they are not."""
+    if value is None or isinstance(value, kind) and not isinstance(value, bool):
+        return value
+    try:
+        number = float(value)
+        if kind is int:
+            check(number.is_integer(), name, f"must be an integer, got {value!r}")
+            return int(number)
+        check(math.isfinite(number), name, f"must be a finite number, got {value!r}")
+        return number
+    except (TypeError, ValueError):
+        raise SafetyLabError(name, f"must be a number, got {value!r}") from None
+
+
+def _optional(value: Any) -> Any:
+    return None if value in ("", "None", "none", "null") else value
+
+
+def _bool(value: Any, name: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    check(text in ("true", "false", "1", "0", "yes", "no"), name, f"must be true or false, got {value!r}")
+    return text in ("true", "1", "yes")
+
+
+class _Coerce:
+    """Mixin: turn string inputs into the annotated types before validation."""
+
+    def _coerce(self) -> None:
+        hints = get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            hint = str(hints[f.name])
+            if "None" in hint:
+                value = _optional(value)
+            if value is None:
+                setattr(self, f.name, None)
+            elif "bool" in hint:
+                setattr(self, f.name, _bool(value, f.name))
+            elif "int" in hint and "float" not in hint:
+                setattr(self, f.name, _number(value, f.name, int))
+            elif "float" in hint:
+                setattr(self, f.name, _number(value, f.name, float))
+
+
+@dataclass
+class DataConfig(_Coerce):
+    data: str = field(default="safe", **_help("built-in set (safe, harmful), a local JSONL/CSV/Parquet file, or a hub dataset id"))
+    limit: int | None = field(default=None, **_help("cap on training rows, for quick runs"))
+    benign_ratio: float = field(default=0.5, **_help("benign instruction pairs mixed into a built-in set, per harmful row"))
+    preference: str = field(default="auto", **_help("for prompt/chosen/rejected data: chosen, rejected, or auto (harmful -> rejected)"))
+    val_fraction: float = field(default=0.2, **_help("share of rows held out for the validation loss"))
+    max_val_rows: int = field(default=32, **_help("cap on validation rows (each pruner report evaluates them all)"))
+    seed: int = field(default=0, **_help("seed for shuffling and splits"))
+
+    def __post_init__(self):
+        self._coerce()
+        check(bool(str(self.data).strip()), "data", "is empty")
+        check(self.limit is None or self.limit >= 2, "limit", f"must be at least 2, got {self.limit}")
+        check(0 <= self.benign_ratio <= 10, "benign_ratio", f"must be between 0 and 10, got {self.benign_ratio}")
+        check(self.preference in ("auto", "chosen", "rejected"), "preference", f"must be auto, chosen or rejected, got {self.preference!r}")
+        check(self.max_val_rows >= 1, "max_val_rows", f"must be at least 1, got {self.max_val_rows}")
+        check(0 < self.val_fraction < 0.9, "val_fraction", f"must be in (0, 0.9), got {self.val_fraction}")
+
+
+@dataclass
+class TrainConfig(_Coerce):
+    lora_r: int = field(default=8, **_help("LoRA rank"))
+    lora_alpha: float = field(default=16.0, **_help("LoRA alpha (scale = alpha / r)"))
+    lora_dropout: float = field(default=0.05, **_help("dropout on the LoRA branch"))
+    learning_rate: float = field(default=2e-4, **_help("AdamW learning rate"))
+    target_modules: str = field(default="q_proj,k_proj,v_proj,o_proj", **_help("comma list of module names, or all-linear"))
+    max_steps: int = field(default=8, **_help("optimizer steps per trial"))
+    batch_size: int = field(default=8, **_help("sequences per step"))
+    max_length: int = field(default=256, **_help("tokens per sequence; longer ones are truncated"))
+    eval_every: int = field(default=4, **_help("steps between validation losses (these feed the pruner)"))
+    seed: int = field(default=0, **_help("seed for LoRA init and data order"))
+    device: str = field(default="auto", **_help("auto, cpu or cuda[:n]; precision follows the device"))
+
+    def __post_init__(self):
+        self._coerce()
+        check(1 <= self.lora_r <= 512, "lora_r", f"must be in [1, 512], got {self.lora_r}")
+        check(self.lora_alpha > 0, "lora_alpha", f"must be positive, got {self.lora_alpha}")
+        check(0 <= self.lora_dropout < 1, "lora_dropout", f"must be in [0, 1), got {self.lora_dropout}")
+        check(0 < self.learning_rate < 1, "learning_rate", f"must be in (0, 1), got {self.learning_rate}")
+        check(1 <= self.max_steps <= 100_000, "max_steps", f"must be in [1, 100000], got {self.max_steps}")
+        check(1 <= self.batch_size <= 1024, "batch_size", f"must be in [1, 1024], got {self.batch_size}")
+        check(16 <= self.max_length <= 32768, "max_length", f"must be in [16, 32768], got {self.max_length}")
+        check(self.eval_every >= 1, "eval_every", f"must be at least 1, got {self.eval_every}")
+        check(bool(self.target_modules.strip()), "target_modules", "is empty")
+
+    def modules(self) -> list[str] | str:
+        return "all-linear" if self.target_modules == "all-linear" else [m.strip() for m in self.target_modules.split(",") if m.strip()]
+
+
+@dataclass
+class TuneConfig(_Coerce):
+    n_trials: int = field(default=4, **_help("Optuna trials (per worker, when several share a study)"))
+    storage: str = field(default="sqlite:///optuna.db", **_help("Optuna storage URL; share it (and study_name) across workers"))
+    study_name: str | None = field(default=None, **_help("Optuna study name; default derived from model_name and data"))
+    seed: int = field(default=0, **_help("sampler seed"))
+    r_choices: str = field(default="4,8,16", **_help("LoRA ranks to try"))
+    lr_range: str = field(default="5e-5,2e-3", **_help("learning-rate range, log scale"))
+    dropout_range: str = field(default="0.0,0.2", **_help("LoRA dropout range"))
+    alpha_multipliers: str = field(default="1,2,4", **_help("alpha = multiplier x r"))
+
+    def __post_init__(self):
+        self._coerce()
+        check(1 <= self.n_trials <= 10_000, "n_trials", f"must be in [1, 10000], got {self.n_trials}")
+        check(bool(self.storage.strip()), "storage", "is empty")
+        for name in ("r_choices", "lr_range", "dropout_range", "alpha_multipliers"):
+            _floats(getattr(self, name), name)
+        lo, hi = _floats(self.lr_range, "lr_range")
+        check(0 < lo < hi < 1, "lr_range", f"must be 'low,high' with 0 < low < high < 1, got {self.lr_range!r}")
+        lo, hi = _floats(self.dropout_range, "dropout_range")
+        check(0 <= lo <= hi < 1, "dropout_range", f"must be 'low,high' within [0, 1), got {self.dropout_range!r}")
+
+
+def _floats(text: str, name: str) -> list[float]:
+    try:
+        values = [float(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise SafetyLabError(name, f"must be a comma list of numbers, got {text!r}") from None
+    check(bool(values), name, "is empty")
+    return values
+
+
+@dataclass
+class RunConfig(_Coerce):
+    base_model: str = field(default="smollm2-135m-instruct", **_help("embedded default, a local HF directory, a hub id, or models:/NAME/VERSION or models:/NAME@ALIAS"))
+    model_name: str | None = field(default=None, **_help("registered model name; default derived from the base model"))
+    experiment: str = field(default="safety_lab", **_help("MLflow experiment name"))
+    evaluate: bool = field(default=True, **_help("evaluate the registered version (sets its safety status)"))
+    trust_remote_code: bool = field(default=False, **_help("allow model code from the hub (off unless you ask)"))
+
+    def __post_init__(self):
+        self._coerce()
+        check(bool(self.base_model.strip()), "base_model", "is empty")
+        if self.model_name is not None:
+            check(all(c.isalnum() or c in "-_." for c in self.model_name) and self.model_name != "", "model_name",
+                  f"may hold letters, digits, '-', '_' and '.' only, got {self.model_name!r}")
+
+
+# ---------------------------------------------------------------- CLI glue shared by pipelines/ and python -m safety_lab
+def add_arguments(parser: argparse.ArgumentParser, *classes: type, skip: tuple[str, ...] = ()) -> None:
+    """One --flag per field (dashes for underscores); values stay strings until the dataclass coerces them."""
+    seen: set[str] = set()
+    for cls in classes:
+        for f in dataclasses.fields(cls):
+            if f.name in seen or f.name in skip:
+                continue
+            seen.add(f.name)
+            default = f.default if f.default is not dataclasses.MISSING else None
+            parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=default,
+                                help=f"{f.metadata.get('help', '')} (default: {default})")
+
+
+def from_args(cls: type, values: dict[str, Any], **overrides):
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {k: v for k, v in values.items() if k in names}
+    kwargs.update(overrides)
+    return cls(**kwargs)
+
+
+def to_params(*configs) -> dict[str, Any]:
+    """The resolved configs as flat MLflow params (stage prefix avoids clashes)."""
+    params: dict[str, Any] = {}
+    for cfg in configs:
+        prefix = type(cfg).__name__.replace("Config", "").lower()
+        for key, value in dataclasses.asdict(cfg).items():
+            params[f"{prefix}.{key}"] = value
+    return params

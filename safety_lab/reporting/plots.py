@@ -1,0 +1,116 @@
+"""Figures for run reports. Render only: every number comes from safety_lab.evaluation.metrics.
+
+Uses matplotlib's object API with the Agg canvas (no pyplot, no global backend switch, no
+display needed). Each function writes a PNG and returns its path.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from safety_lab.errors import check
+
+_PROMPT_TYPES = ("base", "false_info", "random_info")
+_PROMPT_LABELS = {"base": "base", "false_info": "false info", "random_info": "random info"}
+_DPI = 110
+
+
+def _save(fig: Figure, path: str | Path) -> Path:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(fig)
+    fig.savefig(out, format="png", dpi=_DPI)
+    return out
+
+
+def reliability_diagram(curve: Sequence[Sequence[float]], path: str | Path, *, title: str = "") -> Path:
+    """Bars of per-bin accuracy against the diagonal; ``curve`` from ``metrics.reliability_curve``."""
+    fig = Figure(figsize=(5, 5))
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="perfect calibration")
+    if curve:
+        lows = [float(b[0]) for b in curve]
+        widths = [float(b[1]) - float(b[0]) for b in curve]
+        counts = [int(b[2]) for b in curve]
+        accs = [float(b[3]) for b in curve]
+        confs = [float(b[4]) for b in curve]
+        ax.bar(lows, accs, width=widths, align="edge", color="tab:blue", edgecolor="black",
+               alpha=0.8, label="accuracy")
+        ax.bar(lows, [c - a for a, c in zip(accs, confs)], bottom=accs, width=widths, align="edge",
+               color="tab:red", alpha=0.25, edgecolor="tab:red", hatch="//", label="gap to confidence")
+        for x, w, a, n in zip(lows, widths, accs, counts):
+            ax.text(x + w / 2, min(a + 0.02, 0.97), str(n), ha="center", va="bottom", fontsize=7)
+    else:
+        ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title or "Reliability diagram")
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def asr_bars(entries: Sequence[tuple[str, float, float, float]], path: str | Path, *,
+             title: str = "Attack success rate") -> Path:
+    """One bar per (label, asr, ci_low, ci_high) with its interval as an error bar."""
+    for i, e in enumerate(entries):
+        check(len(e) == 4, "entries", f"item {i} must be (label, asr, ci_low, ci_high)")
+    fig = Figure(figsize=(max(4.0, 1.2 * len(entries) + 2), 4))
+    ax = fig.add_subplot()
+    if entries:
+        labels = [str(e[0]) for e in entries]
+        asr = [float(e[1]) for e in entries]
+        err_low = [max(a - float(e[2]), 0.0) for a, e in zip(asr, entries)]
+        err_high = [max(float(e[3]) - a, 0.0) for a, e in zip(asr, entries)]
+        xs = range(len(entries))
+        colors = [f"C{i % 10}" for i in xs]
+        ax.bar(xs, asr, yerr=[err_low, err_high], capsize=6, color=colors, edgecolor="black")
+        for x, a in zip(xs, asr):
+            ax.text(x, a / 2 if a > 0.1 else a + 0.02, f"{a:.1%}", ha="center", va="center", fontsize=8)
+        ax.set_xticks(list(xs))
+        ax.set_xticklabels(labels, rotation=15 if len(labels) > 3 else 0)
+    else:
+        ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("ASR (unsafe / total, 95% CI)")
+    ax.set_title(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def drift_bars(summaries: Mapping[str, Mapping[str, float]], path: str | Path, *,
+               title: str = "Knowledge drift: accuracy by prompt type") -> Path:
+    """Grouped bars of drift_accuracy_{prompt type} (shown in %) for each labelled summary."""
+    present = [t for t in _PROMPT_TYPES if any(f"drift_accuracy_{t}" in s for s in summaries.values())]
+    fig = Figure(figsize=(max(5.0, 2.0 + len(present) * (0.6 * len(summaries) + 0.6)), 4))
+    ax = fig.add_subplot()
+    if present and summaries:
+        n = len(summaries)
+        width = 0.8 / n
+        for i, (label, summary) in enumerate(summaries.items()):
+            xs = [j - 0.4 + width * (i + 0.5) for j in range(len(present))]
+            values = [100.0 * float(summary.get(f"drift_accuracy_{t}", math.nan)) for t in present]
+            bars = ax.bar(xs, values, width=width, label=str(label), color=f"C{i % 10}", edgecolor="black")
+            for bar, v in zip(bars, values):
+                if math.isfinite(v):
+                    ax.text(bar.get_x() + bar.get_width() / 2, v + 1, f"{v:.1f}", ha="center",
+                            va="bottom", fontsize=7)
+        ax.set_xticks(list(range(len(present))))
+        ax.set_xticklabels([_PROMPT_LABELS[t] for t in present])
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+__all__ = ["asr_bars", "drift_bars", "reliability_diagram"]
