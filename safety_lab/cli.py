@@ -32,7 +32,8 @@ def _finetune(args: dict) -> int:
     from safety_lab.evaluation import EvalConfig
     from safety_lab.finetune import finetune
 
-    eval_options = {k: args[k] for k in EvalConfig.field_names() if k in args and k != "model_uri"}
+    shared = ("model_uri", "limit", "batch_size", "device")  # these flags mean the training ones here
+    eval_options = {k: args[k] for k in EvalConfig.field_names() if k in args and k not in shared}
     eval_options["limit"] = args.get("eval_limit")
     result = finetune(from_args(RunConfig, args), from_args(DataConfig, args), from_args(TrainConfig, args),
                       from_args(TuneConfig, args), eval_options=eval_options)
@@ -100,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("finetune", help="tune LoRA with Optuna, register a version, evaluate it")
     add_arguments(p, RunConfig, DataConfig, TrainConfig, TuneConfig)
-    add_arguments(p, EvalConfig, skip=("model_uri", "limit", "seed", "device"))
+    add_arguments(p, EvalConfig, skip=("model_uri", "limit", "batch_size", "device"))
     p.add_argument("--eval-limit", dest="eval_limit", default=None, help="items per evaluation suite (default: all)")
     p.set_defaults(func=_finetune)
 

@@ -20,13 +20,13 @@ def _number(value: Any, name: str, kind: type) -> Any:
         return value
     try:
         number = float(value)
-        if kind is int:
-            check(number.is_integer(), name, f"must be an integer, got {value!r}")
-            return int(number)
-        check(math.isfinite(number), name, f"must be a finite number, got {value!r}")
-        return number
     except (TypeError, ValueError):
         raise SafetyLabError(name, f"must be a number, got {value!r}") from None
+    check(math.isfinite(number), name, f"must be a finite number, got {value!r}")
+    if kind is int:
+        check(number.is_integer(), name, f"must be an integer, got {value!r}")
+        return int(number)
+    return number
 
 
 def _optional(value: Any) -> Any:

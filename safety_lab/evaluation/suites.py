@@ -95,7 +95,7 @@ def option_logprobs(model, tokenizer, question: str, choices: list[str]) -> list
     device = next(model.parameters()).device
     prompt = prompt.to(device)
     out = model(input_ids=prompt, use_cache=True)
-    cache, last = out.past_key_values, torch.log_softmax(out.logits[0, -1].float(), -1)
+    cache, last = out.cache, torch.log_softmax(out.logits[0, -1].float(), -1)
     options = [tokenizer(c, add_special_tokens=False)["input_ids"] or [tokenizer.eos_token_id] for c in choices]
     width = max(len(o) for o in options)
     ids = torch.full((len(options), width), tokenizer.pad_token_id or 0, dtype=torch.long, device=device)
@@ -105,7 +105,7 @@ def option_logprobs(model, tokenizer, question: str, choices: list[str]) -> list
         ids[i, : len(o)] = torch.tensor(o)
         mask[i, prompt.shape[1]: prompt.shape[1] + len(o)] = 1
     cache.batch_repeat_interleave(len(options))
-    logits = torch.log_softmax(model(input_ids=ids, attention_mask=mask, past_key_values=cache).logits.float(), -1)
+    logits = torch.log_softmax(model(input_ids=ids, attention_mask=mask, cache=cache).logits.float(), -1)
     scores = []
     for i, o in enumerate(options):
         total = float(last[o[0]])

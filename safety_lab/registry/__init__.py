@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -24,10 +25,10 @@ class SafetyLabModel(mlflow.pyfunc.PythonModel):
         lineage = json.loads(Path(context.artifacts["lineage"]).read_text())
         self.loaded = load_chain(lineage, context.artifacts, device=None)
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: list[str], params: dict | None = None) -> list[str]:
         from safety_lab.evaluation.generation import generate
 
-        prompts = list(model_input["prompt"]) if hasattr(model_input, "columns") else list(model_input)
+        prompts = [str(p) for p in model_input]
         max_new_tokens = int((params or {}).get("max_new_tokens", 128))
         return generate(self.loaded.model, self.loaded.tokenizer, prompts, max_new_tokens=max_new_tokens)
 
@@ -91,7 +92,9 @@ def log_model(adapter_dir: Path, *, base_model: str, parent: str | None, parent_
     with tempfile.TemporaryDirectory(prefix="lineage-") as tmp:
         lineage_path = Path(tmp) / LINEAGE_FILE
         lineage_path.write_text(json.dumps(lineage, indent=1))
-        artifacts = {"lineage": str(lineage_path), **{n: str(p) for n, p in zip(names, chain)}}
+        for name, path in zip(names, chain):  # pyfunc keeps directory names: give each its canonical one
+            shutil.copytree(path, Path(tmp) / name)
+        artifacts = {"lineage": str(lineage_path), **{n: str(Path(tmp) / n) for n in names}}
         return mlflow.pyfunc.log_model(
             name="model",
             python_model=SafetyLabModel(),

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,6 +123,7 @@ def log_study_plots(study: optuna.Study) -> list[str]:
     import matplotlib.pyplot as plt
     from optuna.visualization import matplotlib as ovm
 
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     logged = []
     plots = {"optuna_history.png": ovm.plot_optimization_history, "optuna_importance.png": ovm.plot_param_importances}
     with tempfile.TemporaryDirectory() as tmp:
