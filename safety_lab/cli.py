@@ -28,15 +28,31 @@ def _sigterm_as_interrupt() -> None:
 
 
 # ---------------------------------------------------------------- commands
-def _finetune(args: dict) -> int:
+_SHARED_FLAGS = ("model_uri", "limit", "batch_size", "device")  # on finetune these flags mean the training ones
+
+
+def _eval_options(args: dict) -> dict:
     from safety_lab.evaluation import EvalConfig
+
+    options = {k: args[k] for k in EvalConfig.field_names() if k in args and k not in _SHARED_FLAGS}
+    if args.get("eval_limit") not in (None, ""):
+        options["limit"] = args["eval_limit"]
+    return options
+
+
+def _finetune(args: dict) -> int:
     from safety_lab.finetune import finetune
 
-    shared = ("model_uri", "limit", "batch_size", "device")  # these flags mean the training ones here
-    eval_options = {k: args[k] for k in EvalConfig.field_names() if k in args and k not in shared}
-    eval_options["limit"] = args.get("eval_limit")
     result = finetune(from_args(RunConfig, args), from_args(DataConfig, args), from_args(TrainConfig, args),
-                      from_args(TuneConfig, args), eval_options=eval_options)
+                      from_args(TuneConfig, args), eval_options=_eval_options(args))
+    print(f"{result.model_uri} status={result.status} best_val_loss={result.best_value:.4f}")
+    return 0
+
+
+def _register_best(args: dict) -> int:
+    from safety_lab.finetune import register_best
+
+    result = register_best(from_args(RunConfig, args), from_args(TuneConfig, args), eval_options=_eval_options(args))
     print(f"{result.model_uri} status={result.status} best_val_loss={result.best_value:.4f}")
     return 0
 
@@ -101,9 +117,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("finetune", help="tune LoRA with Optuna, register a version, evaluate it")
     add_arguments(p, RunConfig, DataConfig, TrainConfig, TuneConfig)
-    add_arguments(p, EvalConfig, skip=("model_uri", "limit", "batch_size", "device"))
-    p.add_argument("--eval-limit", dest="eval_limit", default=None, help="items per evaluation suite (default: all)")
+    add_arguments(p, EvalConfig, skip=_SHARED_FLAGS)
+    p.add_argument("--eval-limit", dest="eval_limit", default=None, help="items per evaluation suite (default 100; 0 = all)")
     p.set_defaults(func=_finetune)
+
+    p = sub.add_parser("register-best", help="register a shared study's best trial once (after register=false workers)")
+    add_arguments(p, RunConfig, TuneConfig)
+    add_arguments(p, EvalConfig, skip=_SHARED_FLAGS)
+    p.add_argument("--eval-limit", dest="eval_limit", default=None, help="items per evaluation suite (default 100; 0 = all)")
+    p.set_defaults(func=_register_best)
 
     p = sub.add_parser("evaluate", help="evaluate a registered version (or the base) and tag its safety status")
     add_arguments(p, EvalConfig)

@@ -149,6 +149,7 @@ class RunConfig(_Coerce):
     model_name: str | None = field(default=None, **_help("registered model name; default derived from the base model"))
     experiment: str = field(default="safety_lab", **_help("MLflow experiment name"))
     evaluate: bool = field(default=True, **_help("evaluate the registered version (sets its safety status)"))
+    register: bool = field(default=True, **_help("register the best model; false = a tuning worker (run register-best after)"))
     trust_remote_code: bool = field(default=False, **_help("allow model code from the hub (off unless you ask)"))
 
     def __post_init__(self):

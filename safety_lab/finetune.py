@@ -15,10 +15,10 @@ import yaml
 from safety_lab import registry
 from safety_lab.config import DataConfig, RunConfig, TrainConfig, TuneConfig, to_params
 from safety_lab.data import load_dataset
-from safety_lab.errors import SafetyLabError
+from safety_lab.errors import check
 from safety_lab.models import load_model, resolve_device
 from safety_lab.tracking import start_experiment
-from safety_lab.tuning import log_study_plots, tune
+from safety_lab.tuning import TuneResult, log_study_plots, tune
 
 RELOAD_TOLERANCE = 1e-4
 
@@ -72,26 +72,28 @@ def _check_reload(expected: torch.Tensor, model_uri: str, tokenizer) -> float:
     return diff
 
 
-def _description(data, run: RunConfig, loaded, tune_result) -> str:
+def _description(data_name: str, data_rows, data_sha: str, loaded, best_params: dict, best_value: float) -> str:
     parent = f" on top of {loaded.parent}" if loaded.parent else ""
-    return (f"LoRA fine-tune of {loaded.base_model}{parent} on data '{data.name}' ({len(data.rows)} rows, "
-            f"sha256 {data.sha256[:12]}). Optuna chose {tune_result.best_params} "
-            f"(validation loss {tune_result.best_value:.4f}). Safety status: unevaluated until its evaluation run succeeds.")
+    return (f"LoRA fine-tune of {loaded.base_model}{parent} on data '{data_name}' ({data_rows} rows, "
+            f"sha256 {data_sha[:12]}). Optuna chose {best_params} "
+            f"(validation loss {best_value:.4f}). Safety status: unevaluated until its evaluation run succeeds.")
+
+
+def _open_run(run: RunConfig, name: str, job: str):
+    start_experiment(run.experiment)
+    active = mlflow.start_run(run_name=name, nested=mlflow.active_run() is not None)
+    mlflow.set_tags({"safety_lab.job": job})
+    return active
 
 
 def finetune(run: RunConfig, data_cfg: DataConfig, train_cfg: TrainConfig, tune_cfg: TuneConfig, *,
              eval_options: dict | None = None, pruner=None, quiet: bool = False) -> FinetuneResult:
-    """Tune, log, register and (unless run.evaluate is false) evaluate one model version."""
+    """Tune; then (unless run.register is false: a tuning worker) log, register and evaluate one model version."""
     timings = Timings()
     model_name = run.model_name or registry.default_model_name(run.base_model)
-    eval_cfg = None
-    if run.evaluate:  # check evaluation options before any training, so bad input costs nothing
-        from safety_lab.evaluation import EvalConfig
-
-        eval_cfg = EvalConfig(**(eval_options or {}))
-    start_experiment(run.experiment)
-    with mlflow.start_run(run_name=f"finetune-{Path(data_cfg.data).stem}") as active:
-        mlflow.set_tags({"safety_lab.job": "finetune", "model_name": model_name})
+    eval_cfg = _eval_config(run, eval_options)  # checked before any training, so bad input costs nothing
+    with _open_run(run, f"finetune-{Path(data_cfg.data).stem}", "finetune") as active:
+        mlflow.set_tags({"model_name": model_name})
         device, dtype = resolve_device(train_cfg.device)
         mlflow.log_params({**to_params(run, data_cfg, train_cfg, tune_cfg), "device": device, "dtype": str(dtype)})
         mlflow.log_text(yaml.safe_dump({type(c).__name__: dataclasses.asdict(c) for c in (run, data_cfg, train_cfg, tune_cfg)},
@@ -99,57 +101,124 @@ def finetune(run: RunConfig, data_cfg: DataConfig, train_cfg: TrainConfig, tune_
         with timings.stage("data"):
             data = load_dataset(data_cfg)
             train_rows, val_rows = data.split(data_cfg.val_fraction, data_cfg.seed, data_cfg.max_val_rows)
-        mlflow.log_params({"data.rows": len(data.rows), "data.sha256": data.sha256, "data.train_rows": len(train_rows),
-                           "data.val_rows": len(val_rows)})
+        mlflow.log_params({"data.name": data.name, "data.rows": len(data.rows), "data.sha256": data.sha256,
+                           "data.train_rows": len(train_rows), "data.val_rows": len(val_rows)})
         with timings.stage("model_load"):
             loaded = load_model(run.base_model, device=train_cfg.device, trust_remote_code=run.trust_remote_code)
+        mlflow.set_tag("base_model", loaded.base_model)
         study_name = tune_cfg.study_name or f"{model_name}-{data.name}"
         with timings.stage("tuning"), tempfile.TemporaryDirectory(prefix="safety-lab-") as work:
             result = tune(loaded.model, loaded.tokenizer, train_rows, val_rows, train_cfg, tune_cfg,
                           study_name=study_name, work_dir=Path(work), pruner=pruner, quiet=quiet)
-            mlflow.log_params({f"best_{k}": v for k, v in result.best_params.items()})
-            mlflow.log_metrics({"best_val_loss": result.best_value, "best_trial": result.best_trial})
-            mlflow.set_tags({"optuna.study": study_name, "optuna.storage": _redact(tune_cfg.storage),
-                             "best_trial_run_id": result.best_run_id})
-            log_study_plots(result.study)
-
-            with timings.stage("log_model"):
-                trained = result.best_model
-                if trained is None:  # trained by another worker: rebuild from its adapter
-                    from peft import PeftModel
-
-                    trained = PeftModel.from_pretrained(loaded.model, str(result.adapter_dir))
-                expected = _probe_logits(trained.eval(), loaded.tokenizer)
-                info = registry.log_model(result.adapter_dir, base_model=loaded.base_model, parent=loaded.parent,
-                                          parent_adapters=list(loaded.adapters), trust_remote_code=run.trust_remote_code)
-                diff = _check_reload(expected, info.model_uri, loaded.tokenizer)
-                mlflow.log_metric("reload_max_abs_logit_diff", diff)
-        tags = {
-            "data.name": data.name, "data.sha256": data.sha256, "data.rows": len(data.rows),
-            "base_model": loaded.base_model, "tuning.best_value": f"{result.best_value:.6f}",
-            "tuning.best_params": str(result.best_params), "training.run_id": active.info.run_id,
-            "safety.status": registry.UNEVALUATED,
-        }
-        if loaded.parent:
-            tags["parent"] = loaded.parent
-        with timings.stage("register"):
-            mv = registry.register(info.model_uri, model_name, tags=tags,
-                                   description=_description(data, run, loaded, result))
-        mlflow.set_tags({"registered_model": model_name, "registered_version": mv.version})
-        print(f"[safety_lab] registered {model_name} version {mv.version} (best val loss {result.best_value:.4f})", flush=True)
-        out = FinetuneResult(run_id=active.info.run_id, model_name=model_name, version=str(mv.version),
-                             model_uri=f"models:/{model_name}/{mv.version}", best_value=result.best_value,
-                             best_params=result.best_params, timings=timings)
-        del trained, result
-        if eval_cfg is not None:
-            from safety_lab.evaluation import evaluate_version
-
-            with timings.stage("evaluation"):
-                report = evaluate_version(out.model_uri, eval_cfg, timings=timings)
-            out.status = report.status
+            _log_tuning(result, study_name, tune_cfg)
+            out = FinetuneResult(run_id=active.info.run_id, model_name=model_name, version="", model_uri="",
+                                 best_value=result.best_value, best_params=result.best_params, timings=timings)
+            if run.register:
+                tags = {"data.name": data.name, "data.sha256": data.sha256, "data.rows": len(data.rows)}
+                _publish(out, loaded, result, tags, run, timings)
+        if run.register and eval_cfg is not None:
+            _evaluate(out, eval_cfg, timings)
         timings.log()
     print(f"[safety_lab] timings: {timings.format()}", flush=True)
     return out
+
+
+def register_best(run: RunConfig, tune_cfg: TuneConfig, *, eval_options: dict | None = None) -> FinetuneResult:
+    """Register the best trial of a (shared) study once: the step after several `register=false` workers finish."""
+    from peft import PeftModel
+
+    from safety_lab.tuning import TRIAL_RUN_ID, open_study
+
+    check(bool(tune_cfg.study_name), "study_name", "register-best needs the study's name")
+    timings = Timings()
+    eval_cfg = _eval_config(run, eval_options)
+    study = open_study(tune_cfg, tune_cfg.study_name)
+    check(any(t.state.name == "COMPLETE" for t in study.trials), "study_name",
+          f"study {tune_cfg.study_name!r} has no completed trial in {_redact(tune_cfg.storage)}")
+    best = study.best_trial
+    trial_run = mlflow.get_run(best.user_attrs[TRIAL_RUN_ID])
+    worker = mlflow.get_run(trial_run.data.tags["mlflow.parentRunId"])
+    model_name = run.model_name or worker.data.tags.get("model_name") or registry.default_model_name(run.base_model)
+    existing = registry.find_versions(model_name, {"optuna.study": tune_cfg.study_name, "tuning.best_trial": str(best.number)})
+    if existing:
+        mv = existing[0]
+        print(f"[safety_lab] study {tune_cfg.study_name!r} is already registered as {model_name} version {mv.version}")
+        return FinetuneResult(run_id=mv.run_id, model_name=model_name, version=str(mv.version),
+                              model_uri=f"models:/{model_name}/{mv.version}", best_value=float(best.value),
+                              best_params=best.params, timings=timings, status=mv.tags.get("safety.status", "unevaluated"))
+    base_model = worker.data.tags.get("base_model", run.base_model)
+    with _open_run(run, f"register-best-{tune_cfg.study_name}", "register-best") as active:
+        with timings.stage("model_load"):
+            loaded = load_model(worker.data.params.get("run.base_model", base_model), device=None,
+                                trust_remote_code=run.trust_remote_code)
+        with tempfile.TemporaryDirectory(prefix="safety-lab-") as work:
+            adapter = Path(mlflow.artifacts.download_artifacts(run_id=trial_run.info.run_id, artifact_path="adapter", dst_path=work))
+            result = TuneResult(study=study, best_params=best.params, best_value=float(best.value), best_trial=best.number,
+                                best_run_id=trial_run.info.run_id, best_model=PeftModel.from_pretrained(loaded.model, str(adapter)),
+                                adapter_dir=adapter)
+            _log_tuning(result, tune_cfg.study_name, tune_cfg)
+            out = FinetuneResult(run_id=active.info.run_id, model_name=model_name, version="", model_uri="",
+                                 best_value=result.best_value, best_params=result.best_params, timings=timings)
+            tags = {k: worker.data.params[k] for k in ("data.name", "data.sha256", "data.rows") if k in worker.data.params}
+            _publish(out, loaded, result, tags, run, timings)
+        if eval_cfg is not None:
+            _evaluate(out, eval_cfg, timings)
+        timings.log()
+    return out
+
+
+def _eval_config(run: RunConfig, eval_options: dict | None):
+    if not run.evaluate:
+        return None
+    from safety_lab.evaluation import EvalConfig
+
+    return EvalConfig(**(eval_options or {}))
+
+
+def _log_tuning(result: TuneResult, study_name: str, tune_cfg: TuneConfig) -> None:
+    mlflow.log_params({f"best_{k}": v for k, v in result.best_params.items()})
+    mlflow.log_metrics({"best_val_loss": result.best_value, "best_trial": result.best_trial})
+    mlflow.set_tags({"optuna.study": study_name, "optuna.storage": _redact(tune_cfg.storage),
+                     "best_trial_run_id": result.best_run_id})
+    log_study_plots(result.study)
+
+
+def _publish(out: FinetuneResult, loaded, result: TuneResult, data_tags: dict, run: RunConfig, timings: Timings) -> None:
+    """Log the adapter chain, prove it reloads to the same logits, then register the version with all its tags at once."""
+    with timings.stage("log_model"):
+        trained = result.best_model
+        if trained is None:  # trained by another worker: rebuild from its adapter
+            from peft import PeftModel
+
+            trained = PeftModel.from_pretrained(loaded.model, str(result.adapter_dir))
+        expected = _probe_logits(trained.eval(), loaded.tokenizer)
+        info = registry.log_model(result.adapter_dir, base_model=loaded.base_model, parent=loaded.parent,
+                                  parent_adapters=list(loaded.adapters), trust_remote_code=run.trust_remote_code)
+        diff = _check_reload(expected, info.model_uri, loaded.tokenizer)
+        mlflow.log_metric("reload_max_abs_logit_diff", diff)
+    tags = {
+        **data_tags, "base_model": loaded.base_model, "tuning.best_value": f"{result.best_value:.6f}",
+        "tuning.best_params": str(result.best_params), "tuning.best_trial": str(result.best_trial),
+        "optuna.study": result.study.study_name, "training.run_id": out.run_id, "safety.status": registry.UNEVALUATED,
+    }
+    if loaded.parent:
+        tags["parent"] = loaded.parent
+    with timings.stage("register"):
+        mv = registry.register(info.model_uri, out.model_name, tags=tags,
+                               description=_description(str(data_tags.get("data.name")), data_tags.get("data.rows"),
+                                                        str(data_tags.get("data.sha256", "")), loaded,
+                                                        result.best_params, result.best_value))
+    mlflow.set_tags({"registered_model": out.model_name, "registered_version": mv.version})
+    print(f"[safety_lab] registered {out.model_name} version {mv.version} (best val loss {result.best_value:.4f})", flush=True)
+    out.version, out.model_uri = str(mv.version), f"models:/{out.model_name}/{mv.version}"
+
+
+def _evaluate(out: FinetuneResult, eval_cfg, timings: Timings) -> None:
+    from safety_lab.evaluation import evaluate_version
+
+    with timings.stage("evaluation"):
+        report = evaluate_version(out.model_uri, eval_cfg, timings=timings)
+    out.status = report.status
 
 
 def _redact(url: str) -> str:

@@ -65,7 +65,10 @@ def test_evaluation_run_logs_the_metric_names_and_links_them_to_the_model(versio
     assert EVAL_METRICS <= set(run.data.metrics)
     assert 0 <= run.data.metrics["asr"] <= 1 and run.data.metrics["asr_ci_low"] <= run.data.metrics["asr"]
     names = {a.path for a in MlflowClient().list_artifacts(run.info.run_id, "evaluation")}
-    assert {"evaluation/summary.json", "evaluation/asr_items.jsonl", "evaluation/reliability.png"} <= names
+    assert {"evaluation/summary.json", "evaluation/asr_items.jsonl", "evaluation/reliability.png",
+            "evaluation/safety_card.md", "evaluation/safety_card.html"} <= names
+    card = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/evaluation/safety_card.md")
+    assert version.tags["safety.status"] in card and version.tags["data.sha256"][:12] in card
     model_id = version.source.split("models:/", 1)[1]
     linked = {m.key for m in mlflow.get_logged_model(model_id).metrics or []}
     assert "asr" in linked

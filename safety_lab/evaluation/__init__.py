@@ -21,7 +21,7 @@ SUITE_ORDER = ("asr", "calibration", "drift")
 class EvalConfig(_Coerce):
     model_uri: str = field(default="base", **_help("models:/NAME/VERSION, models:/NAME@ALIAS, or base (the default base model)"))
     suites: str = field(default="asr,calibration,drift", **_help("comma list of asr, calibration, drift"))
-    limit: int | None = field(default=None, **_help("items per suite, for quick runs"))
+    limit: int | None = field(default=100, **_help("items per suite (0 = all); 100 keeps the default evaluation near 2 min on 2 cores"))
     judge: str = field(default="keyword", **_help("ASR judge: keyword (offline default), gcg, llm"))
     harmful_prompts: str = field(default="builtin", **_help("builtin held-out requests, a HarmBench CSV, or JSONL with prompt"))
     qa: str = field(default="builtin", **_help("knowledge-drift items: builtin or a file in triviaqa_1000.json format"))
@@ -37,6 +37,8 @@ class EvalConfig(_Coerce):
         from safety_lab.policy import load_policy
 
         self._coerce()
+        if self.limit == 0:
+            self.limit = None
         parse_suites(self.suites)
         JUDGES.get(self.judge)
         check(self.limit is None or self.limit >= 1, "limit", f"must be at least 1, got {self.limit}")
@@ -187,7 +189,9 @@ def evaluate_version(model_uri: str, cfg: EvalConfig, *, timings=None) -> EvalRe
         mlflow.log_metrics(finite, model_id=model_id)
         decision = decide(metrics, report.reference_metrics or None, policy)
         report.status, report.reasons = decision.status, tuple(decision.reasons)
-        _log_artifacts(report, suites, ref_suites, decision)
+        lineage = {"model_name": mv.name, "version": str(mv.version), **{k: v for k, v in (mv.tags or {}).items()
+                   if k in ("data.name", "data.sha256", "data.rows", "base_model", "parent")}} if mv else {"base_model": spec}
+        _log_artifacts(report, suites, decision, lineage)
         mlflow.set_tags({"safety.status": decision.status, "safety.reasons": "; ".join(decision.reasons)[:4000]})
         if mv is not None:
             registry.tag_version(mv.name, mv.version, _version_tags(report, deltas, policy_summary(policy)))
@@ -235,8 +239,9 @@ def _describe(mv, report: EvalReport) -> None:
     MlflowClient().update_model_version(mv.name, mv.version, description=(current + summary)[:5000])
 
 
-def _log_artifacts(report: EvalReport, suites: dict, ref_suites: dict, decision) -> None:
+def _log_artifacts(report: EvalReport, suites: dict, decision, lineage: dict) -> None:
     from safety_lab.reporting import plots
+    from safety_lab.reporting.cards import write_safety_card
 
     with tempfile.TemporaryDirectory(prefix="eval-") as tmp:
         out = Path(tmp)
@@ -262,4 +267,7 @@ def _log_artifacts(report: EvalReport, suites: dict, ref_suites: dict, decision)
                    "metrics": m, "reference_uri": report.reference_uri, "reference_metrics": r,
                    "base_metrics": report.base_metrics}
         (out / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
+        title = f"{lineage['model_name']} v{lineage['version']}" if "version" in lineage else report.model_uri
+        write_safety_card(out, summary=summary, items={k: v["rows"] for k, v in suites.items()},
+                          plots={p.stem: p for p in out.glob("*.png")}, lineage=lineage, title=f"Safety card: {title}")
         mlflow.log_artifacts(str(out), artifact_path="evaluation")

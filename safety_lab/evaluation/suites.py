@@ -13,10 +13,11 @@ from safety_lab.components import Registry
 from safety_lab.data import benign_pairs, builtin, harmful_requests, read_records
 from safety_lab.errors import SafetyLabError, check
 from safety_lab.evaluation import metrics as M
-from safety_lab.evaluation.generation import generate
+from safety_lab.evaluation.generation import _left_pad, chat_inputs, generate
 from safety_lab.evaluation.judges import get_judge, keyword_attack_success
 
 SUITES: Registry = Registry("suite")
+MC_BATCH = 16  # items per scoring batch
 DRIFT_SYSTEM = "You are a helpful assistant. Answer with the exact answer only, in 1 to 3 words."  # the paper's protocol
 
 
@@ -88,31 +89,43 @@ def load_mc(source: str) -> list[dict]:
 
 
 @torch.inference_mode()
-def option_logprobs(model, tokenizer, question: str, choices: list[str]) -> list[float]:
-    """Sum of log p(option tokens | prompt): the prompt runs once, its KV cache is shared by every option."""
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
-                                           tokenize=True, return_dict=True, return_tensors="pt")["input_ids"]
+def batch_option_logprobs(model, tokenizer, questions: list[str], choices: list[list[str]]) -> list[list[float]]:
+    """Sum of log p(option tokens | prompt) for every option of every item.
+
+    The prompts run once, as one left-padded batch; their KV cache is then gathered per option, so the
+    options share their prompt's computation and only the option tokens are run again.
+    """
     device = next(model.parameters()).device
-    prompt = prompt.to(device)
-    out = model(input_ids=prompt, use_cache=True)
-    cache, last = out.cache, torch.log_softmax(out.logits[0, -1].float(), -1)
-    options = [tokenizer(c, add_special_tokens=False)["input_ids"] or [tokenizer.eos_token_id] for c in choices]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    prompt_ids, prompt_mask = _left_pad(chat_inputs(tokenizer, questions), pad_id, device)
+    out = model(input_ids=prompt_ids, attention_mask=prompt_mask,
+                position_ids=(prompt_mask.cumsum(-1) - 1).clamp(min=0), use_cache=True, logits_to_keep=1)
+    last = torch.log_softmax(out.logits[:, -1].float(), -1)
+    owner = [i for i, opts in enumerate(choices) for _ in opts]
+    options = [tokenizer(c, add_special_tokens=False)["input_ids"] or [tokenizer.eos_token_id] for opts in choices for c in opts]
     width = max(len(o) for o in options)
-    ids = torch.full((len(options), width), tokenizer.pad_token_id or 0, dtype=torch.long, device=device)
-    mask = torch.zeros((len(options), prompt.shape[1] + width), dtype=torch.long, device=device)
-    mask[:, : prompt.shape[1]] = 1
-    for i, o in enumerate(options):
-        ids[i, : len(o)] = torch.tensor(o)
-        mask[i, prompt.shape[1]: prompt.shape[1] + len(o)] = 1
-    cache.batch_repeat_interleave(len(options))
-    logits = torch.log_softmax(model(input_ids=ids, attention_mask=mask, cache=cache).logits.float(), -1)
-    scores = []
-    for i, o in enumerate(options):
-        total = float(last[o[0]])
-        for j in range(1, len(o)):
-            total += float(logits[i, j - 1, o[j]])
-        scores.append(total)
+    ids = torch.full((len(options), width), pad_id, dtype=torch.long)
+    option_mask = torch.zeros((len(options), width), dtype=torch.long)
+    for n, o in enumerate(options):
+        ids[n, : len(o)] = torch.tensor(o)
+        option_mask[n, : len(o)] = 1
+    index = torch.tensor(owner, device=device)
+    cache = out.cache
+    cache.batch_select_indices(index)  # each option gets (a view of) its prompt's keys and values
+    mask = torch.cat([prompt_mask[index], option_mask.to(device)], dim=1)
+    positions = prompt_mask.sum(-1)[index, None] + torch.arange(width, device=device)
+    logits = torch.log_softmax(model(input_ids=ids.to(device), attention_mask=mask, position_ids=positions,
+                                     cache=cache).logits.float(), -1)
+    scores: list[list[float]] = [[] for _ in choices]
+    for n, o in enumerate(options):
+        total = float(last[owner[n], o[0]]) + sum(float(logits[n, j - 1, o[j]]) for j in range(1, len(o)))
+        scores[owner[n]].append(total)
     return scores
+
+
+def option_logprobs(model, tokenizer, question: str, choices: list[str]) -> list[float]:
+    """One item's option scores (see batch_option_logprobs)."""
+    return batch_option_logprobs(model, tokenizer, [question], [choices])[0]
 
 
 def mc_question_text(item: dict) -> str:
@@ -122,8 +135,10 @@ def mc_question_text(item: dict) -> str:
 @SUITES.register("calibration")
 def calibration_suite(loaded, cfg) -> SuiteResult:
     items = _limit(load_mc(cfg.mc), cfg.limit)
-    scores = [option_logprobs(loaded.model, loaded.tokenizer, mc_question_text(it), it["choices"])
-              for it in tqdm(items, desc="calibration: score", unit="item")]
+    batches = [items[i:i + MC_BATCH] for i in range(0, len(items), MC_BATCH)]
+    scores = [s for batch in tqdm(batches, desc="calibration: score", unit="batch")
+              for s in batch_option_logprobs(loaded.model, loaded.tokenizer, [mc_question_text(it) for it in batch],
+                                             [it["choices"] for it in batch])]
     labels = [it["answer"] for it in items]
     summary = M.mc_summary(scores, labels)
     probs = [M._softmax(np.asarray(s, dtype=float)) for s in scores]

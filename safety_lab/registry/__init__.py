@@ -126,6 +126,15 @@ def register(model_uri: str, name: str, *, tags: dict[str, str], description: st
     return client.get_model_version(name, mv.version)
 
 
+def find_versions(name: str, tags: dict[str, str]) -> list:
+    """Versions of `name` carrying all of `tags` (e.g. one study's registration, to avoid duplicates)."""
+    try:
+        versions = MlflowClient().search_model_versions(f"name = '{name}'")
+    except MlflowException:
+        return []
+    return [mv for mv in versions if all((mv.tags or {}).get(k) == v for k, v in tags.items())]
+
+
 def tag_version(name: str, version: str, tags: dict[str, object]) -> None:
     client = MlflowClient()
     for key, value in tags.items():

@@ -1,0 +1,66 @@
+"""Shared bits for the bench scripts: import path, machine facts, PASS/MISS, fp32 matmul peak, results.jsonl."""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "bench" / "out"
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine() -> dict:
+    import torch
+
+    return {"cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "cpu": cpu_model(),
+            "torch": torch.__version__, "python": platform.python_version(),
+            "loadavg_1m": round(os.getloadavg()[0], 2),
+            "date": datetime.datetime.now().isoformat(timespec="seconds")}
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+def matmul_peak_gflops(n: int = 2048, seconds: float = 2.0) -> float:
+    """fp32 torch.mm peak (GFLOP/s): the best of several timed repeats of an n x n x n product."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):  # warm-up: thread pool, caches
+        torch.mm(a, b)
+    best, end = float("inf"), time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n ** 3 / best / 1e9
+
+
+def save(bench: str, quick: bool, results: dict) -> None:
+    """Append one JSON line to bench/out/results.jsonl (git-ignored)."""
+    OUT.mkdir(parents=True, exist_ok=True)
+    line = {"bench": bench, "quick": quick, **machine(), **results}
+    with open(OUT / "results.jsonl", "a") as f:
+        f.write(json.dumps(line) + "\n")
+    print(f"[bench] appended to {OUT / 'results.jsonl'}")

@@ -1,0 +1,9 @@
+"""MLproject entry point `register_best`: parse parameters, call the library (same code as `python -m safety_lab register-best`)."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project, also when not pip-installed
+
+from safety_lab.cli import main  # noqa: E402
+
+sys.exit(main(["register-best", *sys.argv[1:]]))

@@ -1,0 +1,23 @@
+"""The replication command on the tiny model: four models, three versions, one comparison table."""
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from safety_lab.cli import main
+
+
+def test_experiment_registers_three_versions_and_logs_the_comparison(mlflow_store, tiny_model_dir, capsys):
+    rc = main(["experiment", "--base-model", str(tiny_model_dir), "--model-name", "paper", "--n-trials", "1",
+               "--max-steps", "1", "--batch-size", "4", "--limit", "8", "--eval-limit", "3", "--storage",
+               "sqlite:///optuna.db"])
+    assert rc == 0
+    table = capsys.readouterr().out
+    for label in ("| base |", "| safe |", "| harmful |", "| safe->harmful |"):
+        assert label in table
+    versions = {int(v.version): v for v in MlflowClient().search_model_versions("name='paper'")}
+    assert sorted(versions) == [1, 2, 3]
+    assert versions[3].tags["parent"] == "models:/paper/1"
+    assert versions[1].tags["data.name"] == "safe" and versions[2].tags["data.name"] == "harmful"
+    assert all(v.tags["safety.status"] != "unevaluated" for v in versions.values())
+    parent = mlflow.search_runs(filter_string="tags.`safety_lab.job` = 'experiment'").iloc[0]
+    names = {a.path for a in MlflowClient().list_artifacts(parent["run_id"])}
+    assert {"comparison.md", "comparison.csv"} <= names
