@@ -55,10 +55,10 @@ def one_at_a_time(model, tok, prompts: list[str], max_new_tokens: int) -> tuple[
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="64 prompts, 16 new tokens, baseline on 16 of them")
+    parser.add_argument("--quick", action="store_true", help="64 prompts, 16 new tokens, baseline on 6 of them")
     parser.add_argument("--prompts", type=int, default=None, help="default: all (111); quick 64")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default 48; quick 16")
-    parser.add_argument("--baseline-prompts", type=int, default=None, help="default: all; quick 16")
+    parser.add_argument("--baseline-prompts", type=int, default=None, help="default: all; quick 6")
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args()
     max_new = args.max_new_tokens or (16 if args.quick else 48)
@@ -68,7 +68,7 @@ def main() -> None:
     model, tok = loaded.model, loaded.tokenizer
     prompts = [r["prompt"] for r in harmful_requests("eval")] + [r["prompt"] for r in benign_pairs("eval")]
     prompts = prompts[: args.prompts or (64 if args.quick else len(prompts))]
-    n_base = min(args.baseline_prompts or (16 if args.quick else len(prompts)), len(prompts))
+    n_base = min(args.baseline_prompts or (6 if args.quick else len(prompts)), len(prompts))
     lengths = [len(ids) for ids in chat_inputs(tok, prompts)]
     print(f"{len(prompts)} prompts ({min(lengths)}-{max(lengths)} prompt tokens), greedy, {max_new} new tokens; "
           f"batched: batch {args.batch_size}; baseline: {n_base} prompts one at a time")

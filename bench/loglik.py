@@ -42,15 +42,15 @@ def per_option_forward(model, tok, question: str, choices: list[str]) -> list[fl
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="40 items")
-    parser.add_argument("--items", type=int, default=None, help="default: all (252); quick 40")
+    parser.add_argument("--quick", action="store_true", help="16 items")
+    parser.add_argument("--items", type=int, default=None, help="default: all (252); quick 16")
     args = parser.parse_args()
 
     print("machine:", C.machine())
     loaded = load_model()
     model, tok = loaded.model, loaded.tokenizer
     items = load_mc("builtin")
-    items = items[: args.items or (40 if args.quick else len(items))]
+    items = items[: args.items or (16 if args.quick else len(items))]
     n_options = sum(len(it["choices"]) for it in items)
     print(f"{len(items)} items, {n_options} options ({n_options / len(items):.1f} per item)")
 

@@ -1,13 +1,15 @@
 """Batched greedy generation with the chat template: length-sorted batches, left padding, KV cache, early stop."""
 from __future__ import annotations
 
+import sys
+
 import torch
 from tqdm.auto import tqdm
 
 
 def chat_inputs(tokenizer, prompts: list[str], *, system: str | None = None, max_prompt_tokens: int | None = None) -> list[list[int]]:
     """Token ids of each prompt rendered with the chat template (ready for the assistant's turn)."""
-    out = []
+    out, truncated = [], 0
     for prompt in prompts:
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
         ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
@@ -16,7 +18,11 @@ def chat_inputs(tokenizer, prompts: list[str], *, system: str | None = None, max
         ids = list(ids)
         if max_prompt_tokens and len(ids) > max_prompt_tokens:
             ids = ids[-max_prompt_tokens:]  # keep the end: the question and the assistant header
+            truncated += 1
         out.append(ids)
+    if truncated:
+        print(f"[safety_lab] note: {truncated} prompt(s) longer than the model's context were truncated to "
+              f"their last {max_prompt_tokens} tokens", file=sys.stderr, flush=True)
     return out
 
 

@@ -52,8 +52,9 @@ def test_promote_and_report_against_the_server(team_version, at_server, capsys):
         assert tags["safety.override.target"] == "@champion"
         assert tags["safety.override.by"] and tags["safety.override.at"]
     audit = client.get_experiment_by_name("safety_lab-audit")
-    runs = client.search_runs([audit.experiment_id], order_by=["attributes.start_time ASC"])
-    assert [r.data.tags["target"] for r in runs] == ["Archived", "@champion"]
+    runs = client.search_runs([audit.experiment_id])
+    assert sorted(r.data.tags["target"] for r in runs) == ["@champion", "Archived"]
+    assert {r.data.tags["forced"] for r in runs if r.data.tags["target"] == "@champion"} == {str(status != "pass").lower()}
     assert all(r.info.status == "FINISHED" for r in runs)
 
     capsys.readouterr()

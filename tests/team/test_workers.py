@@ -91,6 +91,23 @@ def test_two_workers_share_a_sqlite_study_and_register_best_once(team, mlflow_se
         _check_shared_study(team, mlflow_server, storage, "shared", "shared-model", ["--evaluate", "false"])
 
 
+def test_a_storage_password_is_never_printed_or_logged(team, at_server, tiny_model_dir, capsys):
+    """A team's shared storage URL carries credentials: not in stderr, not in the run's params/tags on the server."""
+    secret = "s3cret-pw"
+    storage = f"postgresql+pg8000://worker:{secret}@127.0.0.1:{team.closed_port()}/optuna"  # driver absent or db down
+    code = main(["finetune", "--base-model", str(tiny_model_dir), *team.TINY, "--n-trials", "1", "--register", "false",
+                 "--evaluate", "false", "--storage", storage, "--study-name", "leak-check", "--experiment", "leak-check"])
+    err = capsys.readouterr().err
+    assert code != 0, err
+    assert secret not in err
+    client = MlflowClient(tracking_uri=at_server.url)
+    runs = client.search_runs([client.get_experiment_by_name("leak-check").experiment_id])
+    assert runs and all(r.info.status == "FAILED" for r in runs)
+    for run in runs:
+        logged = {**run.data.params, **run.data.tags}
+        assert not [k for k, v in logged.items() if secret in str(v)], f"password logged in {sorted(logged)}"
+
+
 @pytest.mark.postgres
 @pytest.mark.skipif(not os.environ.get("SAFETY_LAB_PG_URL"), reason="set SAFETY_LAB_PG_URL=postgresql://... to run")
 def test_two_workers_share_a_postgres_study(team, mlflow_server, tiny_model_dir, tmp_path):

@@ -1,0 +1,75 @@
+"""Model load: `load_model()` from the safetensors cache vs converting the embedded GGUF from scratch.
+
+    python bench/load.py [--quick] [--repeats N]
+
+  cached      `load_model("smollm2-135m-instruct")` with the cache in place (the real cache, ~/.cache/safety_lab
+              or $SAFETY_LAB_CACHE): checksum check of the cached files, then from_pretrained(safetensors)
+  conversion  the same call with SAFETY_LAB_CACHE pointing at a fresh temporary folder, so it dequantises the Q4_1
+              GGUF, saves safetensors + tokenizer, hashes them, then loads (what the first run on a machine pays)
+
+Both run in this process after a warm-up load (imports and the page cache are warm for both). The cached load is
+split into its checksum part (`_cache_is_valid`, sha256 of every cached file on every load) and the rest.
+Target: >= 20x.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+
+import _common as C
+
+from safety_lab import models  # noqa: E402
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="3 cached loads, 1 conversion")
+    parser.add_argument("--repeats", type=int, default=None, help="cached loads (default 5, quick 3); conversions: 2 (quick 1)")
+    args = parser.parse_args()
+    repeats = args.repeats or (3 if args.quick else 5)
+    conversions = 1 if args.quick else 2
+
+    print("machine:", C.machine())
+    models.load_model()  # warm-up: imports, page cache; also creates the real cache if missing
+    target = models.ensure_default_model()
+    size = sum(p.stat().st_size for p in target.iterdir() if p.is_file())
+    cached = [timed(models.load_model) for _ in range(repeats)]
+    checksum = [timed(lambda: models._cache_is_valid(target)) for _ in range(repeats)]
+
+    converted = []
+    saved = os.environ.get("SAFETY_LAB_CACHE")
+    try:
+        for _ in range(conversions):
+            with tempfile.TemporaryDirectory(prefix="bench-cache-") as tmp:
+                os.environ["SAFETY_LAB_CACHE"] = tmp
+                converted.append(timed(models.load_model))
+    finally:
+        if saved is None:
+            os.environ.pop("SAFETY_LAB_CACHE", None)
+        else:
+            os.environ["SAFETY_LAB_CACHE"] = saved
+
+    c, s, v = statistics.median(cached), statistics.median(checksum), statistics.median(converted)
+    speedup = v / c
+    print(f"\ncached load        {c:6.2f} s (median of {repeats}: {', '.join(f'{x:.2f}' for x in cached)})")
+    print(f"  of which sha256  {s:6.2f} s ({size / 1e6:.0f} MB of cached files hashed on every load)")
+    print(f"conversion + load  {v:6.2f} s ({', '.join(f'{x:.2f}' for x in converted)})")
+    print(f"{C.verdict(speedup >= 20)}  speed-up {speedup:.1f}x  (target >= 20x); "
+          f"without the checksum the cached load would be ~{c - s:.2f} s ({v / max(c - s, 1e-9):.0f}x)")
+
+    C.save("load", args.quick, {"cached_s": c, "cached_all": cached, "checksum_s": s, "cache_bytes": size,
+                                "conversion_s": v, "conversion_all": converted, "speedup": speedup,
+                                "pass": {"speedup_20x": speedup >= 20}})
+
+
+if __name__ == "__main__":
+    main()
