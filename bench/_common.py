@@ -64,3 +64,23 @@ def save(bench: str, quick: bool, results: dict) -> None:
     with open(OUT / "results.jsonl", "a") as f:
         f.write(json.dumps(line) + "\n")
     print(f"[bench] appended to {OUT / 'results.jsonl'}")
+
+
+def quiet() -> None:
+    """Progress bars and library warnings off: the figures are what matters here."""
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        import datasets
+
+        datasets.disable_progress_bars()
+    except ImportError:
+        pass
+
+
+quiet()

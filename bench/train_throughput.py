@@ -37,7 +37,6 @@ import _common as C
 import torch  # noqa: E402
 import trl  # noqa: E402
 from transformers import PrinterCallback, TrainerCallback  # noqa: E402
-from transformers.utils import logging as hf_logging  # noqa: E402
 
 from safety_lab.config import DataConfig, TrainConfig  # noqa: E402
 from safety_lab.data import load_dataset, to_conversation  # noqa: E402
@@ -45,7 +44,6 @@ from safety_lab.models import load_model  # noqa: E402
 from safety_lab.training import train_lora  # noqa: E402
 
 ORIGINAL_SFT_TRAINER = trl.SFTTrainer
-hf_logging.set_verbosity_error()
 
 
 class Meter:

@@ -9,6 +9,7 @@ from mlflow.tracking import MlflowClient
 from safety_lab.cli import main
 from safety_lab.models import load_model
 
+FAKE_TOKEN = "hf_FAKEsecretTOKEN0123456789"
 EVAL_METRICS = {"asr", "asr_ci_low", "asr_ci_high", "over_refusal_rate", "ece", "brier", "mc_accuracy",
                 "drift_accuracy_base", "drift_accuracy_false_info", "drift_accuracy_random_info",
                 "drift_entropy_base", "drift_perplexity_false_info", "drift_probability_random_info", "asr_delta", "ece_delta"}
@@ -20,9 +21,11 @@ def store(tmp_path_factory):
     old_cwd, old_uri = os.getcwd(), os.environ.get("MLFLOW_TRACKING_URI")
     os.chdir(root)
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
+    os.environ["HF_TOKEN"] = FAKE_TOKEN  # must never reach params, tags or artifacts
     mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
     yield root
     os.chdir(old_cwd)
+    os.environ.pop("HF_TOKEN", None)
     if old_uri is None:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:
@@ -134,3 +137,16 @@ def test_a_bad_file_marks_the_started_run_failed(version, tiny_model_dir, tmp_pa
     assert "line 2 is not valid JSON" in capsys.readouterr().err
     run = mlflow.search_runs(search_all_experiments=True, order_by=["attributes.start_time DESC"], max_results=1).iloc[0]
     assert run["tags.safety_lab.job"] == "finetune" and run["status"] == "FAILED"
+
+
+def test_secrets_never_reach_params_tags_or_artifacts(version, store):
+    runs = mlflow.search_runs(search_all_experiments=True)
+    assert not any(FAKE_TOKEN in str(v) for v in runs.to_numpy().ravel())
+    assert FAKE_TOKEN not in str(version.tags) + str(version.description)
+    text_files = [p for p in store.rglob("*") if p.is_file() and p.suffix in ("", ".yaml", ".json", ".txt", ".jsonl", ".md", ".html")]
+    assert text_files and not any(FAKE_TOKEN in p.read_text(errors="ignore") for p in text_files)
+
+
+def test_trust_remote_code_is_off_and_logged(version):
+    params = mlflow.get_run(version.tags["training.run_id"]).data.params
+    assert params["run.trust_remote_code"] == "False"
