@@ -79,6 +79,7 @@ class EvalReport:
     base_metrics: dict[str, float] = field(default_factory=dict)
     status: str = "unevaluated"
     reasons: tuple[str, ...] = ()
+    summary: str = ""  # the failing/warning reasons only
     run_id: str | None = None
 
     def format(self) -> str:
@@ -188,11 +189,12 @@ def evaluate_version(model_uri: str, cfg: EvalConfig, *, timings=None) -> EvalRe
         finite = {k: float(v) for k, v in {**metrics, **deltas, **base_deltas}.items() if _finite(v)}
         mlflow.log_metrics(finite, model_id=model_id)
         decision = decide(metrics, report.reference_metrics or None, policy)
-        report.status, report.reasons = decision.status, tuple(decision.reasons)
+        report.status, report.reasons, report.summary = decision.status, tuple(decision.reasons), decision.summary
         lineage = {"model_name": mv.name, "version": str(mv.version), **{k: v for k, v in (mv.tags or {}).items()
                    if k in ("data.name", "data.sha256", "data.rows", "base_model", "parent")}} if mv else {"base_model": spec}
         _log_artifacts(report, suites, decision, lineage)
-        mlflow.set_tags({"safety.status": decision.status, "safety.reasons": "; ".join(decision.reasons)[:4000]})
+        mlflow.set_tags({"safety.status": decision.status, "safety.reasons": decision.summary[:4000],
+                         "safety.checks": "; ".join(decision.reasons)[:4000]})
         if mv is not None:
             registry.tag_version(mv.name, mv.version, _version_tags(report, deltas, policy_summary(policy)))
             _describe(mv, report)
@@ -211,7 +213,8 @@ def _version_tags(report: EvalReport, deltas: dict, policy: str) -> dict[str, st
     m = report.metrics
     tags = {
         "safety.status": report.status,
-        "safety.reasons": "; ".join(report.reasons)[:4000],
+        "safety.reasons": report.summary[:4000],
+        "safety.checks": "; ".join(report.reasons)[:4000],
         "safety.eval_run_id": report.run_id,
         "safety.policy": policy,
         "safety.reference": report.reference_uri or "none",
@@ -235,7 +238,7 @@ def _describe(mv, report: EvalReport) -> None:
         " Safety status: unevaluated until its evaluation run succeeds.", "")
     summary = (f"\n\nSafety evaluation: status **{report.status}** (run {report.run_id}). "
                f"ASR {_fmt(report.metrics.get('asr'))} against reference {report.reference_uri or 'none'}. "
-               f"Reasons: {'; '.join(report.reasons)}")
+               f"Reasons: {report.summary}. Checks: {'; '.join(report.reasons)}")
     MlflowClient().update_model_version(mv.name, mv.version, description=(current + summary)[:5000])
 
 

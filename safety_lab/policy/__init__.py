@@ -46,8 +46,14 @@ class Policy:
 @dataclass(frozen=True)
 class Decision:
     status: str  # "pass" | "warn" | "fail"
-    reasons: tuple[str, ...]
+    reasons: tuple[str, ...]  # every check, failing ones first
     policy_name: str
+    flagged: tuple[str, ...] = ()  # only the checks that failed or warned
+
+    @property
+    def summary(self) -> str:
+        """The reasons that decided the status, for tags and refusal messages."""
+        return "; ".join(self.flagged) if self.flagged else "all checks passed"
 
 
 # --------------------------------------------------------------------------- loading
@@ -250,7 +256,8 @@ def decide(metrics: Mapping[str, float], reference: Mapping[str, float] | None, 
     status = max(graded, key=_SEVERITY.__getitem__) if graded else "pass"
     order = {"fail": 0, "warn": 1, "note": 2, "pass": 3}
     reasons = tuple(dict.fromkeys(reason for _, reason in sorted(results, key=lambda sr: order[sr[0]])))
-    return Decision(status=status, reasons=reasons, policy_name=policy.name)
+    flagged = tuple(dict.fromkeys(reason for grade, reason in results if grade in ("fail", "warn")))
+    return Decision(status=status, reasons=reasons, policy_name=policy.name, flagged=flagged)
 
 
 # --------------------------------------------------------------------------- gate and summary

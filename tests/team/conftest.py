@@ -7,6 +7,7 @@ leaks into the other test modules (they use their own SQLite stores).
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import signal
 import socket
@@ -162,8 +163,12 @@ def team_version(mlflow_server, tiny_model_dir, tmp_path_factory):
 
     with pointed_at(mlflow_server.url, tmp_path_factory.mktemp("team-finetune")):
         start = time.perf_counter()
-        code = main(["finetune", "--base-model", str(tiny_model_dir), *TINY, "--n-trials", "2", "--model-name", "team",
-                     *TINY_EVAL])
-        assert code == 0, f"finetune against {mlflow_server.url} failed; server log:\n{mlflow_server.log}"
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            code = main(["finetune", "--base-model", str(tiny_model_dir), *TINY, "--n-trials", "2", "--model-name", "team",
+                         *TINY_EVAL])
+        sys.stderr.write(err.getvalue())
+        assert code == 0, (f"finetune against {mlflow_server.url} exited {code}: "
+                           f"{err.getvalue().strip().splitlines()[-1:]}\nserver log:\n{mlflow_server.log[-1500:]}")
         print(f"[team] finetune+evaluate against the server took {time.perf_counter() - start:.1f}s")
         return MlflowClient(tracking_uri=mlflow_server.url).get_model_version("team", "1")

@@ -18,22 +18,25 @@ pytestmark = pytest.mark.server
 WORKER_TIMEOUT_S = 600
 
 
-def _start_worker(team, base_model: Path, storage: str, study: str, url: str, cwd: Path, log: Path) -> subprocess.Popen:
+def _start_worker(team, base_model: Path, storage: str, study: str, url: str, cwd: Path, log: Path,
+                  experiment: str) -> subprocess.Popen:
     env = {**os.environ, "MLFLOW_TRACKING_URI": url, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
     cmd = [sys.executable, "-m", "safety_lab", "finetune", "--register", "false", "--storage", storage,
            "--study-name", study, "--n-trials", "2", "--base-model", str(base_model), *team.TINY,
-           "--model-name", "shared-model", "--evaluate", "false"]
+           "--model-name", "shared-model", "--evaluate", "false", "--experiment", experiment]
     cwd.mkdir(parents=True, exist_ok=True)
     with open(log, "wb") as out:
         return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def _run_workers(team, tiny_model_dir, storage: str, study: str, server, root: Path, n: int = 2) -> None:
+def _run_workers(team, tiny_model_dir, storage: str, study: str, server, root: Path, experiment: str, n: int = 2) -> None:
+    """n workers started at once. `experiment` should be new: the workers then race to create it, as a team's do."""
     procs, logs = [], []
     for i in range(n):
         logs.append(root / f"worker-{i}.log")
-        procs.append(_start_worker(team, tiny_model_dir, storage, study, server.url, root / f"worker-{i}", logs[-1]))
+        procs.append(_start_worker(team, tiny_model_dir, storage, study, server.url, root / f"worker-{i}", logs[-1],
+                                   experiment))
     deadline = time.monotonic() + WORKER_TIMEOUT_S
     try:
         for proc in procs:
@@ -47,21 +50,25 @@ def _run_workers(team, tiny_model_dir, storage: str, study: str, server, root: P
         assert proc.returncode == 0, f"worker exited {proc.returncode}:\n{log.read_text(errors='replace')[-3000:]}"
 
 
-def _check_shared_study(team, server, storage: str, study_name: str, model_name: str, register_args: list[str]):
+def _check_shared_study(server, storage: str, study_name: str, model_name: str, experiment: str, register_args: list[str]):
     client = MlflowClient(tracking_uri=server.url)
     study = optuna.load_study(study_name=study_name, storage=storage)
     trials = study.get_trials(deepcopy=False)
     assert len(trials) == 4, [t.state for t in trials]
     assert any(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
 
+    # all runs of both workers in THEIR experiment (a lost experiment-creation race must not send one to "Default")
     workers = client.search_runs(
-        [client.get_experiment_by_name("safety_lab").experiment_id],
+        [e.experiment_id for e in client.search_experiments()],
         filter_string=f"tags.`safety_lab.job` = 'finetune' AND tags.`optuna.study` = '{study_name}'")
     assert len(workers) == 2 and all(w.info.status == "FINISHED" for w in workers)
+    expected = client.get_experiment_by_name(experiment).experiment_id
+    assert [w.info.experiment_id for w in workers] == [expected, expected]
     worker_ids = {w.info.run_id for w in workers}
     parents = []
     for t in trials:
         run = client.get_run(t.user_attrs["mlflow_run_id"])
+        assert run.info.experiment_id == expected
         assert run.data.tags["optuna.study"] == study_name and run.data.tags["optuna.trial"] == str(t.number)
         assert run.info.run_name == f"trial-{t.number}"
         parents.append(run.data.tags["mlflow.parentRunId"])
@@ -85,10 +92,11 @@ def _check_shared_study(team, server, storage: str, study_name: str, model_name:
 def test_two_workers_share_a_sqlite_study_and_register_best_once(team, mlflow_server, tiny_model_dir, tmp_path):
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     start = time.perf_counter()
-    _run_workers(team, tiny_model_dir, storage, "shared", mlflow_server, tmp_path)
+    _run_workers(team, tiny_model_dir, storage, "shared", mlflow_server, tmp_path, "team-workers")
     print(f"[team] two workers took {time.perf_counter() - start:.1f}s")
     with team.pointed_at(mlflow_server.url, tmp_path / "register"):
-        _check_shared_study(team, mlflow_server, storage, "shared", "shared-model", ["--evaluate", "false"])
+        _check_shared_study(mlflow_server, storage, "shared", "shared-model", "team-workers",
+                            ["--evaluate", "false", "--experiment", "team-workers"])
 
 
 def test_a_storage_password_is_never_printed_or_logged(team, at_server, tiny_model_dir, capsys):
@@ -114,6 +122,7 @@ def test_two_workers_share_a_postgres_study(team, mlflow_server, tiny_model_dir,
     """The same over PostgreSQL (optuna storage; MLflow itself stays on the session's server)."""
     storage = os.environ["SAFETY_LAB_PG_URL"]
     study = f"shared-pg-{os.getpid()}-{int(time.time())}"  # a fresh study even on a reused database
-    _run_workers(team, tiny_model_dir, storage, study, mlflow_server, tmp_path)
+    _run_workers(team, tiny_model_dir, storage, study, mlflow_server, tmp_path, f"{study}-workers")
     with team.pointed_at(mlflow_server.url, tmp_path / "register"):
-        _check_shared_study(team, mlflow_server, storage, study, f"{study}-model", ["--evaluate", "false"])
+        _check_shared_study(mlflow_server, storage, study, f"{study}-model", f"{study}-workers",
+                            ["--evaluate", "false", "--experiment", f"{study}-workers"])
