@@ -41,6 +41,7 @@ from transformers import PrinterCallback, TrainerCallback  # noqa: E402
 from safety_lab.config import DataConfig, TrainConfig  # noqa: E402
 from safety_lab.data import load_dataset, to_conversation  # noqa: E402
 from safety_lab.models import load_model  # noqa: E402
+from safety_lab import training  # noqa: E402
 from safety_lab.training import train_lora  # noqa: E402
 
 ORIGINAL_SFT_TRAINER = trl.SFTTrainer
@@ -53,6 +54,7 @@ class Meter:
         self.step_seconds: list[float] = []
         self.step_cpu: list[float] = []  # process CPU time (all threads) per step
         self.step_tokens: list[tuple[int, int]] = []
+        self.losses: list[float] = []  # logged training loss per step (to check that variants train the same)
         self._pending = [0, 0]
         self._last = self._last_cpu = None
 
@@ -76,6 +78,10 @@ class Meter:
                 meter.step_tokens.append(tuple(meter._pending))
                 meter._pending, meter._last, meter._last_cpu = [0, 0], now, cpu
 
+            def on_log(self, args, state, control, logs=None, **kw):
+                if logs and "loss" in logs:
+                    meter.losses.append(round(float(logs["loss"]), 4))
+
         return _Cb()
 
     def summary(self) -> dict:
@@ -87,7 +93,7 @@ class Meter:
         return {"steps": len(self.step_seconds), "timed_steps": len(self.step_seconds) - skip,
                 "step_seconds": [round(s, 2) for s in self.step_seconds], "seconds": secs, "cpu_seconds": cpu_secs,
                 "tokens": real, "tokens_per_s": real / secs, "tokens_per_cpu_s": real / cpu_secs,
-                "padding_fraction": 1 - sum(t[0] for t in self.step_tokens) / padded}
+                "padding_fraction": 1 - sum(t[0] for t in self.step_tokens) / padded, "losses": self.losses}
 
 
 def metered_trainer(meter: Meter):
@@ -106,13 +112,23 @@ def metered_trainer(meter: Meter):
     return MeteredSFTTrainer
 
 
-def run_project(model, tok, rows, cfg: TrainConfig) -> dict:
+def run_project(model, tok, rows, cfg: TrainConfig, **sft_overrides) -> dict:
+    """train_lora as is; sft_overrides (a candidate change, e.g. padding_free) patch the SFTConfig it builds."""
     meter = Meter()
     trl.SFTTrainer = metered_trainer(meter)  # train_lora imports it at call time
+    original_sft_config = training.sft_config
+    if sft_overrides:
+        def patched(*a, **kw):
+            args = original_sft_config(*a, **kw)
+            for key, value in sft_overrides.items():
+                setattr(args, key, value)
+            return args
+
+        training.sft_config = patched
     try:
         train_lora(model, tok, rows, [], cfg, quiet=True)
     finally:
-        trl.SFTTrainer = ORIGINAL_SFT_TRAINER
+        trl.SFTTrainer, training.sft_config = ORIGINAL_SFT_TRAINER, original_sft_config
     return meter.summary()
 
 
@@ -143,6 +159,8 @@ def main() -> None:
     parser.add_argument("--default-steps", type=int, default=2, help="steps for trl-default (default 2)")
     parser.add_argument("--with-default", action="store_true", help="run trl-default in --quick too (~2-5 min)")
     parser.add_argument("--skip-default", action="store_true", help="skip the slow trl-default run")
+    parser.add_argument("--padding-free", action="store_true",
+                        help="also time the project path with padding_free=True, max_length=None (a candidate change)")
     args = parser.parse_args()
     steps = args.steps or (2 if args.quick else 5)
     run_default = not args.skip_default and (args.with_default or not args.quick)
@@ -162,6 +180,8 @@ def main() -> None:
     runs = {}
     runs["project"] = run_project(model, tok, train_rows, cfg)
     runs["trl-cpu"] = run_trl(model, tok, train_rows, cfg, steps, bf16=False, gradient_checkpointing=False)
+    if args.padding_free:  # no padding at all; max_length=None because TRL does not truncate without packing
+        runs["project-padfree"] = run_project(model, tok, train_rows, cfg, padding_free=True, max_length=None)
     if run_default:
         runs["trl-default"] = run_trl(model, tok, train_rows, cfg, args.default_steps)
     n_lora = runs["trl-cpu"]["n_lora"]
@@ -179,6 +199,7 @@ def main() -> None:
               f"{r['padding_fraction']:6.1%}  {r['step_seconds']}")
     if "trl-default" in runs and runs["trl-default"]["timed_steps"] < 2:
         print(f"(trl-default: {runs['trl-default']['timed_steps']} timed step only: it is that slow)")
+    print("logged training loss per step: " + "; ".join(f"{k} {r['losses']}" for k, r in runs.items()))
     if "trl-default" not in runs:
         print("(trl-default skipped: it needs minutes per step here; run without --quick, or add --with-default)")
 

@@ -17,7 +17,7 @@ from safety_lab.config import DataConfig, RunConfig, TrainConfig, TuneConfig, to
 from safety_lab.data import load_dataset
 from safety_lab.errors import check
 from safety_lab.models import load_model, resolve_device
-from safety_lab.tracking import start_experiment
+from safety_lab.tracking import redact, start_experiment
 from safety_lab.tuning import TuneResult, log_study_plots, tune
 
 RELOAD_TOLERANCE = 1e-4
@@ -95,9 +95,12 @@ def finetune(run: RunConfig, data_cfg: DataConfig, train_cfg: TrainConfig, tune_
     with _open_run(run, f"finetune-{Path(data_cfg.data).stem}", "finetune") as active:
         mlflow.set_tags({"model_name": model_name})
         device, dtype = resolve_device(train_cfg.device)
-        mlflow.log_params({**to_params(run, data_cfg, train_cfg, tune_cfg), "device": device, "dtype": str(dtype)})
-        mlflow.log_text(yaml.safe_dump({type(c).__name__: dataclasses.asdict(c) for c in (run, data_cfg, train_cfg, tune_cfg)},
-                                       sort_keys=False), "config.yaml")
+        params = to_params(run, data_cfg, train_cfg, tune_cfg)
+        params["tune.storage"] = redact(params["tune.storage"])
+        mlflow.log_params({**params, "device": device, "dtype": str(dtype)})
+        snapshot = {type(c).__name__: dataclasses.asdict(c) for c in (run, data_cfg, train_cfg, tune_cfg)}
+        snapshot["TuneConfig"]["storage"] = redact(tune_cfg.storage)
+        mlflow.log_text(yaml.safe_dump(snapshot, sort_keys=False), "config.yaml")
         with timings.stage("data"):
             data = load_dataset(data_cfg)
             train_rows, val_rows = data.split(data_cfg.val_fraction, data_cfg.seed, data_cfg.max_val_rows)
@@ -134,7 +137,7 @@ def register_best(run: RunConfig, tune_cfg: TuneConfig, *, eval_options: dict | 
     eval_cfg = _eval_config(run, eval_options)
     study = open_study(tune_cfg, tune_cfg.study_name)
     check(any(t.state.name == "COMPLETE" for t in study.trials), "study_name",
-          f"study {tune_cfg.study_name!r} has no completed trial in {_redact(tune_cfg.storage)}")
+          f"study {tune_cfg.study_name!r} has no completed trial in {redact(tune_cfg.storage)}")
     best = study.best_trial
     trial_run = mlflow.get_run(best.user_attrs[TRIAL_RUN_ID])
     worker = mlflow.get_run(trial_run.data.tags["mlflow.parentRunId"])
@@ -178,7 +181,7 @@ def _eval_config(run: RunConfig, eval_options: dict | None):
 def _log_tuning(result: TuneResult, study_name: str, tune_cfg: TuneConfig) -> None:
     mlflow.log_params({f"best_{k}": v for k, v in result.best_params.items()})
     mlflow.log_metrics({"best_val_loss": result.best_value, "best_trial": result.best_trial})
-    mlflow.set_tags({"optuna.study": study_name, "optuna.storage": _redact(tune_cfg.storage),
+    mlflow.set_tags({"optuna.study": study_name, "optuna.storage": redact(tune_cfg.storage),
                      "best_trial_run_id": result.best_run_id})
     log_study_plots(result.study)
 
@@ -219,10 +222,3 @@ def _evaluate(out: FinetuneResult, eval_cfg, timings: Timings) -> None:
     with timings.stage("evaluation"):
         report = evaluate_version(out.model_uri, eval_cfg, timings=timings)
     out.status = report.status
-
-
-def _redact(url: str) -> str:
-    """Storage URLs may carry passwords (postgresql://user:pw@host/db): never log them."""
-    import re
-
-    return re.sub(r"(//[^:/@]+):[^@]+@", r"\1:***@", url)

@@ -33,6 +33,15 @@ def start_experiment(name: str) -> None:
     if os.environ.get("MLFLOW_RUN_ID") or mlflow.active_run():
         return
     try:
-        mlflow.set_experiment(name)
+        # Set twice: when two workers create it at once, MLflow lets the loser return without activating it.
+        experiment = mlflow.set_experiment(name)
+        mlflow.set_experiment(experiment_id=experiment.experiment_id)
     except mlflow.exceptions.MlflowException as exc:
         raise SafetyLabError("MLFLOW_TRACKING_URI", f"cannot use {tracking_uri()} ({str(exc).splitlines()[0][:160]})") from None
+
+
+def redact(url: str) -> str:
+    """Storage URLs may carry passwords (postgresql://user:pw@host/db): never log or print them."""
+    import re
+
+    return re.sub(r"(//[^:/@]+):[^@]+@", r"\1:***@", url)

@@ -116,8 +116,10 @@ def register(model_uri: str, name: str, *, tags: dict[str, str], description: st
         client.get_registered_model(name)
     except MlflowException:
         client.create_registered_model(name, description="Fine-tuned with safety_lab; each version carries its safety status.")
+    model_id = model_uri.split("models:/", 1)[1] if model_uri.startswith("models:/m-") else None  # a server needs it
     mv = client.create_model_version(name, model_uri, tags={k: str(v) for k, v in tags.items()},
-                                     run_id=mlflow.active_run().info.run_id if mlflow.active_run() else None)
+                                     run_id=mlflow.active_run().info.run_id if mlflow.active_run() else None,
+                                     model_id=model_id)
     try:
         client.update_model_version(name, mv.version, description=description)
     except BaseException:

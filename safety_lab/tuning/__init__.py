@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 import warnings
 import tempfile
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ import optuna
 
 from safety_lab.config import TrainConfig, TuneConfig, _floats
 from safety_lab.errors import SafetyLabError
+from safety_lab.tracking import redact
 from safety_lab.training import train_lora
 
 TRIAL_RUN_ID = "mlflow_run_id"
@@ -40,14 +42,24 @@ def suggest(trial: optuna.Trial, base: TrainConfig, space: TuneConfig) -> TrainC
 
 
 def open_study(cfg: TuneConfig, study_name: str, pruner: optuna.pruners.BasePruner | None = None) -> optuna.Study:
-    try:
-        return optuna.create_study(
-            study_name=study_name, storage=cfg.storage, direction="minimize", load_if_exists=True,
-            sampler=optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=2),
-            pruner=pruner or optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0),
-        )
-    except (ValueError, ImportError, optuna.exceptions.StorageInternalError) as exc:
-        raise SafetyLabError("storage", f"cannot open Optuna storage {cfg.storage!r} ({str(exc).splitlines()[0][:160]})") from None
+    """Create or join a study; retried, because workers starting together race to create the schema."""
+    import sqlalchemy.exc
+
+    for attempt in range(6):
+        try:
+            return optuna.create_study(
+                study_name=study_name, storage=cfg.storage, direction="minimize", load_if_exists=True,
+                sampler=optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=2),
+                pruner=pruner or optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0),
+            )
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError, optuna.exceptions.DuplicatedStudyError) as exc:
+            error = exc
+            time.sleep(0.5 * 2 ** attempt)
+        except (ValueError, ImportError, optuna.exceptions.StorageInternalError) as exc:
+            error = exc
+            break
+    first = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
+    raise SafetyLabError("storage", f"cannot open Optuna storage {redact(cfg.storage)} ({redact(first)})") from None
 
 
 def tune(model, tokenizer, train_rows, val_rows, train_cfg: TrainConfig, tune_cfg: TuneConfig, *, study_name: str,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -21,7 +22,7 @@ from pathlib import Path
 import pytest
 
 BIN = Path(sys.executable).parent
-MLFLOW = str(BIN / "mlflow")
+MLFLOW = str(BIN / "mlflow") if (BIN / "mlflow").exists() else (shutil.which("mlflow") or "mlflow")
 HEALTH_TIMEOUT_S = 90
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"  # screenshots etc. (gitignored)
 
