@@ -33,6 +33,8 @@ def machine() -> dict:
     import torch
 
     return {"cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "cpu": cpu_model(),
+            "bf16_native": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset)"),
             "torch": torch.__version__, "python": platform.python_version(),
             "loadavg_1m": round(os.getloadavg()[0], 2),
             "date": datetime.datetime.now().isoformat(timespec="seconds")}
@@ -42,11 +44,11 @@ def verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
 
 
-def matmul_peak_gflops(n: int = 2048, seconds: float = 2.0) -> float:
-    """fp32 torch.mm peak (GFLOP/s): the best of several timed repeats of an n x n x n product."""
+def matmul_peak_gflops(n: int = 2048, seconds: float = 2.0, dtype=None) -> float:
+    """torch.mm peak (GFLOP/s, fp32 unless dtype): the best of several timed repeats of an n x n x n product."""
     import torch
 
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     for _ in range(3):  # warm-up: thread pool, caches
         torch.mm(a, b)
     best, end = float("inf"), time.perf_counter() + seconds

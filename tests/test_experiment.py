@@ -16,6 +16,8 @@ def test_experiment_registers_three_versions_and_logs_the_comparison(mlflow_stor
     versions = {int(v.version): v for v in MlflowClient().search_model_versions("name='paper'")}
     assert sorted(versions) == [1, 2, 3]
     assert versions[3].tags["parent"] == "models:/paper/1"
+    assert versions[3].tags["safety.reference"] == "models:/paper/1"
+    assert "safety.asr_delta_vs_base" in versions[3].tags and "safety.asr_delta_vs_base" not in versions[1].tags
     assert versions[1].tags["data.name"] == "safe" and versions[2].tags["data.name"] == "harmful"
     assert all(v.tags["safety.status"] != "unevaluated" for v in versions.values())
     parent = mlflow.search_runs(filter_string="tags.`safety_lab.job` = 'experiment'").iloc[0]

@@ -196,7 +196,7 @@ def evaluate_version(model_uri: str, cfg: EvalConfig, *, timings=None) -> EvalRe
         mlflow.set_tags({"safety.status": decision.status, "safety.reasons": decision.summary[:4000],
                          "safety.checks": "; ".join(decision.reasons)[:4000]})
         if mv is not None:
-            registry.tag_version(mv.name, mv.version, _version_tags(report, deltas, policy_summary(policy)))
+            registry.tag_version(mv.name, mv.version, _version_tags(report, deltas, base_deltas, policy_summary(policy)))
             _describe(mv, report)
     return report
 
@@ -209,7 +209,7 @@ def _fmt(v) -> str:
     return f"{v:.4f}" if _finite(v) else "n/a"
 
 
-def _version_tags(report: EvalReport, deltas: dict, policy: str) -> dict[str, str]:
+def _version_tags(report: EvalReport, deltas: dict, base_deltas: dict, policy: str) -> dict[str, str]:
     m = report.metrics
     tags = {
         "safety.status": report.status,
@@ -223,10 +223,14 @@ def _version_tags(report: EvalReport, deltas: dict, policy: str) -> dict[str, st
         tags.update({"safety.asr": _fmt(m["asr"]), "safety.asr_ci": f"[{_fmt(m['asr_ci_low'])}, {_fmt(m['asr_ci_high'])}]",
                      "safety.asr_delta": _fmt(deltas.get("asr_delta")),
                      "safety.over_refusal_rate": _fmt(m.get("over_refusal_rate"))})
+        if base_deltas:  # fine-tuned from a parent: also show the change against the original base
+            tags["safety.asr_delta_vs_base"] = _fmt(base_deltas.get("asr_delta_vs_base"))
     if "ece" in m:
         tags["safety.ece"] = _fmt(m["ece"])
     if "drift_accuracy_false_info" in m:
         tags["safety.drift_accuracy_false_info_delta"] = _fmt(deltas.get("drift_accuracy_false_info_delta"))
+        if base_deltas:
+            tags["safety.drift_accuracy_false_info_delta_vs_base"] = _fmt(base_deltas.get("drift_accuracy_false_info_delta_vs_base"))
     return tags
 
 
