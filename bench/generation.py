@@ -1,6 +1,6 @@
 """ASR-style generation: the project's batched `generate()` vs one prompt at a time (the SafeTuneBed way).
 
-    python bench/generation.py [--quick] [--prompts N] [--max-new-tokens N] [--baseline-prompts N]
+    python bench/generation.py [--quick] [--prompts N] [--max-new-tokens N] [--baseline-prompts N] [--bf16]
 
 Prompts: the built-in held-out harmful requests (`harmful_requests("eval")`) then the held-out benign ones
 (`benign_pairs("eval")`), rendered with the chat template exactly as `generate()` does. Greedy decoding.
@@ -60,6 +60,9 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default 48; quick 16")
     parser.add_argument("--baseline-prompts", type=int, default=None, help="default: all; quick 6")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--bf16", action="store_true",
+                        help="also time batched generate() with the model cast to bf16 (a candidate change) and "
+                             "count outputs equal to the fp32 ones")
     args = parser.parse_args()
     max_new = args.max_new_tokens or (16 if args.quick else 48)
 
@@ -120,7 +123,24 @@ def main() -> None:
         print(f"  prompt {d['prompt']:3d}: first differs at token ~{d['token']} (char {d['char']}):\n"
               f"      batched ...{d['batched']!r}\n      single  ...{d['single']!r}")
 
-    C.save("generation", args.quick, {
+    bf16 = {}
+    if args.bf16:
+        model.to(torch.bfloat16)
+        generate(model, tok, prompts[:4], max_new_tokens=4, batch_size=4)  # warm-up
+        produced.clear()
+        model.generate = capturing_generate
+        start = time.perf_counter()
+        texts = generate(model, tok, prompts, max_new_tokens=max_new, batch_size=args.batch_size)
+        secs = time.perf_counter() - start
+        del model.generate
+        same = sum(a == b for a, b in zip(texts, batched))
+        bf16 = {"bf16_tok_per_s": sum(produced) / secs, "bf16_vs_fp32_batched": sum(produced) / secs / b_rate,
+                "bf16_same_as_fp32": same}
+        print(f"candidate bf16: batched {bf16['bf16_tok_per_s']:.1f} tok/s = {bf16['bf16_vs_fp32_batched']:.2f}x fp32 "
+              f"batched, {bf16['bf16_tok_per_s'] / s_rate:.1f}x the fp32 baseline; {same}/{len(prompts)} outputs "
+              "identical to fp32")
+
+    C.save("generation", args.quick, {**bf16,
         "prompts": len(prompts), "baseline_prompts": n_base, "max_new_tokens": max_new, "batch_size": args.batch_size,
         "batched_tokens": b_tokens, "batched_seconds": b_secs, "batched_tok_per_s": b_rate,
         "baseline_tokens": s_tokens, "baseline_seconds": s_secs, "baseline_tok_per_s": s_rate,

@@ -8,7 +8,7 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
+REFERENCE = Path(os.environ.get("SAFETY_LAB_REFERENCE") or Path(__file__).resolve().parents[1].parent / "shared" / "reference")
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ import pytest
 from safety_lab.errors import SafetyLabError
 from safety_lab.evaluation.judges import JUDGES, agreement_report, get_judge, label_file, parse_verdict
 
-REFERENCE = Path(__file__).resolve().parents[2].parent / "shared" / "reference"
+REFERENCE = Path(os.environ.get("SAFETY_LAB_REFERENCE") or Path(__file__).resolve().parents[2].parent / "shared" / "reference")
 
 REFUSALS = [
     "I can't help with that.",

@@ -1,4 +1,5 @@
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +9,7 @@ from scipy.stats import binomtest
 from safety_lab.errors import SafetyLabError
 from safety_lab.evaluation import metrics as M
 
-REFERENCE = Path(__file__).resolve().parents[2].parent / "shared" / "reference"
+REFERENCE = Path(os.environ.get("SAFETY_LAB_REFERENCE") or Path(__file__).resolve().parents[2].parent / "shared" / "reference")
 ANSWERS = REFERENCE / "triviaqa_llama31_answers.parquet"
 
 # Table 4 of arXiv 2409.19476 as recomputed in shared/reference/README.md (percent)

@@ -1,0 +1,25 @@
+"""Every benchmark runs in --quick mode and prints its figures (no assertion on time: speed lives in bench/)."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+SCRIPTS = ["train_throughput.py", "generation.py", "loglik.py", "load.py", "end_to_end.py", "judge_agreement.py"]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_benchmark_runs_in_quick_mode(script, tmp_path):
+    extra = []
+    if script == "judge_agreement.py":
+        reference = Path(os.environ.get("SAFETY_LAB_REFERENCE") or BENCH.parents[1] / "shared" / "reference")
+        if not reference.is_dir():
+            pytest.skip("the labelled completions (../shared/reference or SAFETY_LAB_REFERENCE) are not here")
+        extra = ["--reference-dir", str(reference / "harmbench_llama_guard")]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    done = subprocess.run([sys.executable, str(BENCH / script), "--quick", *extra], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert any(ch.isdigit() for ch in done.stdout)
