@@ -7,6 +7,8 @@ MLFLOW := $(VENV)/bin/mlflow
 export MLFLOW_TRACKING_URI ?= sqlite:///mlflow.db
 export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_DISABLE_TELEMETRY = 1
+# Torch's spinning OpenMP threads slow a step ~10x when another process holds a core (bench/RESULTS.md).
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: setup run test browser bench clean
 

@@ -43,7 +43,9 @@ def mlflow_store(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(tmp_path)
     mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("tests")  # never inherit an experiment id from another test's store
     yield uri
     while mlflow.active_run():
         mlflow.end_run()
+    mlflow.tracking.fluent._active_experiment_id = None
     mlflow.set_tracking_uri(None)

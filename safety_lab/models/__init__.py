@@ -34,7 +34,7 @@ class LoadedModel:
 
 # ---------------------------------------------------------------- device and precision
 def resolve_device(device: str | None = None) -> tuple[str, torch.dtype]:
-    """fp32 on a CPU (no native bf16 there: emulated bf16 is ~500x slower), bf16 on a GPU that has it."""
+    """fp32 on a CPU (exact; bf16 is emulated and ~500x slower on AVX2-only CPUs), bf16 on a GPU that has it."""
     if device in (None, "", "auto"):
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda"):
