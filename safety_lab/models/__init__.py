@@ -100,6 +100,8 @@ def ensure_default_model() -> Path:
         tokenizer.save_pretrained(tmp)
         files = {p.name: _sha256(p) for p in tmp.iterdir() if p.is_file()}
         (tmp / _MANIFEST).write_text(json.dumps({"source": gguf.name, "gguf_sha256": _sha256(gguf), "files": files}, indent=1))
+        if _cache_is_valid(target):  # another process finished first: keep its copy
+            return target
         if target.exists():  # corrupt or partial: replace it
             shutil.rmtree(target, ignore_errors=True)
         try:
