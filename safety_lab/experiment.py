@@ -55,6 +55,7 @@ def run_experiment(run: RunConfig, data_cfg: DataConfig, train_cfg: TrainConfig,
         tag = parent.info.run_id[:8]
         base_report = evaluate_version("base" if run.base_model == "smollm2-135m-instruct" else run.base_model, eval_cfg)
         rows = [_row("base", base_report.model_uri, base_report.status, base_report.metrics)]
+        metrics = {"base": base_report.metrics}
 
         def tuned(label: str, data: str, base_model: str):
             step_run = dataclasses.replace(run, base_model=base_model, model_name=model_name, evaluate=True, register=True)
@@ -64,6 +65,7 @@ def run_experiment(run: RunConfig, data_cfg: DataConfig, train_cfg: TrainConfig,
             mv = registry.resolve_version(result.model_uri)
             eval_run = mlflow.get_run(mv.tags["safety.eval_run_id"])
             rows.append(_row(label, result.model_uri, result.status, eval_run.data.metrics))
+            metrics[label] = eval_run.data.metrics
             return result
 
         safe = tuned("safe", "safe", run.base_model)
@@ -73,14 +75,14 @@ def run_experiment(run: RunConfig, data_cfg: DataConfig, train_cfg: TrainConfig,
         table = comparison_markdown(rows)
         mlflow.log_text(table, "comparison.md")
         mlflow.log_text(comparison_csv(rows), "comparison.csv")
-        _log_plots(rows)
+        _log_plots(rows, metrics)
         for r in rows:
             if r["asr"]:
                 mlflow.log_metric(f"asr.{r['model'].replace('->', '_then_')}", float(r["asr"]))
     return table
 
 
-def _log_plots(rows: list[dict]) -> None:
+def _log_plots(rows: list[dict], metrics: dict[str, dict]) -> None:
     from safety_lab.reporting import plots
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -90,4 +92,7 @@ def _log_plots(rows: list[dict]) -> None:
         drift = {r["model"]: {k: float(v) for k, v in r.items() if k.startswith("drift_accuracy") and v} for r in rows}
         if any(drift.values()):
             plots.drift_bars(drift, Path(tmp) / "drift_by_model.png")
+        if any(k.endswith("_incorrect") for m in metrics.values() for k in m):
+            for measure in ("entropy", "perplexity", "probability"):
+                plots.uncertainty_bars(metrics, Path(tmp) / f"drift_{measure}_by_correctness.png", measure=measure)
         mlflow.log_artifacts(tmp, artifact_path="plots")

@@ -23,3 +23,5 @@ def test_experiment_registers_three_versions_and_logs_the_comparison(mlflow_stor
     parent = mlflow.search_runs(filter_string="tags.`safety_lab.job` = 'experiment'").iloc[0]
     names = {a.path for a in MlflowClient().list_artifacts(parent["run_id"])}
     assert {"comparison.md", "comparison.csv"} <= names
+    plots = {a.path for a in MlflowClient().list_artifacts(parent["run_id"], "plots")}
+    assert {"plots/asr_by_model.png", "plots/drift_by_model.png"} <= plots

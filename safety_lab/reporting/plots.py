@@ -113,4 +113,25 @@ def drift_bars(summaries: Mapping[str, Mapping[str, float]], path: str | Path, *
     return _save(fig, path)
 
 
-__all__ = ["asr_bars", "drift_bars", "reliability_diagram"]
+def uncertainty_bars(summaries: Mapping[str, Mapping[str, float]], path: str | Path, *, measure: str = "entropy") -> Path:
+    """Grouped bars of drift_<measure>_<prompt type>_{correct,incorrect} for each labelled summary."""
+    groups = [(t, g) for t in _PROMPT_TYPES for g in ("correct", "incorrect")
+              if any(f"drift_{measure}_{t}_{g}" in s for s in summaries.values())]
+    fig = Figure(figsize=(max(6.0, 2.0 + len(groups) * (0.4 * len(summaries) + 0.4)), 4))
+    ax = fig.add_subplot()
+    width = 0.8 / max(len(summaries), 1)
+    for i, (label, summary) in enumerate(summaries.items()):
+        xs = [j - 0.4 + width * (i + 0.5) for j in range(len(groups))]
+        values = [float(summary.get(f"drift_{measure}_{t}_{g}", math.nan)) for t, g in groups]
+        ax.bar(xs, values, width=width, label=str(label), color=f"C{i % 10}", edgecolor="black")
+    ax.set_xticks(list(range(len(groups))))
+    ax.set_xticklabels([f"{_PROMPT_LABELS[t]}\n{g}" for t, g in groups], fontsize=7)
+    if summaries:
+        ax.legend(fontsize=8)
+    ax.set_ylabel(measure)
+    ax.set_title(f"Knowledge drift: {measure} of correct and incorrect answers")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+__all__ = ["asr_bars", "drift_bars", "reliability_diagram", "uncertainty_bars"]

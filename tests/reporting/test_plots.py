@@ -27,3 +27,11 @@ def test_drift_bars(tmp_path):
     summaries = {"base": drift_summary(rows), "tuned": drift_summary([r for r in rows if r["prompt_type"] != "random_info"])}
     out = drift_bars(summaries, str(tmp_path / "drift.png"))
     assert _is_png(out)
+
+
+def test_uncertainty_bars_writes_a_png(tmp_path):
+    from safety_lab.reporting.plots import uncertainty_bars
+
+    out = uncertainty_bars({"base": {"drift_entropy_base_correct": 0.4, "drift_entropy_base_incorrect": 0.9},
+                            "harmful": {"drift_entropy_base_correct": 0.6}}, tmp_path / "u.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
