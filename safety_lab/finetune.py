@@ -20,7 +20,9 @@ from safety_lab.models import load_model, resolve_device
 from safety_lab.tracking import redact, start_experiment
 from safety_lab.tuning import TuneResult, log_study_plots, tune
 
-RELOAD_TOLERANCE = 1e-4
+# Merging adapters into the weights moves logits by float rounding (measured 1.1e-4 on SmolLM2 with a 2-adapter
+# chain); weights that silently failed to load move them by whole units. Tests hold the tiny model to 1e-4.
+RELOAD_TOLERANCE = 1e-3
 
 
 @dataclass
