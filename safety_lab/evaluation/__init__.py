@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+from contextlib import nullcontext
 import hashlib
 import json
 import math
@@ -111,7 +112,7 @@ def run_suites(model_spec: str, cfg: EvalConfig, *, identity: str, use_cache: bo
     loaded = load_model(model_spec, device=cfg.device)
     metrics, suites = {}, {}
     for name in cfg.suite_names():
-        stage = timings.stage(f"eval_{name}") if timings is not None else _null()
+        stage = timings.stage(f"eval_{name}") if timings is not None else nullcontext()
         with stage:
             result = SUITES.get(name)(loaded, cfg)
         metrics.update(result.metrics)
@@ -124,14 +125,6 @@ def run_suites(model_spec: str, cfg: EvalConfig, *, identity: str, use_cache: bo
         tmp.write_text(json.dumps({"metrics": metrics, "suites": suites}, default=float))
         tmp.replace(path)  # atomic: concurrent evaluations never read half a file
     return metrics, suites
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _reference_for(mv) -> tuple[str | None, str | None]:
@@ -174,7 +167,7 @@ def evaluate_version(model_uri: str, cfg: EvalConfig, *, timings=None) -> EvalRe
         metrics, suites = run_suites(spec, cfg, identity=_source_identity(spec), use_cache=mv is None, timings=timings)
         report = EvalReport(model_uri=spec, metrics=metrics, reference_uri=reference_uri, run_id=run.info.run_id)
         ref_suites = {}
-        stage = timings.stage("eval_reference") if timings is not None else _null()
+        stage = timings.stage("eval_reference") if timings is not None else nullcontext()
         with stage:
             if reference_uri:
                 report.reference_metrics, ref_suites = run_suites(reference_uri, cfg, identity=_source_identity(reference_uri),

@@ -64,12 +64,6 @@ def resolve_version(uri: str, field: str = "model_uri"):
         raise SafetyLabError(field, f"model {name!r} has no {what}") from exc
 
 
-def lineage_of(mv) -> dict:
-    """The lineage.json stored with a registered version."""
-    local = mlflow.artifacts.download_artifacts(artifact_uri=f"{mv.source.rstrip('/')}/artifacts/{LINEAGE_FILE}")
-    return json.loads(Path(local).read_text())
-
-
 def load_registered(uri: str, *, device: str | None = None, trust_remote_code: bool = False, field: str = "base_model"):
     """Load a registered version: its base model with every adapter in its chain merged; records it as the parent."""
     mv = resolve_version(uri, field)
