@@ -7,8 +7,9 @@ import signal
 import sys
 import warnings
 
+from safety_lab import distributed
 from safety_lab.config import DataConfig, RunConfig, TrainConfig, TuneConfig, add_arguments, from_args
-from safety_lab.errors import SafetyLabError
+from safety_lab.errors import SafetyLabError, check
 
 
 def _quiet_libraries() -> None:
@@ -46,6 +47,8 @@ def _finetune(args: dict) -> int:
 
     result = finetune(from_args(RunConfig, args), from_args(DataConfig, args), from_args(TrainConfig, args),
                       from_args(TuneConfig, args), eval_options=_eval_options(args))
+    if result is None:  # a non-zero rank of a multi-process launch: rank 0 reports
+        return 0
     print(f"{result.model_uri} status={result.status} best_val_loss={result.best_value:.4f}")
     return 0
 
@@ -173,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     _sigterm_as_interrupt()
     try:
         args = build_parser().parse_args(argv)
+        launched = distributed.world_size()
+        check(launched == 1 or args.command == "finetune", "command",
+              f"only finetune runs under a multi-process launch (WORLD_SIZE={launched}); run {args.command} in one process")
         return args.func({k: v for k, v in vars(args).items() if k not in ("func", "command", "debug")})
     except SafetyLabError as exc:
         if debug:

@@ -12,7 +12,7 @@ import mlflow
 import torch
 import yaml
 
-from safety_lab import registry
+from safety_lab import distributed, registry
 from safety_lab.config import DataConfig, RunConfig, TrainConfig, TuneConfig, to_params
 from safety_lab.data import load_dataset
 from safety_lab.errors import check
@@ -89,17 +89,23 @@ def _open_run(run: RunConfig, name: str, job: str):
 
 
 def finetune(run: RunConfig, data_cfg: DataConfig, train_cfg: TrainConfig, tune_cfg: TuneConfig, *,
-             eval_options: dict | None = None, pruner=None, quiet: bool = False) -> FinetuneResult:
-    """Tune; then (unless run.register is false: a tuning worker) log, register and evaluate one model version."""
+             eval_options: dict | None = None, pruner=None, quiet: bool = False) -> FinetuneResult | None:
+    """Tune; then (unless run.register is false: a tuning worker) log, register and evaluate one model version.
+
+    Under `accelerate launch` every process trains; rank 0 returns the result, the other ranks None."""
     timings = Timings()
     model_name = run.model_name or registry.default_model_name(run.base_model)
     eval_cfg = _eval_config(run, eval_options)  # checked before any training, so bad input costs nothing
+    distributed.per_device_batch(train_cfg.batch_size)
+    distributed.init(resolve_device(train_cfg.device)[0])
+    if not distributed.is_main():
+        return _follow(run, data_cfg, train_cfg, tune_cfg, pruner)
     with _open_run(run, f"finetune-{Path(data_cfg.data).stem}", "finetune") as active:
         mlflow.set_tags({"model_name": model_name})
         device, dtype = resolve_device(train_cfg.device)
         params = to_params(run, data_cfg, train_cfg, tune_cfg)
         params["tune.storage"] = redact(params["tune.storage"])
-        mlflow.log_params({**params, "device": device, "dtype": str(dtype)})
+        mlflow.log_params({**params, "device": device, "dtype": str(dtype), "world_size": distributed.world_size()})
         snapshot = {type(c).__name__: dataclasses.asdict(c) for c in (run, data_cfg, train_cfg, tune_cfg)}
         snapshot["TuneConfig"]["storage"] = redact(tune_cfg.storage)
         mlflow.log_text(yaml.safe_dump(snapshot, sort_keys=False), "config.yaml")
@@ -126,6 +132,19 @@ def finetune(run: RunConfig, data_cfg: DataConfig, train_cfg: TrainConfig, tune_
         timings.log()
     print(f"[safety_lab] timings: {timings.format()}", flush=True)
     return out
+
+
+def _follow(run: RunConfig, data_cfg: DataConfig, train_cfg: TrainConfig, tune_cfg: TuneConfig, pruner) -> None:
+    """A rank other than 0: the same data, model and trials as rank 0, trained in lockstep; nothing is logged."""
+    data = load_dataset(data_cfg)
+    train_rows, val_rows = data.split(data_cfg.val_fraction, data_cfg.seed, data_cfg.max_val_rows)
+    loaded = load_model(run.base_model, device=train_cfg.device, trust_remote_code=run.trust_remote_code)
+    with tempfile.TemporaryDirectory(prefix="safety-lab-") as work:
+        tune(loaded.model, loaded.tokenizer, train_rows, val_rows, train_cfg, tune_cfg, study_name="",
+             work_dir=Path(work), pruner=pruner, quiet=True)
+    print(f"[safety_lab] rank {distributed.rank()}/{distributed.world_size()}: trained {tune_cfg.n_trials} trials "
+          f"in step with rank 0, which logs and registers", flush=True)
+    return None
 
 
 def register_best(run: RunConfig, tune_cfg: TuneConfig, *, eval_options: dict | None = None) -> FinetuneResult:

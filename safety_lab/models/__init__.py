@@ -40,6 +40,8 @@ def resolve_device(device: str | None = None) -> tuple[str, torch.dtype]:
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
             raise SafetyLabError("device", f"{device!r} requested but CUDA is not available")
+        if device == "cuda" and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:  # one GPU per launched process
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0') or 0)}"
         return device, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return device, torch.float32
 

@@ -12,6 +12,7 @@ import torch
 from safety_lab.config import TrainConfig
 from safety_lab.data import to_conversation
 from safety_lab.models import resolve_device
+from safety_lab import distributed
 
 logging.getLogger("transformers.trainer").setLevel(logging.WARNING)
 
@@ -48,11 +49,12 @@ def sft_config(cfg: TrainConfig, output_dir: str, *, n_val: int, quiet: bool = F
     from trl import SFTConfig
 
     device, dtype = resolve_device(cfg.device)
+    batch = distributed.per_device_batch(cfg.batch_size)
     return SFTConfig(
         output_dir=output_dir,
         max_steps=cfg.max_steps,
-        per_device_train_batch_size=cfg.batch_size,
-        per_device_eval_batch_size=max(cfg.batch_size, 8),
+        per_device_train_batch_size=batch,
+        per_device_eval_batch_size=max(batch, 8),
         learning_rate=cfg.learning_rate,
         lr_scheduler_type="constant",
         warmup_steps=0,
@@ -60,6 +62,7 @@ def sft_config(cfg: TrainConfig, output_dir: str, *, n_val: int, quiet: bool = F
         bf16=dtype == torch.bfloat16,
         fp16=dtype == torch.float16,
         gradient_checkpointing=False,
+        ddp_find_unused_parameters=False,  # every LoRA weight gets a gradient
         use_cpu=device == "cpu",
         eval_strategy="steps" if n_val else "no",
         eval_steps=cfg.eval_every,

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import dataclasses
 import time
-import warnings
 import tempfile
+import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import optuna
 from safety_lab.config import TrainConfig, TuneConfig, _floats
 from safety_lab.errors import SafetyLabError
 from safety_lab.tracking import redact
+from safety_lab import distributed
 from safety_lab.training import train_lora
 
 TRIAL_RUN_ID = "mlflow_run_id"
@@ -63,43 +65,62 @@ def open_study(cfg: TuneConfig, study_name: str, pruner: optuna.pruners.BasePrun
 
 
 def tune(model, tokenizer, train_rows, val_rows, train_cfg: TrainConfig, tune_cfg: TuneConfig, *, study_name: str,
-         work_dir: Path, pruner=None, quiet: bool = False) -> TuneResult:
-    """Run `n_trials` trials in the active MLflow run; return the study's best trial (from any worker)."""
+         work_dir: Path, pruner=None, quiet: bool = False) -> TuneResult | None:
+    """Run `n_trials` trials in the active MLflow run; return the study's best trial (from any worker).
+
+    Under a multi-process launch every rank trains each trial (DDP); rank 0 alone opens the study and logs, and the
+    other ranks return None."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = open_study(tune_cfg, study_name, pruner)
+    main = distributed.is_main()
+    study = open_study(tune_cfg, study_name, pruner) if main else None
     kept: dict[int, object] = {}
 
-    def objective(trial: optuna.Trial) -> float:
-        cfg = suggest(trial, train_cfg, tune_cfg)
-        with mlflow.start_run(run_name=f"trial-{trial.number}", nested=True) as run:
-            trial.set_user_attr(TRIAL_RUN_ID, run.info.run_id)
-            mlflow.set_tags({"optuna.study": study_name, "optuna.trial": trial.number})
-            mlflow.log_params({**trial.params, "lora_alpha": cfg.lora_alpha, "max_steps": cfg.max_steps,
-                               "batch_size": cfg.batch_size, "target_modules": cfg.target_modules})
+    def objective(trial: optuna.Trial | None) -> float:
+        shared = distributed.distributed_trial(trial)  # the same parameters and pruning decisions on every rank
+        cfg = suggest(shared, train_cfg, tune_cfg)
+        with (mlflow.start_run(run_name=f"trial-{shared.number}", nested=True) if main else nullcontext()) as run:
+            if main:
+                trial.set_user_attr(TRIAL_RUN_ID, run.info.run_id)
+                mlflow.set_tags({"optuna.study": study_name, "optuna.trial": trial.number})
+                mlflow.log_params({**trial.params, "lora_alpha": cfg.lora_alpha, "max_steps": cfg.max_steps,
+                                   "batch_size": cfg.batch_size, "target_modules": cfg.target_modules})
 
             def on_eval(step: int, loss: float) -> None:
-                mlflow.log_metric("val_loss", loss, step=step)
-                trial.report(loss, step)
-                if trial.should_prune():
+                if main:
+                    mlflow.log_metric("val_loss", loss, step=step)
+                shared.report(loss, step)
+                if shared.should_prune():
                     raise optuna.TrialPruned(f"val_loss {loss:.4f} at step {step}")
 
             def on_log(step: int, logs: dict) -> None:
-                if "loss" in logs:
+                if main and "loss" in logs:
                     mlflow.log_metric("train_loss", logs["loss"], step=step)
 
             try:
-                result = train_lora(model, tokenizer, train_rows, val_rows, cfg, on_eval=on_eval, on_log=on_log, quiet=quiet)
+                result = train_lora(model, tokenizer, train_rows, val_rows, cfg, on_eval=on_eval, on_log=on_log,
+                                    quiet=quiet or not main)
             except optuna.TrialPruned as pruned:
                 # A pruned trial is a normal outcome: the run finishes, tagged, and Optuna records PRUNED.
-                mlflow.set_tags({"optuna.state": "PRUNED", "optuna.pruned_reason": str(pruned)})
+                if main:
+                    mlflow.set_tags({"optuna.state": "PRUNED", "optuna.pruned_reason": str(pruned)})
                 outcome = pruned
             else:
-                outcome = _finish_trial(trial, result, work_dir, study, kept)
+                outcome = _finish_trial(trial, result, work_dir, study, kept) if main else result.final_eval_loss
         if isinstance(outcome, optuna.TrialPruned):
             raise outcome
         return outcome
 
-    study.optimize(objective, n_trials=tune_cfg.n_trials, gc_after_trial=True)
+    if main:
+        study.optimize(objective, n_trials=tune_cfg.n_trials, gc_after_trial=True)
+    else:
+        for _ in range(tune_cfg.n_trials):
+            try:
+                objective(None)
+            except optuna.TrialPruned:
+                pass
+    distributed.finish()
+    if not main:
+        return None
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if not complete:
         raise SafetyLabError("n_trials", f"no trial of study {study_name!r} completed (all {len(study.trials)} pruned or failed)")
