@@ -19,6 +19,9 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read when torch loads (lazily, after this)
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
+    if not distributed.is_main():  # under a multi-process launch rank 0 alone shows progress
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def _sigterm_as_interrupt() -> None:

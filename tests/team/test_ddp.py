@@ -6,8 +6,10 @@ GPUs; only the collective backend differs (NCCL there).
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -25,13 +27,30 @@ TINY = ["--data", "harmful", "--max-steps", "4", "--eval-every", "2", "--batch-s
         "--n-trials", "2", "--evaluate", "false", "--device", "cpu"]
 
 
-def _launch(team, tiny_model_dir: Path, store: str, cwd: Path, *extra: str) -> subprocess.CompletedProcess:
+def _command(team, tiny_model_dir: Path, store: str, cwd: Path, *extra: str) -> dict:
     env = {**os.environ, "MLFLOW_TRACKING_URI": store, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
+           "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
+           "SAFETY_LAB_TEST_LAUNCH": str(cwd)}  # marks this launch's processes
     cmd = [str(ACCELERATE), "launch", "--config_file", str(CONFIG), "--num_processes", "2",
            "--main_process_port", str(team.free_port()), "-m", "safety_lab", "finetune",
            "--base-model", str(tiny_model_dir), *TINY, *extra]
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    return dict(args=cmd, cwd=cwd, env=env)
+
+
+def _launch(team, tiny_model_dir: Path, store: str, cwd: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(**_command(team, tiny_model_dir, store, cwd, *extra), capture_output=True, text=True,
+                          timeout=600)
+
+
+def _rank_pid(marker: str, rank: int) -> int | None:
+    for proc in Path("/proc").iterdir():
+        try:
+            env = set((proc / "environ").read_bytes().split(b"\0"))
+        except (OSError, ValueError):
+            continue
+        if f"SAFETY_LAB_TEST_LAUNCH={marker}".encode() in env and f"RANK={rank}".encode() in env:
+            return int(proc.name)
+    return None
 
 
 def test_accelerate_ddp_finetune_matches_one_process(team, tiny_model_dir, mlflow_store, tmp_path):
@@ -69,6 +88,37 @@ def test_batch_size_must_split_over_the_processes(team, tiny_model_dir, mlflow_s
     assert "error: batch_size: 3 does not split evenly over 2 processes (WORLD_SIZE)" in out.stderr
     client = MlflowClient(mlflow_store)
     assert not client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
+def test_a_rank_killed_mid_trial_fails_the_run_and_registers_nothing(team, tiny_model_dir, mlflow_store, tmp_path):
+    """An out-of-memory kill of one GPU's process, say: rank 0 must not hang, and must leave no version behind."""
+    log = tmp_path / "launch.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(**_command(team, tiny_model_dir, mlflow_store, tmp_path, "--max-steps", "2000",
+                                           "--eval-every", "500"), stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        client = MlflowClient(mlflow_store)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:  # until rank 0 has opened trial 0's run
+            experiments = [e.experiment_id for e in client.search_experiments()]
+            if client.search_runs(experiments, "attributes.run_name = 'trial-0'"):
+                break
+            time.sleep(1)
+        time.sleep(3)  # inside training
+        victim = _rank_pid(str(tmp_path), 1)
+        assert proc.poll() is None and victim, log.read_text()[-3000:]
+        os.kill(victim, signal.SIGKILL)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode != 0
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert {r.info.run_name: r.info.status for r in runs} == {"finetune-harmful": "FAILED", "trial-0": "FAILED"}
+    assert not client.search_registered_models()
+    assert _rank_pid(str(tmp_path), 0) is None  # nothing left running
 
 
 def test_launch_environment(monkeypatch, capsys):
