@@ -79,8 +79,11 @@ def sft_config(cfg: TrainConfig, output_dir: str, *, n_val: int, quiet: bool = F
 
 
 def train_lora(model: torch.nn.Module, tokenizer, train_rows: list[dict], val_rows: list[dict], cfg: TrainConfig, *,
-               on_eval=None, on_log=None, quiet: bool = False) -> TrainResult:
-    """Train a fresh LoRA adapter on a copy of `model`; the original stays untouched for the next trial."""
+               on_eval=None, on_log=None, quiet: bool = False, initial_eval_loss: float | None = None) -> TrainResult:
+    """Train a fresh LoRA adapter on a copy of `model`; the original stays untouched for the next trial.
+
+    `initial_eval_loss`: the untrained validation loss when already known. A fresh adapter starts as the identity
+    (LoRA's B is zero), so it is the base model's loss, the same for every trial of a study."""
     from datasets import Dataset as HFDataset
     from peft import LoraConfig
     from transformers import set_seed
@@ -107,7 +110,9 @@ def train_lora(model: torch.nn.Module, tokenizer, train_rows: list[dict], val_ro
             if on_eval is not None:
                 on_eval(step, loss)
 
-        if val_ds is not None:  # the baseline, before the callback sees evaluations
+        if initial_eval_loss is not None:
+            result.initial_eval_loss = initial_eval_loss
+        elif val_ds is not None:  # the baseline, before the callback sees evaluations
             result.initial_eval_loss = float(trainer.evaluate()["eval_loss"])
         trainer.add_callback(_report_callback(_eval, on_log))
         start = time.perf_counter()

@@ -74,6 +74,7 @@ def tune(model, tokenizer, train_rows, val_rows, train_cfg: TrainConfig, tune_cf
     main = distributed.is_main()
     study = open_study(tune_cfg, study_name, pruner) if main else None
     kept: dict[int, object] = {}
+    baseline: dict[str, float] = {}  # the untrained validation loss: measured by the first trial, reused after
 
     def objective(trial: optuna.Trial | None) -> float:
         shared = distributed.distributed_trial(trial)  # the same parameters and pruning decisions on every rank
@@ -98,13 +99,14 @@ def tune(model, tokenizer, train_rows, val_rows, train_cfg: TrainConfig, tune_cf
 
             try:
                 result = train_lora(model, tokenizer, train_rows, val_rows, cfg, on_eval=on_eval, on_log=on_log,
-                                    quiet=quiet or not main)
+                                    quiet=quiet or not main, initial_eval_loss=baseline.get("loss"))
             except optuna.TrialPruned as pruned:
                 # A pruned trial is a normal outcome: the run finishes, tagged, and Optuna records PRUNED.
                 if main:
                     mlflow.set_tags({"optuna.state": "PRUNED", "optuna.pruned_reason": str(pruned)})
                 outcome = pruned
             else:
+                baseline.setdefault("loss", result.initial_eval_loss)
                 outcome = _finish_trial(trial, result, work_dir, study, kept) if main else result.final_eval_loss
         if isinstance(outcome, optuna.TrialPruned):
             raise outcome

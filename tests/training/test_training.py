@@ -25,3 +25,16 @@ def test_precision_follows_the_device():
     assert (device, dtype) == ("cpu", torch.float32)
     args = sft_config(TrainConfig(device="cpu"), "/tmp/unused", n_val=1)
     assert args.bf16 is False and args.gradient_checkpointing is False and args.completion_only_loss is True
+
+
+def test_the_untrained_validation_loss_does_not_depend_on_the_lora_settings(tiny_model_dir):
+    """Why tuning measures it once per study: a fresh adapter is the identity whatever its rank or dropout."""
+    loaded = load_model(str(tiny_model_dir))
+    train, val = load_dataset(DataConfig(data="safe", limit=16, benign_ratio=0)).split(0.25, seed=0)
+    base = TrainConfig(max_steps=1, eval_every=1, batch_size=4, max_length=96)
+    losses = [train_lora(loaded.model, loaded.tokenizer, train, val, cfg, quiet=True).initial_eval_loss
+              for cfg in (base, TrainConfig(**{**base.__dict__, "lora_r": 4, "lora_alpha": 32.0, "lora_dropout": 0.3,
+                                                "learning_rate": 1e-2, "target_modules": "q_proj,v_proj"}))]
+    assert abs(losses[0] - losses[1]) < 1e-6, losses
+    reused = train_lora(loaded.model, loaded.tokenizer, train, val, base, quiet=True, initial_eval_loss=losses[0])
+    assert reused.initial_eval_loss == losses[0]

@@ -29,6 +29,9 @@ def test_trials_are_nested_runs_and_pruned_trials_are_recorded_as_pruned(tiny_mo
     by_name = dict(zip(runs["tags.mlflow.runName"], runs["tags.optuna.state"]))
     assert by_name == {"trial-0": "COMPLETE", "trial-1": "PRUNED", "trial-2": "COMPLETE"}
     assert {"params.lora_r", "params.learning_rate", "params.lora_dropout", "params.alpha_multiplier"} <= set(runs.columns)
+    complete = runs[runs["tags.optuna.state"] == "COMPLETE"]
+    assert complete["metrics.initial_val_loss"].nunique() == 1  # measured once, by trial 0, for the whole study
+    assert (complete["metrics.final_val_loss"] != complete["metrics.initial_val_loss"]).all()
     # the study persists: a second call resumes it instead of starting over
     with mlflow.start_run():
         again = tune(loaded.model, loaded.tokenizer, train, val, TrainConfig(max_steps=1, eval_every=1, batch_size=4),
