@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from safety_lab import distributed
 from safety_lab.errors import SafetyLabError
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -40,8 +41,8 @@ def resolve_device(device: str | None = None) -> tuple[str, torch.dtype]:
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
             raise SafetyLabError("device", f"{device!r} requested but CUDA is not available")
-        if device == "cuda" and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:  # one GPU per launched process
-            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0') or 0)}"
+        if device == "cuda" and distributed.world_size() > 1:  # one GPU per launched process
+            device = f"cuda:{distributed.local_rank()}"
         return device, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return device, torch.float32
 

@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from safety_lab import distributed
 from safety_lab.config import TrainConfig
 from safety_lab.data import to_conversation
 from safety_lab.models import resolve_device
-from safety_lab import distributed
 
 logging.getLogger("transformers.trainer").setLevel(logging.WARNING)
 

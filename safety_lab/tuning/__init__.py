@@ -12,10 +12,10 @@ from pathlib import Path
 import mlflow
 import optuna
 
+from safety_lab import distributed
 from safety_lab.config import TrainConfig, TuneConfig, _floats
 from safety_lab.errors import SafetyLabError
 from safety_lab.tracking import redact
-from safety_lab import distributed
 from safety_lab.training import train_lora
 
 TRIAL_RUN_ID = "mlflow_run_id"
