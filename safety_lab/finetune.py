@@ -97,12 +97,12 @@ def finetune(run: RunConfig, data_cfg: DataConfig, train_cfg: TrainConfig, tune_
     model_name = run.model_name or registry.default_model_name(run.base_model)
     eval_cfg = _eval_config(run, eval_options)  # checked before any training, so bad input costs nothing
     distributed.per_device_batch(train_cfg.batch_size)
-    distributed.init(resolve_device(train_cfg.device)[0])
+    device, dtype = resolve_device(train_cfg.device)
+    distributed.init(device)
     if not distributed.is_main():
         return _follow(run, data_cfg, train_cfg, tune_cfg, pruner)
     with _open_run(run, f"finetune-{Path(data_cfg.data).stem}", "finetune") as active:
         mlflow.set_tags({"model_name": model_name})
-        device, dtype = resolve_device(train_cfg.device)
         params = to_params(run, data_cfg, train_cfg, tune_cfg)
         params["tune.storage"] = redact(params["tune.storage"])
         mlflow.log_params({**params, "device": device, "dtype": str(dtype), "world_size": distributed.world_size()})
