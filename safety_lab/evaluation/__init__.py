@@ -1,24 +1,25 @@
-"""Evaluate a model version: run the suites, compare with its reference (parent or base), decide and tag its status."""
+"""Evaluate a loaded model: run the suites, compare them item by item with its references. No MLflow here.
+
+``evaluate(loaded, cfg, references=...) -> EvalReport`` is pure apart from loading reference models (whose results
+are cached on disk); ``safety_lab.registry.record`` writes the run, tags, tables, figures and card.
+"""
 from __future__ import annotations
 
 import dataclasses
-from contextlib import nullcontext
 import hashlib
 import json
 import math
-import tempfile
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import mlflow
-
 from safety_lab.config import _Coerce, _help
 from safety_lab.errors import check
-from safety_lab.evaluation import suites as _suites  # noqa: F401  (importing the suites declares every metric)
+from safety_lab.evaluation import metrics as M
+from safety_lab.evaluation.judges import JUDGES
 from safety_lab.evaluation.specs import METRICS, MetricSpec
-
-SUITE_ORDER = ("asr", "calibration", "drift")
-
+from safety_lab.evaluation.suites import SUITES, SuiteResult, parse_suites
+from safety_lab.models import cache_dir, load_model
 
 @dataclass
 class EvalConfig(_Coerce):
@@ -35,10 +36,6 @@ class EvalConfig(_Coerce):
     device: str = field(default="auto", **_help("auto, cpu or cuda[:n]"))
 
     def __post_init__(self):
-        from safety_lab.evaluation.judges import JUDGES
-        from safety_lab.evaluation.suites import parse_suites
-        from safety_lab.policy import load_policy
-
         self._coerce()
         if self.limit == 0:
             self.limit = None
@@ -50,15 +47,12 @@ class EvalConfig(_Coerce):
         for name in ("harmful_prompts", "qa", "mc"):
             value = getattr(self, name)
             check(value == "builtin" or Path(value).is_file(), name, f"file not found: {value}")
-        load_policy(self.policy)  # a bad policy fails before any model is loaded
 
     @classmethod
     def field_names(cls) -> list[str]:
         return [f.name for f in dataclasses.fields(cls)]
 
     def suite_names(self) -> list[str]:
-        from safety_lab.evaluation.suites import parse_suites
-
         return parse_suites(self.suites)
 
     def cache_key(self, model_identity: str) -> str:
@@ -73,203 +67,114 @@ class EvalConfig(_Coerce):
         return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
+@dataclass(frozen=True)
+class Reference:
+    """A model to compare with: its spec (models:/... or a base spec) and what its cached results are keyed by."""
+
+    uri: str
+    identity: str
+
+
 @dataclass
 class EvalReport:
+    """Everything one evaluation found: suite results, flat metrics, and comparisons with the references."""
+
     model_uri: str
-    metrics: dict[str, float]
-    reference_uri: str | None
-    reference_metrics: dict[str, float] = field(default_factory=dict)
-    base_metrics: dict[str, float] = field(default_factory=dict)
-    status: str = "unevaluated"
-    reasons: tuple[str, ...] = ()
-    summary: str = ""  # the failing/warning reasons only
-    run_id: str | None = None
+    suites: dict[str, SuiteResult]
+    reference_uri: str | None = None
+    reference_suites: dict[str, SuiteResult] = field(default_factory=dict)
+    base_suites: dict[str, SuiteResult] = field(default_factory=dict)
+    comparisons: dict[str, float] = field(default_factory=dict)  # <metric>_delta*, flips_*
 
-    def format(self) -> str:
-        keys = ("asr", "asr_ci_low", "asr_ci_high", "over_refusal_rate", "mc_accuracy", "ece", "brier",
-                "drift_accuracy_base", "drift_accuracy_false_info", "drift_accuracy_random_info")
-        lines = [f"{self.model_uri}: safety.status={self.status}"]
-        lines += [f"  {k:28s} {self.metrics[k]:.4f}" + (f"  (ref {self.reference_metrics[k]:.4f})" if k in self.reference_metrics else "")
-                  for k in keys if k in self.metrics]
-        lines += [f"  - {r}" for r in self.reasons]
-        return "\n".join(lines)
+    @property
+    def metrics(self) -> dict[str, float]:
+        return _flat(self.suites)
 
+    @property
+    def reference_metrics(self) -> dict[str, float]:
+        return _flat(self.reference_suites)
 
-# ---------------------------------------------------------------- running suites (with a results cache for references)
-def _cache_file(key: str) -> Path:
-    from safety_lab.models import cache_dir
+    @property
+    def base_metrics(self) -> dict[str, float]:
+        return _flat(self.base_suites)
 
-    return cache_dir() / "eval" / f"{key}.json"
+    def all_metrics(self) -> dict[str, float]:
+        """What the run logs and the policy reads: metrics plus comparisons, finite values only."""
+        return {k: float(v) for k, v in {**self.metrics, **self.comparisons}.items() if _finite(v)}
 
 
-def run_suites(model_spec: str, cfg: EvalConfig, *, identity: str, use_cache: bool, timings=None) -> tuple[dict, dict]:
-    """(metrics, {suite: SuiteResult-like dict}) for one model; cached on disk by model identity + suite config."""
-    from safety_lab.evaluation.suites import SUITES
-    from safety_lab.models import load_model
-
-    path = _cache_file(cfg.cache_key(identity))
-    if use_cache and path.is_file():
-        cached = json.loads(path.read_text())
-        return cached["metrics"], cached["suites"]
-    loaded = load_model(model_spec, device=cfg.device)
-    metrics, suites = {}, {}
-    for name in cfg.suite_names():
-        stage = timings.stage(f"eval_{name}") if timings is not None else nullcontext()
-        with stage:
-            result = SUITES.get(name)(loaded, cfg)
-        metrics.update(result.metrics)
-        suites[name] = {"metrics": result.metrics, "rows": result.rows}
-        if name == "calibration":
-            suites[name]["curve"] = [list(b) for b in result.extra["curve"]]
-    if use_cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{id(path)}")
-        tmp.write_text(json.dumps({"metrics": metrics, "suites": suites}, default=float))
-        tmp.replace(path)  # atomic: concurrent evaluations never read half a file
-    return metrics, suites
-
-
-def _reference_for(mv) -> tuple[str | None, str | None]:
-    """(parent uri, original base spec) of a registered version."""
-    tags = mv.tags or {}
-    return tags.get("parent"), tags.get("base_model")
-
-
-def _source_identity(spec: str) -> str:
-    """What a cached result is keyed by: a registered version's immutable source, or the base spec."""
-    if spec.startswith("models:/"):
-        from safety_lab.registry import resolve_version
-
-        mv = resolve_version(spec)
-        return f"{mv.name}/{mv.version}/{mv.source}"
-    return spec
-
-
-# ---------------------------------------------------------------- the evaluation run
-def evaluate_version(model_uri: str, cfg: EvalConfig, *, timings=None) -> EvalReport:
-    """Evaluate `model_uri` in its own MLflow run; for a registered version, tag the status the policy decides."""
-    from safety_lab import registry
-    from safety_lab.evaluation import metrics as M
-    from safety_lab.models import DEFAULT_MODEL
-    from safety_lab.policy import decide, load_policy, policy_summary
-    from safety_lab.tracking import start_experiment
-
-    cfg = dataclasses.replace(cfg, model_uri=model_uri)
-    policy = load_policy(cfg.policy)
-    mv = registry.resolve_version(model_uri) if model_uri.startswith("models:/") else None
-    spec = f"models:/{mv.name}/{mv.version}" if mv else (DEFAULT_MODEL if model_uri == "base" else model_uri)
-    parent, base = _reference_for(mv) if mv else (None, None)
-    reference_uri = parent or base
-    if not mlflow.active_run():
-        start_experiment("safety_lab")
-    run_name = f"evaluate-{mv.name}-v{mv.version}" if mv else f"evaluate-{Path(spec).name}"
-    with mlflow.start_run(run_name=run_name, nested=mlflow.active_run() is not None) as run:
-        mlflow.set_tags({"safety_lab.job": "evaluate", "model_uri": spec, "reference": reference_uri or "none"})
-        mlflow.log_params({f"eval.{k}": v for k, v in dataclasses.asdict(cfg).items()})
-        metrics, suites = run_suites(spec, cfg, identity=_source_identity(spec), use_cache=mv is None, timings=timings)
-        report = EvalReport(model_uri=spec, metrics=metrics, reference_uri=reference_uri, run_id=run.info.run_id)
-        ref_suites = {}
-        stage = timings.stage("eval_reference") if timings is not None else nullcontext()
-        with stage:
-            if reference_uri:
-                report.reference_metrics, ref_suites = run_suites(reference_uri, cfg, identity=_source_identity(reference_uri),
-                                                                  use_cache=True)
-            if parent and base:
-                report.base_metrics, _ = run_suites(base, cfg, identity=_source_identity(base), use_cache=True)
-        deltas = M.deltas(metrics, report.reference_metrics) if report.reference_metrics else {}
-        if "drift" in suites and "drift" in ref_suites:
-            deltas.update(M.drift_flips(suites["drift"]["rows"], ref_suites["drift"]["rows"]))
-        base_deltas = {f"{k}_vs_base": v for k, v in M.deltas(metrics, report.base_metrics).items()} if report.base_metrics else {}
-        model_id = mv.source.split("models:/", 1)[1] if mv and mv.source.startswith("models:/") else None
-        finite = {k: float(v) for k, v in {**metrics, **deltas, **base_deltas}.items() if _finite(v)}
-        mlflow.log_metrics(finite, model_id=model_id)
-        decision = decide(metrics, report.reference_metrics or None, policy)
-        report.status, report.reasons, report.summary = decision.status, tuple(decision.reasons), decision.summary
-        lineage = {"model_name": mv.name, "version": str(mv.version), **{k: v for k, v in (mv.tags or {}).items()
-                   if k in ("data.name", "data.sha256", "data.rows", "base_model", "parent")}} if mv else {"base_model": spec}
-        _log_artifacts(report, suites, decision, lineage)
-        mlflow.set_tags({"safety.status": decision.status, "safety.reasons": decision.summary[:4000],
-                         "safety.checks": "; ".join(decision.reasons)[:4000]})
-        if mv is not None:
-            registry.tag_version(mv.name, mv.version, _version_tags(report, deltas, base_deltas, policy_summary(policy)))
-            _describe(mv, report)
-    return report
+def _flat(suites: dict[str, SuiteResult]) -> dict[str, float]:
+    return {k: v for result in suites.values() for k, v in result.metrics.items()}
 
 
 def _finite(v) -> bool:
-    return isinstance(v, (int, float)) and math.isfinite(v)
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _fmt(v) -> str:
-    return f"{v:.4f}" if _finite(v) else "n/a"
+# ---------------------------------------------------------------- running suites (with a results cache for references)
+def run_suites(loaded, cfg: EvalConfig, *, timings=None) -> dict[str, SuiteResult]:
+    """Every configured suite on one loaded model, in order."""
+    results = {}
+    for name in cfg.suite_names():
+        with timings.stage(f"eval_{name}") if timings is not None else nullcontext():
+            results[name] = SUITES.get(name)(loaded, cfg)
+    return results
 
 
-def _version_tags(report: EvalReport, deltas: dict, base_deltas: dict, policy: str) -> dict[str, str]:
-    m = report.metrics
-    tags = {
-        "safety.status": report.status,
-        "safety.reasons": report.summary[:4000],
-        "safety.checks": "; ".join(report.reasons)[:4000],
-        "safety.eval_run_id": report.run_id,
-        "safety.policy": policy,
-        "safety.reference": report.reference_uri or "none",
-    }
-    if "asr" in m:
-        tags.update({"safety.asr": _fmt(m["asr"]), "safety.asr_ci": f"[{_fmt(m['asr_ci_low'])}, {_fmt(m['asr_ci_high'])}]",
-                     "safety.asr_delta": _fmt(deltas.get("asr_delta")),
-                     "safety.over_refusal_rate": _fmt(m.get("over_refusal_rate"))})
-        if base_deltas:  # fine-tuned from a parent: also show the change against the original base
-            tags["safety.asr_delta_vs_base"] = _fmt(base_deltas.get("asr_delta_vs_base"))
-    if "ece" in m:
-        tags["safety.ece"] = _fmt(m["ece"])
-    if "drift_accuracy_false_info" in m:
-        tags["safety.drift_accuracy_false_info_delta"] = _fmt(deltas.get("drift_accuracy_false_info_delta"))
-        if base_deltas:
-            tags["safety.drift_accuracy_false_info_delta_vs_base"] = _fmt(base_deltas.get("drift_accuracy_false_info_delta_vs_base"))
-    return tags
+def _cache_file(key: str) -> Path:
+    return cache_dir() / "eval" / f"{key}.json"
 
 
-def _describe(mv, report: EvalReport) -> None:
-    from mlflow.tracking import MlflowClient
+def cached_suites(ref: Reference, cfg: EvalConfig, *, timings=None) -> dict[str, SuiteResult]:
+    """A reference model's suite results, from the disk cache or computed (loading the model) and cached."""
+    path = _cache_file(cfg.cache_key(ref.identity))
+    if path.is_file():
+        try:
+            return {k: SuiteResult.from_json(v) for k, v in json.loads(path.read_text()).items()}
+        except (ValueError, KeyError, TypeError):
+            pass  # a corrupt entry is recomputed
+    results = run_suites(load_model(ref.uri, device=cfg.device), cfg, timings=timings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{id(path)}")
+    tmp.write_text(json.dumps({k: v.to_json() for k, v in results.items()}, default=float))
+    tmp.replace(path)  # atomic: concurrent evaluations never read half a file
+    return results
 
-    current = MlflowClient().get_model_version(mv.name, mv.version).description or ""
-    current = current.split("\n\nSafety evaluation:", 1)[0].replace(
-        " Safety status: unevaluated until its evaluation run succeeds.", "")
-    summary = (f"\n\nSafety evaluation: status **{report.status}** (run {report.run_id}). "
-               f"ASR {_fmt(report.metrics.get('asr'))} against reference {report.reference_uri or 'none'}. "
-               f"Reasons: {report.summary}. Checks: {'; '.join(report.reasons)}")
-    MlflowClient().update_model_version(mv.name, mv.version, description=(current + summary)[:5000])
+
+# ---------------------------------------------------------------- comparisons
+def compare(current: dict[str, SuiteResult], reference: dict[str, SuiteResult], *, suffix: str = "") -> dict[str, float]:
+    """``<metric>_delta<suffix>`` for shared metrics, plus paired intervals and tests on shared items."""
+    cur, ref = _flat(current), _flat(reference)
+    out = {f"{k}_delta{suffix}": float(cur[k]) - float(ref[k]) for k in cur
+           if k in ref and _finite(cur[k]) and _finite(ref[k]) and METRICS.find(k) is not None
+           and METRICS.get(k).kind != "count"}
+    for name in current:
+        if name not in reference:
+            continue
+        for metric, outcomes in current[name].paired.items():
+            if metric in reference[name].paired:
+                stats = M.paired_comparison(outcomes, reference[name].paired[metric])
+                out.update({f"{metric}_delta{suffix}{k[len('delta'):]}": v for k, v in stats.items() if k != "delta"})
+    if not suffix and "drift" in current and "drift" in reference:
+        out.update(M.drift_flips(current["drift"].rows, reference["drift"].rows))
+    return out
 
 
-def _log_artifacts(report: EvalReport, suites: dict, decision, lineage: dict) -> None:
-    from safety_lab.reporting import plots
-    from safety_lab.reporting.cards import write_safety_card
+def evaluate(loaded, cfg: EvalConfig, *, reference: Reference | None = None, base: Reference | None = None,
+             timings=None) -> EvalReport:
+    """Run the suites on ``loaded`` and compare with the reference (parent, else base) and the original base."""
+    report = EvalReport(model_uri=loaded.spec, suites=run_suites(loaded, cfg, timings=timings),
+                        reference_uri=reference.uri if reference else None)
+    with timings.stage("eval_reference") if timings is not None else nullcontext():
+        if reference is not None:
+            report.reference_suites = cached_suites(reference, cfg)
+            report.comparisons.update(compare(report.suites, report.reference_suites))
+        if base is not None:
+            same = reference is not None and base.identity == reference.identity
+            report.base_suites = report.reference_suites if same else cached_suites(base, cfg)
+            report.comparisons.update(compare(report.suites, report.base_suites, suffix="_vs_base"))
+    return report
 
-    with tempfile.TemporaryDirectory(prefix="eval-") as tmp:
-        out = Path(tmp)
-        for name, suite in suites.items():
-            with open(out / f"{name}_items.jsonl", "w", encoding="utf-8") as f:
-                for row in suite["rows"]:
-                    f.write(json.dumps(row, ensure_ascii=False, default=float) + "\n")
-        m, r = report.metrics, report.reference_metrics
-        if "asr" in m:
-            entries = [("this model", m["asr"], m["asr_ci_low"], m["asr_ci_high"])]
-            if "asr" in r:
-                entries.append((f"reference", r["asr"], r["asr_ci_low"], r["asr_ci_high"]))
-            plots.asr_bars(entries, out / "asr.png")
-        if "calibration" in suites:
-            plots.reliability_diagram(suites["calibration"]["curve"], out / "reliability.png",
-                                      title=f"ECE {_fmt(m.get('ece'))}")
-        if "drift" in suites:
-            bars = {"this model": m}
-            if any(k.startswith("drift_") for k in r):
-                bars["reference"] = r
-            plots.drift_bars(bars, out / "drift.png")
-        summary = {"model_uri": report.model_uri, "status": decision.status, "reasons": list(decision.reasons),
-                   "metrics": m, "reference_uri": report.reference_uri, "reference_metrics": r,
-                   "base_metrics": report.base_metrics}
-        (out / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
-        title = f"{lineage['model_name']} v{lineage['version']}" if "version" in lineage else report.model_uri
-        write_safety_card(out, summary=summary, items={k: v["rows"] for k, v in suites.items()},
-                          plots={p.stem: p for p in out.glob("*.png")}, lineage=lineage, title=f"Safety card: {title}")
-        mlflow.log_artifacts(str(out), artifact_path="evaluation")
+
+__all__ = ["EvalConfig", "EvalReport", "METRICS", "MetricSpec", "Reference", "SuiteResult", "cached_suites",
+           "compare", "evaluate", "run_suites"]

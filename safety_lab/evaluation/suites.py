@@ -64,9 +64,19 @@ DRIFT_SPECS = tuple(
 
 @dataclass
 class SuiteResult:
+    """A suite's metrics, its per-item rows, and per-item outcomes for paired comparison with a reference."""
+
     metrics: dict[str, float]
-    rows: list[dict] = field(default_factory=list)  # per item, saved as JSONL
+    rows: list[dict] = field(default_factory=list)  # per item: logged as a table the MLflow UI shows
     extra: dict = field(default_factory=dict)  # what the plots need
+    paired: dict[str, dict[str, object]] = field(default_factory=dict)  # metric -> {item key: outcome}
+
+    def to_json(self) -> dict:
+        return {"metrics": self.metrics, "rows": self.rows, "extra": self.extra, "paired": self.paired}
+
+    @classmethod
+    def from_json(cls, data: dict) -> SuiteResult:
+        return cls(data["metrics"], data["rows"], data.get("extra", {}), data.get("paired", {}))
 
 
 def _limit(items: list, limit: int | None) -> list:
@@ -117,7 +127,9 @@ def asr_suite(loaded, cfg) -> SuiteResult:
              "attack_success": bool(v), "judge": cfg.judge} for h, r, v in zip(harmful, harmful_responses, verdicts)]
     rows += [{"set": "benign", "id": b["id"], "category": b.get("category", ""), "prompt": b["prompt"], "response": r,
               "refused": bool(x)} for b, r, x in zip(benign, benign_responses, refused)]
-    return SuiteResult(metrics, rows, {"asr": result})
+    paired = {"asr": {str(h["id"]): bool(v) for h, v in zip(harmful, verdicts)},
+              "over_refusal_rate": {f"{b.get('set', 'benign')}:{b['id']}": bool(x) for b, x in zip(benign, refused)}}
+    return SuiteResult(metrics, rows, {"asr": result}, paired)
 
 
 # ---------------------------------------------------------------- calibration
@@ -187,7 +199,9 @@ def calibration_suite(loaded, cfg) -> SuiteResult:
     rows = [{"id": it.get("id", i), "question": it["question"], "answer": it["answer"], "chosen": int(p.argmax()),
              "confidence": float(p.max()), "option_logprobs": s} for i, (it, s, p) in enumerate(zip(items, scores, probs))]
     curve = M.reliability_curve([r["chosen"] == r["answer"] for r in rows], [r["confidence"] for r in rows])
-    return SuiteResult({**summary.as_metrics(), "mc_n": float(len(items))}, rows, {"curve": curve})
+    paired = {"mc_accuracy": {str(r["id"]): r["chosen"] == r["answer"] for r in rows},
+              "ece": {str(r["id"]): [r["chosen"] == r["answer"], r["confidence"]] for r in rows}}
+    return SuiteResult({**summary.as_metrics(), "mc_n": float(len(items))}, rows, {"curve": curve}, paired)
 
 
 # ---------------------------------------------------------------- knowledge drift
@@ -225,7 +239,9 @@ def drift_suite(loaded, cfg) -> SuiteResult:
         entropy, perplexity, probability = M.token_uncertainty(top, chosen) if chosen else (float("nan"),) * 3
         rows.append({**p, "answer": answer, "correct": M.answer_is_correct(p["true_answer"], answer),
                      "entropy": entropy, "perplexity": perplexity, "probability": probability})
-    return SuiteResult({**M.drift_summary(rows), "drift_n": float(len(items))}, rows, {})
+    paired = {f"drift_accuracy_{t}": {r["id"]: bool(r["correct"]) for r in rows if r["prompt_type"] == t}
+              for t in M.PROMPT_TYPES}
+    return SuiteResult({**M.drift_summary(rows), "drift_n": float(len(items))}, rows, {}, paired)
 
 
 def parse_suites(text: str) -> list[str]:
