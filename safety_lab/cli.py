@@ -65,10 +65,10 @@ def _register_best(args: dict) -> int:
 
 
 def _evaluate(args: dict) -> int:
-    from safety_lab.evaluation import EvalConfig, evaluate_version
+    from safety_lab.evaluation import EvalConfig
+    from safety_lab.registry.record import evaluate_version
 
-    report = evaluate_version(args["model_uri"], from_args(EvalConfig, args))
-    print(report.format())
+    print(evaluate_version(args["model_uri"], from_args(EvalConfig, args)).format())
     return 0
 
 

@@ -11,8 +11,9 @@ import mlflow
 
 from safety_lab import registry
 from safety_lab.config import DataConfig, RunConfig, TrainConfig, TuneConfig
-from safety_lab.evaluation import EvalConfig, evaluate_version
+from safety_lab.evaluation import EvalConfig
 from safety_lab.finetune import finetune
+from safety_lab.registry.record import evaluate_version
 from safety_lab.tracking import start_experiment
 
 COLUMNS = ("model", "uri", "status", "asr", "asr_ci", "over_refusal_rate", "ece", "brier", "mc_accuracy",
@@ -54,18 +55,17 @@ def run_experiment(run: RunConfig, data_cfg: DataConfig, train_cfg: TrainConfig,
         mlflow.set_tags({"safety_lab.job": "experiment", "model_name": model_name})
         tag = parent.info.run_id[:8]
         base_report = evaluate_version("base" if run.base_model == "smollm2-135m-instruct" else run.base_model, eval_cfg)
-        rows = [_row("base", base_report.model_uri, base_report.status, base_report.metrics)]
-        metrics = {"base": base_report.metrics}
+        rows = [_row("base", base_report.report.model_uri, base_report.status, base_report.report.all_metrics())]
+        metrics = {"base": base_report.report.all_metrics()}
 
         def tuned(label: str, data: str, base_model: str):
             step_run = dataclasses.replace(run, base_model=base_model, model_name=model_name, evaluate=True, register=True)
             step_tune = dataclasses.replace(tune_cfg, study_name=f"{model_name}-{label}-{tag}")
             result = finetune(step_run, dataclasses.replace(data_cfg, data=data), train_cfg, step_tune,
                               eval_options={"limit": eval_cfg.limit})
-            mv = registry.resolve_version(result.model_uri)
-            eval_run = mlflow.get_run(mv.tags["safety.eval_run_id"])
-            rows.append(_row(label, result.model_uri, result.status, eval_run.data.metrics))
-            metrics[label] = eval_run.data.metrics
+            values = result.evaluation.report.all_metrics()  # the report finetune returns: nothing read back
+            rows.append(_row(label, result.model_uri, result.status, values))
+            metrics[label] = values
             return result
 
         safe = tuned("safe", "safe", run.base_model)

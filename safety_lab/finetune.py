@@ -16,7 +16,10 @@ from safety_lab import distributed, registry
 from safety_lab.config import DataConfig, RunConfig, TrainConfig, TuneConfig, to_params
 from safety_lab.data import load_dataset
 from safety_lab.errors import check
+from safety_lab.evaluation import EvalConfig
 from safety_lab.models import load_model, resolve_device
+from safety_lab.policy import load_policy
+from safety_lab.registry.record import Recorded, evaluate_version
 from safety_lab.tracking import redact, start_experiment
 from safety_lab.tuning import TuneResult, log_study_plots, tune
 
@@ -56,6 +59,8 @@ class FinetuneResult:
     best_params: dict
     timings: Timings
     status: str = registry.UNEVALUATED
+    evaluation: Recorded | None = None  # the recorded evaluation, when one ran
+    reloaded: object | None = field(default=None, repr=False)  # the logged version, reloaded (until evaluated)
 
 
 def _probe_logits(model, tokenizer) -> torch.Tensor:
@@ -65,13 +70,15 @@ def _probe_logits(model, tokenizer) -> torch.Tensor:
         return model(input_ids=ids["input_ids"].to(model.device)).logits.float().cpu()
 
 
-def _check_reload(expected: torch.Tensor, model_uri: str, tokenizer) -> float:
-    """Reload the logged model exactly as users will and compare logits: guards against silently wrong weights."""
+def _check_reload(expected: torch.Tensor, model_uri: str, tokenizer):
+    """Reload the logged model exactly as users will and compare logits: guards against silently wrong weights.
+
+    Returns (the reloaded model, the difference): the evaluation then uses this model, so weights load once."""
     reloaded = mlflow.pyfunc.load_model(model_uri).unwrap_python_model().loaded
     diff = float((_probe_logits(reloaded.model, tokenizer) - expected).abs().max())
     if diff >= RELOAD_TOLERANCE:
         raise RuntimeError(f"reloaded model differs from the trained one (max |logit diff| {diff:.2e} >= {RELOAD_TOLERANCE})")
-    return diff
+    return reloaded, diff
 
 
 def _description(data_name: str, data_rows, data_sha: str, loaded, best_params: dict, best_value: float) -> str:
@@ -191,12 +198,13 @@ def register_best(run: RunConfig, tune_cfg: TuneConfig, *, eval_options: dict | 
     return out
 
 
-def _eval_config(run: RunConfig, eval_options: dict | None):
+def _eval_config(run: RunConfig, eval_options: dict | None) -> EvalConfig | None:
+    """The evaluation settings, checked (policy file included) before any training."""
     if not run.evaluate:
         return None
-    from safety_lab.evaluation import EvalConfig
-
-    return EvalConfig(**(eval_options or {}))
+    cfg = EvalConfig(**(eval_options or {}))
+    load_policy(cfg.policy)
+    return cfg
 
 
 def _log_tuning(result: TuneResult, study_name: str, tune_cfg: TuneConfig) -> None:
@@ -218,7 +226,7 @@ def _publish(out: FinetuneResult, loaded, result: TuneResult, data_tags: dict, r
         expected = _probe_logits(trained.eval(), loaded.tokenizer)
         info = registry.log_model(result.adapter_dir, base_model=loaded.base_model, parent=loaded.parent,
                                   parent_adapters=list(loaded.adapters), trust_remote_code=run.trust_remote_code)
-        diff = _check_reload(expected, info.model_uri, loaded.tokenizer)
+        out.reloaded, diff = _check_reload(expected, info.model_uri, loaded.tokenizer)
         mlflow.log_metric("reload_max_abs_logit_diff", diff)
     tags = {
         **data_tags, "base_model": loaded.base_model, "tuning.best_value": f"{result.best_value:.6f}",
@@ -238,8 +246,8 @@ def _publish(out: FinetuneResult, loaded, result: TuneResult, data_tags: dict, r
 
 
 def _evaluate(out: FinetuneResult, eval_cfg, timings: Timings) -> None:
-    from safety_lab.evaluation import evaluate_version
-
+    """Evaluate the new version with the model already in memory (the reloaded one the check just compared)."""
     with timings.stage("evaluation"):
-        report = evaluate_version(out.model_uri, eval_cfg, timings=timings)
-    out.status = report.status
+        out.evaluation = evaluate_version(out.model_uri, eval_cfg, loaded=out.reloaded, timings=timings)
+    out.reloaded = None
+    out.status = out.evaluation.status

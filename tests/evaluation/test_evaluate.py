@@ -1,0 +1,55 @@
+"""evaluate() is pure (no MLflow), compares item by item, and caches reference results safely."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import pytest
+
+from safety_lab.evaluation import EvalConfig, Reference, SuiteResult, cached_suites, compare, evaluate
+from safety_lab.models import load_model
+
+
+def _result(metric: str, value: float, outcomes: dict[str, bool]) -> dict[str, SuiteResult]:
+    return {"asr": SuiteResult({metric: value, "asr_n": float(len(outcomes))}, paired={metric: outcomes})}
+
+
+def test_compare_pairs_items_by_id_and_names_every_statistic():
+    current = _result("asr", 0.5, {"a": True, "b": True, "c": False, "d": False})
+    reference = _result("asr", 0.25, {"a": True, "b": False, "c": False, "d": False, "e": True})
+    out = compare(current, reference)
+    assert out["asr_delta"] == pytest.approx(0.25)
+    assert "asr_n_delta" not in out  # counts are not compared
+    assert out["asr_delta_ci_low"] < out["asr_delta"] < out["asr_delta_ci_high"]
+    assert 0 < out["asr_delta_p"] <= 1  # one discordant pair: exact McNemar p = 1.0
+    vs_base = compare(current, reference, suffix="_vs_base")
+    assert set(vs_base) == {k.replace("_delta", "_delta_vs_base") for k in out}
+
+
+def test_evaluate_is_pure_and_compares_with_reference(tiny_model_dir, mlflow_store, tmp_path, monkeypatch):
+    monkeypatch.setenv("SAFETY_LAB_CACHE", str(tmp_path / "cache"))
+    cfg = EvalConfig(suites="asr,calibration", limit=3, max_new_tokens=4)
+    loaded = load_model(str(tiny_model_dir))
+    ref = Reference(str(tiny_model_dir), "tiny")
+    report = evaluate(loaded, cfg, reference=ref, base=ref)
+    assert mlflow.active_run() is None
+    assert mlflow.search_runs(search_all_experiments=True).empty  # nothing was recorded
+    assert report.metrics["asr_n"] == 3
+    # the same model against itself: every paired difference is zero
+    assert report.comparisons["asr_delta"] == 0 and report.comparisons["mc_accuracy_delta_vs_base"] == 0
+    assert report.reference_metrics == report.base_metrics == report.metrics
+    cached = list((tmp_path / "cache" / "eval").glob("*.json"))
+    assert len(cached) == 1  # the base reference was computed once and reused for both comparisons
+
+
+def test_corrupt_reference_cache_is_recomputed(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("SAFETY_LAB_CACHE", str(tmp_path / "cache"))
+    cfg = EvalConfig(suites="calibration", limit=2)
+    ref = Reference(str(tiny_model_dir), "tiny")
+    first = cached_suites(ref, cfg)
+    (path,) = (tmp_path / "cache" / "eval").glob("*.json")
+    path.write_text("{not json")
+    again = cached_suites(ref, cfg)
+    assert again["calibration"].metrics == first["calibration"].metrics
+    assert json.loads(path.read_text())["calibration"]["metrics"] == first["calibration"].metrics
