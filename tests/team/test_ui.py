@@ -88,3 +88,20 @@ def test_eval_run_page_shows_the_asr_metric(page, team, team_version, mlflow_ser
     body = page.locator("body").inner_text()
     assert re.search(r"(^|\s)asr(\s|$)", body)
     assert run.info.run_name in body
+
+
+def test_eval_run_shows_a_response_row_of_the_item_table(page, team, team_version, mlflow_server):
+    """The per-item rows are logged with mlflow.log_table: the UI's artifact view shows prompts and responses."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=mlflow_server.url)
+    run = client.get_run(team_version.tags["safety.eval_run_id"])
+    table = client.load_table(run.info.experiment_id, "evaluation/asr_items.json", run_ids=[run.info.run_id])
+    row = table.iloc[0]
+    assert {"prompt", "response"} <= set(table.columns)
+    url = (f"{mlflow_server.url}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+           f"/artifacts/evaluation/asr_items.json")
+    words = " ".join(str(row["prompt"]).split()[:4])
+    _open(page, url, team.ARTIFACTS / "ui-eval-items.png", "asr_items.json")
+    page.get_by_text(words).first.wait_for(state="visible", timeout=TIMEOUT_MS)
+    assert words in page.locator("body").inner_text()
