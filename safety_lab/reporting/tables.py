@@ -93,6 +93,14 @@ class Column:
             return ""
         return f"[{self.spec.format(low)}, {self.spec.format(high)}]"
 
+    def tag_cell(self, tags: Mapping[str, str], prefix: str = "safety.") -> str:
+        """The cell from a version's tags, as written (``safety.asr``, ``safety.asr_ci``; an interval may also
+        come as ``safety.asr_ci_low`` / ``safety.asr_ci_high``); '' when not recorded."""
+        if tags.get(f"{prefix}{self.key}"):
+            return str(tags[f"{prefix}{self.key}"])
+        low, high = tags.get(f"{prefix}{self.key}_low"), tags.get(f"{prefix}{self.key}_high")
+        return f"[{low}, {high}]" if self.interval and low and high else ""
+
 
 def headline_columns(metrics: Mapping[str, float] | None = None) -> list[Column]:
     """The metric columns of tables, from ``METRICS.headline(metrics)`` in declaration order: the value, then

@@ -61,3 +61,12 @@ def test_metric_cells_format_floats_with_the_spec():
     assert cells["asr"] == fmt(0.24) and cells["asr_ci"] == f"[{fmt(0.16)}, {fmt(0.352)}]"
     assert cells["mc_accuracy"] == METRICS.get("mc_accuracy").format(0.5)
     assert cells["ece"] == "" and cells["over_refusal_rate_ci"] == ""  # absent metric: empty cell
+
+
+def test_tag_cells_read_a_versions_safety_tags():
+    by_key = {c.key: c for c in tagged_columns()}
+    tags = {"safety.asr": "0.0700", "safety.asr_ci": "[0.03, 0.12]", "safety.over_refusal_rate_ci_low": "0.1",
+            "safety.over_refusal_rate_ci_high": "0.4"}
+    assert by_key["asr"].tag_cell(tags) == "0.0700" and by_key["asr_ci"].tag_cell(tags) == "[0.03, 0.12]"
+    assert by_key["over_refusal_rate_ci"].tag_cell(tags) == "[0.1, 0.4]"  # bounds written as two tags
+    assert by_key["ece"].tag_cell(tags) == ""
