@@ -267,9 +267,15 @@ def _verdict(row: Mapping[str, Any]) -> tuple[str, str]:
 
 
 def _examples(rows: Sequence[Mapping[str, Any]], n: int) -> list[dict]:
-    return [{"set": str(r.get("set", "")), "id": str(r.get("id", "")), "category": str(r.get("category") or ""),
-             "prompt": truncate(r.get("prompt"), PROMPT_CHARS), "response": truncate(r.get("response"), RESPONSE_CHARS),
-             "verdict": _verdict(r)[0], "verdict_class": _verdict(r)[1]} for r in select_examples(rows, n)]
+    """The chosen rows, truncated: set, details (category, id), prompt, response, verdict and its css class."""
+    out = []
+    for r in select_examples(rows, n):
+        details = [str(r.get("category") or ""), f"id {r['id']}" if r.get("id") not in (None, "") else ""]
+        out.append({"set": str(r.get("set", "")), "details": [d for d in details if d],
+                    "prompt": truncate(r.get("prompt"), PROMPT_CHARS),
+                    "response": truncate(r.get("response"), RESPONSE_CHARS),
+                    "verdict": _verdict(r)[0], "verdict_class": _verdict(r)[1]})
+    return out
 
 
 PlotSource = str | Path | bytes | Figure
@@ -314,6 +320,7 @@ def _context(summary, items, plots, lineage, title, examples) -> dict:
     header = ["Metric", "Value", "95% interval"] + (["Reference", "Δ vs reference"] if has_ref else []) \
         + (["Δ vs base"] if has_base else [])
     asr_rows = (items or {}).get("asr") or []
+    shown = _examples(asr_rows, examples)
     return {
         "title": str(title), "status": status, "badge": badge, "color": color, "dot": dot,
         "reasons": [str(r) for r in summary.get("reasons") or []],
@@ -322,8 +329,9 @@ def _context(summary, items, plots, lineage, title, examples) -> dict:
         "rows": [_metric_row(n, metrics, reference, base, has_ref, has_base) for n in _row_names(metrics, reference)],
         "breakdowns": _breakdowns(metrics, reference, has_ref),
         "plots": _plot_items(plots), "lineage": _lineage_rows(lineage or {}),
-        "examples": _examples(asr_rows, examples), "n_items": len(asr_rows),
-        "prompt_chars": PROMPT_CHARS, "response_chars": RESPONSE_CHARS,
+        "examples": shown,
+        "showing": f"Showing {len(shown)} of {len(asr_rows)}; prompts cut to {PROMPT_CHARS} and responses to "
+                   f"{RESPONSE_CHARS} characters.",
     }
 
 

@@ -186,5 +186,6 @@ def test_plots_given_as_figures_or_bytes_are_embedded_and_written_next_to_the_ca
     md_path, html_path = write_safety_card(tmp_path, summary=_summary(), plots={"asr": fig, "extra": data}, title="t")
     md, page = md_path.read_text(encoding="utf-8"), html_path.read_text(encoding="utf-8")
     assert "![asr](asr.png)" in md and "![extra](extra.png)" in md
-    assert (tmp_path / "asr.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (tmp_path / "extra.png").read_bytes() == data
+    assert (tmp_path / "asr.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "extra.png").read_bytes() == data
     assert page.count("data:image/png;base64,") == 2 and base64.b64encode(data).decode() in page

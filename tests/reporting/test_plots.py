@@ -34,7 +34,8 @@ def test_asr_bars(tmp_path):
 
 def test_drift_bars(tmp_path):
     rows = [{"prompt_type": t, "correct": c} for t in ("base", "false_info", "random_info") for c in (True, False)]
-    summaries = {"base": drift_summary(rows), "tuned": drift_summary([r for r in rows if r["prompt_type"] != "random_info"])}
+    tuned = drift_summary([r for r in rows if r["prompt_type"] != "random_info"])
+    summaries = {"base": drift_summary(rows), "tuned": tuned}
     drift_bars(summaries, str(tmp_path / "drift.png"))
     assert _is_png((tmp_path / "drift.png").read_bytes())
 

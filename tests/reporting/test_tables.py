@@ -28,7 +28,9 @@ def test_render_every_format():
     assert md[:2] == ["| model | asr | note |", "|---|---|---|"]
     assert md[2] == "| base | 0.100 | two lines \\| pipe |" and md[3] == "| safe->harmful |  |  |"
     assert list(csv.DictReader(io.StringIO(render(ROWS, "csv")))) == [
-        {"model": "base", "asr": "0.100", "note": "two\nlines | pipe"}, {"model": "safe->harmful", "asr": "", "note": ""}]
+        {"model": "base", "asr": "0.100", "note": "two\nlines | pipe"},
+        {"model": "safe->harmful", "asr": "", "note": ""},
+    ]
     assert json.loads(render(ROWS, "json", columns=["asr", "model"])) == [
         {"asr": "0.100", "model": "base"}, {"asr": "", "model": "safe->harmful"}]
     assert render([], "table", ["a", "b"], empty="(none)").splitlines()[-1] == "(none)"
