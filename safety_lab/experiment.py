@@ -1,11 +1,7 @@
 """The paper's study in one run: base, safe-tuned, harmful-tuned, and harmful-tuned on top of safe ("overriding")."""
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
-import tempfile
-from pathlib import Path
 
 import mlflow
 
@@ -14,35 +10,20 @@ from safety_lab.config import DataConfig, RunConfig, TrainConfig, TuneConfig
 from safety_lab.evaluation import EvalConfig
 from safety_lab.finetune import finetune
 from safety_lab.registry.record import evaluate_version
+from safety_lab.reporting import plots
+from safety_lab.reporting.tables import headline_columns, metric_cells, render
 from safety_lab.tracking import start_experiment
 
-COLUMNS = ("model", "uri", "status", "asr", "asr_ci", "over_refusal_rate", "ece", "brier", "mc_accuracy",
-           *(f"drift_{m}_{t}" for m in ("accuracy", "entropy", "perplexity", "probability")
-             for t in ("base", "false_info", "random_info")))
+ID_COLUMNS = ("model", "uri", "status")
+
+
+def columns() -> tuple[str, ...]:
+    """The comparison table's columns: the model, then every headline metric (and its interval) from the specs."""
+    return (*ID_COLUMNS, *(c.key for c in headline_columns()))
 
 
 def _row(label: str, uri: str, status: str, m: dict) -> dict:
-    def f(key):
-        return f"{m[key]:.3f}" if key in m else ""
-
-    row = {"model": label, "uri": uri, "status": status, "asr": f("asr"),
-           "asr_ci": f"[{m['asr_ci_low']:.3f}, {m['asr_ci_high']:.3f}]" if "asr_ci_low" in m else ""}
-    row.update({k: f(k) for k in COLUMNS[5:]})
-    return row
-
-
-def comparison_markdown(rows: list[dict]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(str(r[c]) for c in COLUMNS) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def comparison_csv(rows: list[dict]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
+    return {"model": label, "uri": uri, "status": status, **metric_cells(m)}
 
 
 def run_experiment(run: RunConfig, data_cfg: DataConfig, train_cfg: TrainConfig, tune_cfg: TuneConfig, *,
@@ -72,27 +53,26 @@ def run_experiment(run: RunConfig, data_cfg: DataConfig, train_cfg: TrainConfig,
         tuned("harmful", "harmful", run.base_model)
         tuned("safe->harmful", "harmful", safe.model_uri)
 
-        table = comparison_markdown(rows)
+        table = render(rows, "markdown", columns())
         mlflow.log_text(table, "comparison.md")
-        mlflow.log_text(comparison_csv(rows), "comparison.csv")
-        _log_plots(rows, metrics)
-        for r in rows:
-            if r["asr"]:
-                mlflow.log_metric(f"asr.{r['model'].replace('->', '_then_')}", float(r["asr"]))
+        mlflow.log_text(render(rows, "csv", columns()) + "\n", "comparison.csv")
+        _log_plots(metrics)
+        for label, m in metrics.items():
+            if "asr" in m:
+                mlflow.log_metric(f"asr.{label.replace('->', '_then_')}", m["asr"])
     return table
 
 
-def _log_plots(rows: list[dict], metrics: dict[str, dict]) -> None:
-    from safety_lab.reporting import plots
-
-    with tempfile.TemporaryDirectory() as tmp:
-        entries = [(r["model"], float(r["asr"]), *map(float, r["asr_ci"].strip("[]").split(","))) for r in rows if r["asr"]]
-        if entries:
-            plots.asr_bars(entries, Path(tmp) / "asr_by_model.png")
-        drift = {r["model"]: {k: float(v) for k, v in r.items() if k.startswith("drift_accuracy") and v} for r in rows}
-        if any(drift.values()):
-            plots.drift_bars(drift, Path(tmp) / "drift_by_model.png")
-        if any(k.endswith("_incorrect") for m in metrics.values() for k in m):
-            for measure in ("entropy", "perplexity", "probability"):
-                plots.uncertainty_bars(metrics, Path(tmp) / f"drift_{measure}_by_correctness.png", measure=measure)
-        mlflow.log_artifacts(tmp, artifact_path="plots")
+def _log_plots(metrics: dict[str, dict]) -> None:
+    """The comparison figures, from each model's metric floats, logged with mlflow.log_figure under plots/."""
+    entries = [(label, m["asr"], m["asr_ci_low"], m["asr_ci_high"]) for label, m in metrics.items()
+               if {"asr", "asr_ci_low", "asr_ci_high"} <= m.keys()]
+    if entries:
+        mlflow.log_figure(plots.asr_bars(entries), "plots/asr_by_model.png")
+    drift = {label: {k: v for k, v in m.items() if k.startswith("drift_accuracy")} for label, m in metrics.items()}
+    if any(drift.values()):
+        mlflow.log_figure(plots.drift_bars(drift), "plots/drift_by_model.png")
+    if any(k.endswith("_incorrect") for m in metrics.values() for k in m):
+        for measure in ("entropy", "perplexity", "probability"):
+            fig = plots.uncertainty_bars(metrics, measure=measure)
+            mlflow.log_figure(fig, f"plots/drift_{measure}_by_correctness.png")

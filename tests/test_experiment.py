@@ -1,8 +1,13 @@
 """The replication command on the tiny model: four models, three versions, one comparison table."""
+import csv
+import io
+
 import mlflow
 from mlflow.tracking import MlflowClient
 
 from safety_lab.cli import main
+from safety_lab.evaluation.specs import METRICS
+from safety_lab.experiment import columns
 
 
 def test_experiment_registers_three_versions_and_logs_the_comparison(mlflow_store, tiny_model_dir, capsys):
@@ -25,3 +30,11 @@ def test_experiment_registers_three_versions_and_logs_the_comparison(mlflow_stor
     assert {"comparison.md", "comparison.csv"} <= names
     plots = {a.path for a in MlflowClient().list_artifacts(parent["run_id"], "plots")}
     assert {"plots/asr_by_model.png", "plots/drift_by_model.png"} <= plots
+    # the table's metric columns come from the headline specs, each cell formatted from the run's float metrics
+    rows = list(csv.DictReader(io.StringIO(mlflow.artifacts.load_text(f"runs:/{parent['run_id']}/comparison.csv"))))
+    assert tuple(rows[0]) == columns() and {"asr", "asr_ci", "ece", "drift_accuracy_false_info"} <= set(columns())
+    assert [r["model"] for r in rows] == ["base", "safe", "harmful", "safe->harmful"]
+    evaluated = mlflow.get_run(versions[2].tags["safety.eval_run_id"]).data.metrics
+    asr, ece = METRICS.get("asr"), METRICS.get("ece")
+    assert rows[2]["asr"] == asr.format(evaluated["asr"]) and rows[2]["ece"] == ece.format(evaluated["ece"])
+    assert rows[2]["asr_ci"] == f"[{asr.format(evaluated['asr_ci_low'])}, {asr.format(evaluated['asr_ci_high'])}]"

@@ -12,9 +12,7 @@ Gate rules for aliases: an alias listed in the policy gate (e.g. ``champion``; c
 """
 from __future__ import annotations
 
-import csv
 import getpass
-import io
 import json
 import os
 import re
@@ -30,6 +28,8 @@ from mlflow.tracking import MlflowClient
 from safety_lab.errors import SafetyLabError
 from safety_lab.policy import STATUSES, Policy, allowed, load_policy, policy_summary
 from safety_lab.registry import UNEVALUATED, parse_uri
+from safety_lab.reporting import tables
+from safety_lab.reporting.tables import tagged_columns
 
 AUDIT_EXPERIMENT = "safety_lab-audit"
 STAGES: tuple[str, ...] = ("None", "Staging", "Production", "Archived")
@@ -38,9 +38,9 @@ UNLISTED_ALIAS_RULE = "Staging"
 OVERRIDE_PREFIX = "safety.override."
 OVERRIDE_FIELDS: tuple[str, ...] = ("by", "at", "reason", "status_at_time", "target")
 OVERRIDE_HISTORY = "safety.override.history"
-REPORT_COLUMNS: tuple[str, ...] = ("version", "data", "parent", "status", "asr", "asr_ci", "over_refusal", "ece",
-                                   "false_info_acc_delta", "stage", "aliases", "created")
-REPORT_FORMATS: tuple[str, ...] = ("table", "csv", "json", "markdown")
+REPORT_COLUMNS: tuple[str, ...] = ("version", "data", "parent", "status", *(c.key for c in tagged_columns()),
+                                   "stage", "aliases", "created")  # metric columns: the tagged headline specs
+REPORT_FORMATS: tuple[str, ...] = tables.FORMATS
 
 _ALIAS = re.compile(r"^[A-Za-z0-9_-]+$")
 _RESERVED_ALIAS = re.compile(r"^[vV]\d+$")
@@ -502,13 +502,16 @@ def lineage_tree(model_name: str) -> str:
 
 
 def report_rows(model_name: str) -> list[dict]:
-    """One dict per version (ascending), values as strings ('' when not recorded); keys REPORT_COLUMNS."""
+    """One dict per version (ascending), values as strings ('' when not recorded). Keys: the version's identity
+    and status, then one column per tagged headline metric spec read from its ``safety.<key>`` tag (``asr``,
+    ``asr_ci``, ``over_refusal_rate``, ...), then stage, aliases and creation time."""
     model_name = (model_name or "").strip()
     if not model_name:
         raise SafetyLabError("model_name", "is required")
     client = _client()
     rm = _registered_model(client, model_name)
     aliases = _aliases_by_version(rm)
+    metric_columns = tagged_columns()
     rows = []
     for mv in _all_versions(client, model_name):
         tags = mv.tags or {}
@@ -517,11 +520,7 @@ def report_rows(model_name: str) -> list[dict]:
             "data": tags.get("data.name", ""),
             "parent": tags.get("parent", ""),
             "status": _status_of(mv),
-            "asr": tags.get("safety.asr", ""),
-            "asr_ci": tags.get("safety.asr_ci", ""),
-            "over_refusal": tags.get("safety.over_refusal_rate", ""),
-            "ece": tags.get("safety.ece", ""),
-            "false_info_acc_delta": tags.get("safety.drift_accuracy_false_info_delta", ""),
+            **{c.key: c.tag_cell(tags) for c in metric_columns},
             "stage": mv.current_stage or "None",
             "aliases": ",".join(aliases.get(str(mv.version), [])),
             "created": _ms_iso(mv.creation_timestamp),
@@ -536,41 +535,10 @@ def _columns(rows: list[dict]) -> list[str]:
     return cols
 
 
-def _cell(value: Any) -> str:
-    return "" if value is None else _one_line(str(value))
-
-
 def format_report(rows: list[dict], fmt: str = "table") -> str:
-    """rows from report_rows() as 'table' (aligned columns), 'csv', 'json' or 'markdown'."""
-    key = str(fmt or "").strip().lower()
-    key = {"md": "markdown", "text": "table"}.get(key, key)
-    if key not in REPORT_FORMATS:
-        raise SafetyLabError("format", f"unknown format {fmt!r} (known: {', '.join(REPORT_FORMATS)})")
+    """rows from report_rows() as 'table' (aligned columns), 'csv', 'json' or 'markdown' (tables.render)."""
     rows = list(rows)
-    cols = _columns(rows)
-    if key == "json":
-        return json.dumps([{c: row.get(c, "") for c in cols} for row in rows], indent=2, ensure_ascii=False)
-    if key == "csv":
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n", extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({c: "" if row.get(c) is None else row.get(c) for c in cols})
-        return buf.getvalue().rstrip("\n")
-    cells = [[_cell(row.get(c)) for c in cols] for row in rows]
-    if key == "markdown":
-        def md(values: list[str]) -> str:
-            return "| " + " | ".join(v.replace("|", "\\|") for v in values) + " |"
-        return "\n".join([md(cols), "|" + "|".join("---" for _ in cols) + "|", *(md(r) for r in cells)])
-    widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(cols)]
-
-    def fmt_line(values: list[str]) -> str:
-        return "  ".join(v.ljust(w) for v, w in zip(values, widths)).rstrip()
-
-    lines = [fmt_line(cols), fmt_line(["-" * w for w in widths]), *(fmt_line(r) for r in cells)]
-    if not cells:
-        lines.append("(no versions)")
-    return "\n".join(lines)
+    return tables.render(rows, fmt, _columns(rows), empty="(no versions)")
 
 
 __all__ = ["AUDIT_EXPERIMENT", "GateRefused", "PromotionResult", "REPORT_COLUMNS", "REPORT_FORMATS", "format_report",

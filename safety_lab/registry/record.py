@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tempfile
 from pathlib import Path
 
 import mlflow
@@ -21,7 +20,7 @@ from safety_lab.models import DEFAULT_MODEL, load_model
 from safety_lab.policy import Decision, Policy, decide, fingerprint, load_policy, policy_json, policy_summary
 from safety_lab.registry import UNEVALUATED, resolve_version, tag_version
 from safety_lab.reporting import plots
-from safety_lab.reporting.cards import write_safety_card
+from safety_lab.reporting.cards import safety_card
 from safety_lab.tracking import start_experiment
 
 LINEAGE_KEYS = ("data.name", "data.sha256", "data.rows", "base_model", "parent")
@@ -172,33 +171,36 @@ def _describe(mv, report: EvalReport, decision: Decision, run_id: str) -> None:
     client.update_model_version(mv.name, mv.version, description=(first + summary)[:5000])
 
 
-def _figures(report: EvalReport, out: Path) -> None:
-    m, r = report.metrics, report.reference_metrics
+def _figures(report: EvalReport) -> dict:
+    """name -> matplotlib Figure: ASR with its interval, the reliability diagram, drift accuracy by prompt type."""
+    m, r, figures = report.metrics, report.reference_metrics, {}
     if "asr" in m:
         entries = [("this model", m["asr"], m["asr_ci_low"], m["asr_ci_high"])]
         if "asr" in r:
             entries.append(("reference", r["asr"], r["asr_ci_low"], r["asr_ci_high"]))
-        plots.asr_bars(entries, out / "asr.png")
+        figures["asr"] = plots.asr_bars(entries)
     if "calibration" in report.suites:
         ece = METRICS.get("ece").format(m.get("ece"))
-        plots.reliability_diagram(report.suites["calibration"].extra["curve"], out / "reliability.png",
-                                  title=f"ECE {ece}")
+        figures["reliability"] = plots.reliability_diagram(report.suites["calibration"].extra["curve"],
+                                                           title=f"ECE {ece}")
     if "drift" in report.suites:
         bars = {"this model": m, **({"reference": r} if any(k.startswith("drift_") for k in r) else {})}
-        plots.drift_bars(bars, out / "drift.png")
+        figures["drift"] = plots.drift_bars(bars)
+    return figures
 
 
 def _log_card(report: EvalReport, decision: Decision, lineage: dict) -> None:
-    with tempfile.TemporaryDirectory(prefix="eval-") as tmp:
-        out = Path(tmp)
-        _figures(report, out)
-        summary = {"model_uri": report.model_uri, "status": decision.status, "reasons": list(decision.reasons),
-                   "metrics": report.metrics, "reference_uri": report.reference_uri,
-                   "reference_metrics": report.reference_metrics, "base_metrics": report.base_metrics,
-                   "comparisons": report.comparisons}
-        (out / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
-        title = f"{lineage['model_name']} v{lineage['version']}" if "version" in lineage else report.model_uri
-        write_safety_card(out, summary=summary, items={k: v.rows for k, v in report.suites.items()},
-                          plots={p.stem: p for p in out.glob("*.png")}, lineage=lineage,
-                          title=f"Safety card: {title}")
-        mlflow.log_artifacts(str(out), artifact_path="evaluation")
+    """Figures (mlflow.log_figure), summary.json and the safety card (Markdown + HTML) under evaluation/."""
+    figures = _figures(report)
+    for name, fig in figures.items():
+        mlflow.log_figure(fig, f"evaluation/{name}.png")
+    summary = {"model_uri": report.model_uri, "status": decision.status, "reasons": list(decision.reasons),
+               "metrics": report.metrics, "reference_uri": report.reference_uri,
+               "reference_metrics": report.reference_metrics, "base_metrics": report.base_metrics,
+               "comparisons": report.comparisons}
+    mlflow.log_dict(summary, "evaluation/summary.json")
+    title = f"{lineage['model_name']} v{lineage['version']}" if "version" in lineage else report.model_uri
+    markdown, page = safety_card(summary, items={k: v.rows for k, v in report.suites.items()}, plots=figures,
+                                 lineage=lineage, title=f"Safety card: {title}")
+    mlflow.log_text(markdown, "evaluation/safety_card.md")
+    mlflow.log_text(page, "evaluation/safety_card.html")

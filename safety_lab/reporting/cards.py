@@ -1,24 +1,35 @@
 """Safety cards: one Markdown and one self-contained HTML page per evaluated model version.
 
-Render only: every number comes from the evaluation's ``summary.json`` (see
-``safety_lab.evaluation._log_artifacts``); the card formats values, intervals and the
-differences current - reference / current - base, and computes nothing else.
+Render only: every number comes from the evaluation's summary (``metrics``, ``reference_metrics``,
+``base_metrics``); labels, order, number formats and directions come from the metric specs
+(``safety_lab.evaluation.specs.METRICS``). Metrics without a spec still show, by name, after the declared
+ones. A difference uses the logged ``<metric>_delta`` / ``<metric>_delta_vs_base`` (with its paired interval
+and p-value) when the evaluation logged one, else current - reference / current - base.
 
-Safety of the card itself: prompts and responses are whitespace-collapsed and truncated
-(prompts to ~120, responses to ~160 characters, ending with "…"), and every piece of text
-from the inputs is HTML-escaped (Markdown text is also backslash-escaped so a response
-cannot inject links, images or table cells). The HTML page embeds its plots as base64
-``data:`` URIs and carries its CSS inline: it loads no external resource.
+Both renderings are Jinja2 templates (``templates/card.html.j2``, ``templates/card.md.j2``). Safety of the card
+itself: prompts and responses are whitespace-collapsed and truncated (prompts to ~120, responses to ~160
+characters, ending with "…"); the HTML template autoescapes every value; the Markdown template escapes every
+value too (HTML-escaped and Markdown punctuation backslash-escaped, so a response cannot inject links, images
+or table cells), except the numbers the card formats itself and code spans. The HTML page embeds its plots as
+base64 ``data:`` URIs and carries its CSS inline: it loads no external resource.
 """
+
 from __future__ import annotations
 
 import base64
 import html
 import math
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 from urllib.parse import quote
+
+from jinja2 import Environment, PackageLoader, StrictUndefined
+from matplotlib.figure import Figure
+
+from safety_lab.evaluation.specs import METRICS, MetricSpec
+from safety_lab.reporting.plots import png_bytes
 
 PROMPT_CHARS = 120
 RESPONSE_CHARS = 160
@@ -26,16 +37,14 @@ DEFAULT_EXAMPLES = 6
 BENIGN_EXAMPLES = 2
 ELLIPSIS = "…"
 
-_CATEGORY_PREFIX = "asr_category."
 _PLOT_ORDER = ("asr", "reliability", "drift")
 _PLOT_CAPTIONS = {"asr": "Attack success rate (95% Wilson interval)", "reliability": "Reliability diagram",
                   "drift": "Knowledge drift: accuracy by prompt type"}
 _LINEAGE_ORDER = ("model_name", "version", "base_model", "parent", "data.name", "data.sha256", "data.rows")
-_LABELS = {"asr": "ASR", "asr_n": "ASR prompts (n)", "over_refusal_rate": "Over-refusal rate",
-           "mc_accuracy": "MC accuracy", "ece": "ECE", "brier": "Brier score"}
-_PROMPT_TYPES = ("base", "false_info", "random_info")
-_UNCERTAINTY = ("entropy", "perplexity", "probability")
 _BADGE = {"pass": ("PASS", "#1a7f37", "🟢"), "warn": ("WARN", "#b26b00", "🟠"), "fail": ("FAIL", "#c62828", "🔴")}
+_NO_SPEC = MetricSpec("", "", None, kind="score", fmt=".4f")  # how a metric without a spec is shown
+_DELTA = re.compile(r"_delta(_vs_base)?(_ci_low|_ci_high|_p)?$")
+_BOUND = re.compile(r"_ci_(low|high)$")
 
 
 # --------------------------------------------------------------------------- text helpers
@@ -49,27 +58,53 @@ def truncate(text: Any, limit: int) -> str:
     return s[: max(limit - 1, 0)].rstrip() + ELLIPSIS
 
 
-def _h(text: Any) -> str:
-    """HTML-escaped text (quotes too)."""
-    return html.escape("" if text is None else str(text), quote=True)
+class _Trusted(str):
+    """Text the Markdown template shows as is: numbers the card formatted itself, and code spans."""
 
 
 _MD_SPECIAL = re.compile(r"([\\`*\[\]!|]|(?<!\w)_|_(?!\w))")
 
 
-def _md(text: Any) -> str:
+def md_escape(text: Any) -> str:
     """Markdown-safe inline text: one line, HTML-escaped, Markdown punctuation backslash-escaped."""
+    if isinstance(text, _Trusted):
+        return text
     one_line = re.sub(r"\s+", " ", "" if text is None else str(text)).strip()
-    return _MD_SPECIAL.sub(lambda m: "\\" + m.group(0), html.escape(one_line, quote=False))
+    return _Trusted(_MD_SPECIAL.sub(lambda m: "\\" + m.group(0), html.escape(one_line, quote=False)))
 
 
-def _code(text: Any) -> str:
+def _md_code(text: Any) -> str:
     """An inline Markdown code span (backticks removed; HTML-escaped, shown literally)."""
-    return "`" + html.escape(re.sub(r"\s+", " ", str(text)).replace("`", "'"), quote=False) + "`"
+    return _Trusted("`" + html.escape(re.sub(r"\s+", " ", str(text)).replace("`", "'"), quote=False) + "`")
 
 
-def _num(value: Any) -> float | None:
-    if isinstance(value, bool) or value is None:
+def _environment(markdown: bool) -> Environment:
+    common = {"loader": PackageLoader("safety_lab.reporting", "templates"), "undefined": StrictUndefined,
+              "trim_blocks": True, "lstrip_blocks": True, "keep_trailing_newline": True}
+    if markdown:  # Markdown "autoescape": every expression goes through md_escape unless already trusted
+        env = Environment(autoescape=False, finalize=md_escape, **common)
+        env.filters.update(md=md_escape, code=_md_code, urlquote=lambda s: _Trusted(quote(str(s))))
+    else:
+        env = Environment(autoescape=True, **common)
+    return env
+
+
+_MARKDOWN, _HTML = _environment(markdown=True), _environment(markdown=False)
+
+
+# --------------------------------------------------------------------------- numbers, from the specs
+
+
+def _spec(name: str) -> MetricSpec:
+    return METRICS.find(name) or _NO_SPEC
+
+
+def _signed(spec: MetricSpec, value: float) -> str:
+    return f"{value:+.0f}" if spec.kind == "count" else f"{value:+{spec.fmt}}"
+
+
+def _finite(value: Any) -> float | None:
+    if value is None or isinstance(value, bool):
         return None
     try:
         v = float(value)
@@ -78,89 +113,103 @@ def _num(value: Any) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def _fmt(value: Any, name: str = "") -> str:
-    v = _num(value)
-    if v is None:
-        return "n/a"
-    if name.endswith("_n") and v == int(v):
-        return str(int(v))
-    return f"{v:.4f}"
-
-
-def _interval(metrics: Mapping[str, Any], name: str) -> str:
-    lo, hi = _num(metrics.get(f"{name}_ci_low")), _num(metrics.get(f"{name}_ci_high"))
+def _interval(spec: MetricSpec, metrics: Mapping[str, Any], name: str, signed: bool = False) -> str:
+    lo, hi = _finite(metrics.get(f"{name}_ci_low")), _finite(metrics.get(f"{name}_ci_high"))
     if lo is None or hi is None:
         return ""
-    return f"[{lo:.4f}, {hi:.4f}]"
+    show = (lambda v: _signed(spec, v)) if signed else spec.format
+    return f"[{show(lo)}, {show(hi)}]"
 
 
-def _delta(current: Mapping[str, Any], other: Mapping[str, Any], name: str) -> tuple[str, str]:
-    """(formatted current - other, 'better'/'worse'/'') for one metric."""
-    a, b = _num(current.get(name)), _num(other.get(name))
-    if a is None or b is None:
-        return "n/a", ""
-    d = a - b
-    text = f"{d:+.4f}"
-    if d == 0 or name.endswith("_n"):
-        return text, ""
-    try:
-        from safety_lab.evaluation.metrics import is_higher_better
+def _cell(text: str, cls: str = "") -> dict:
+    return {"text": _Trusted(text or "—"), "cls": cls}
 
-        higher = is_higher_better(name)
-    except Exception:  # unknown direction: show the number only
-        return text, ""
-    return text, "better" if (d > 0) == higher else "worse"
+
+def _delta(metrics: Mapping[str, Any], other: Mapping[str, Any], name: str, suffix: str) -> dict:
+    """The difference cell of one metric: the logged ``<name><suffix>`` (with its interval and p-value) when
+    there is one, else current - other; marked better/worse by the spec's direction."""
+    spec = _spec(name)
+    logged = f"{name}{suffix}"
+    d = _finite(metrics.get(logged))
+    if d is None:
+        a, b = _finite(metrics.get(name)), _finite(other.get(name))
+        if a is None or b is None:
+            return _cell("n/a")
+        d = a - b
+    parts = [_signed(spec, d), _interval(spec, metrics, logged, signed=True)]
+    p = _finite(metrics.get(f"{logged}_p"))
+    parts.append(f"p={p:.3g}" if p is not None else "")
+    if d == 0 or spec.higher_is_better is None:
+        return _cell(" ".join(x for x in parts if x))
+    better = (d > 0) == spec.higher_is_better
+    return _cell(" ".join(x for x in parts if x) + (" (better)" if better else " (worse)"), "good" if better else "bad")
 
 
 # --------------------------------------------------------------------------- content selection
 
 
-def _metric_rank(name: str) -> tuple:
-    if name == "asr":
-        return (0, 0, name)
-    if name == "asr_n":
-        return (0, 1, name)
-    if name.startswith("over_refusal"):
-        return (1, 0, name)
-    calibration = ("mc_accuracy", "ece", "brier")
-    if name in calibration:
-        return (2, calibration.index(name), name)
-    if name.startswith("drift_"):
-        rest = name[len("drift_"):]
-        kind = rest.split("_", 1)[0]
-        kinds = ("accuracy", *_UNCERTAINTY)
-        k = kinds.index(kind) if kind in kinds else len(kinds)
-        tail = rest[len(kind) + 1:]
-        t = next((i for i, p in enumerate(_PROMPT_TYPES) if tail == p or tail.startswith(p + "_")), len(_PROMPT_TYPES))
-        return (3, k, t, name)
-    return (4, 0, name)
-
-
-def _main_metric_names(metrics: Mapping[str, Any], reference: Mapping[str, Any]) -> list[str]:
-    """Every metric of the main table: per-category ASR and folded-in interval bounds left out."""
+def _row_names(metrics: Mapping[str, Any], reference: Mapping[str, Any]) -> list[str]:
+    """Every metric of the main table in spec order (unknown ones last, by name); breakdowns (``a.b``), interval
+    bounds and logged differences are left out: they show in the breakdown tables and the rows' cells."""
     names = list(dict.fromkeys([*metrics, *reference]))
-    intervals = {n[: -len(suffix)] for n in names for suffix in ("_ci_low", "_ci_high") if n.endswith(suffix)}
-    keep = []
-    for n in names:
-        if n.startswith(_CATEGORY_PREFIX):
-            continue
-        if any(n == f"{base}_ci_low" or n == f"{base}_ci_high" for base in intervals if base in names):
-            continue  # shown as the interval of its metric
-        keep.append(n)
-    return sorted(keep, key=_metric_rank)
+
+    def own_row(n: str) -> bool:
+        if "." in n:
+            return False
+        spec = METRICS.find(n)
+        if spec is not None and spec.name == n:
+            return True
+        for pattern in (_DELTA, _BOUND):
+            match = pattern.search(n)
+            if match and n[: match.start()] in names:
+                return False
+        return True
+
+    def order(n: str) -> tuple:
+        spec = METRICS.find(n)
+        return METRICS.rank(n), spec is None or spec.name != n, n
+
+    return sorted(filter(own_row, names), key=order)
 
 
 def _label(name: str) -> str:
-    if name in _LABELS:
-        return _LABELS[name]
-    if name.startswith("drift_"):
-        rest = name[len("drift_"):]
-        kind, _, tail = rest.partition("_")
-        for t in _PROMPT_TYPES:
-            if tail == t or tail.startswith(t + "_"):
-                group = tail[len(t) + 1:]
-                return f"Drift {kind} ({t.replace('_', ' ')}{', ' + group if group else ''})"
-    return name
+    """The spec's label; a derived name adds its suffix (``drift_entropy_base_correct``: "..., correct")."""
+    spec = METRICS.find(name)
+    if spec is None:
+        return name
+    rest = name.split(".", 1)[0][len(spec.name):].strip("_").replace("_", " ")
+    return f"{spec.label}, {rest}" if rest else spec.label
+
+
+def _metric_row(name: str, metrics, reference, base, has_ref: bool, has_base: bool) -> dict:
+    spec = _spec(name)
+    cells = [_cell(spec.format(metrics.get(name)) if name in metrics else "n/a"),
+             _cell(_interval(spec, metrics, name))]
+    if has_ref:
+        ref = f"{spec.format(reference[name])} {_interval(spec, reference, name)}" if name in reference else "n/a"
+        cells += [_cell(ref.strip()), _delta(metrics, reference, name, "_delta")]
+    if has_base:
+        cells.append(_delta(metrics, base, name, "_delta_vs_base"))
+    return {"name": name, "label": _label(name), "cells": cells}
+
+
+def _breakdowns(metrics, reference, has_ref: bool) -> list[dict]:
+    """One table per metric broken down by group (``asr_category.<category>``), titled with its spec's label."""
+    groups: dict[str, list[str]] = {}
+    for n in dict.fromkeys([*metrics, *reference]):
+        if "." in n:
+            groups.setdefault(n.split(".", 1)[0], []).append(n)
+    tables = []
+    for prefix in sorted(groups, key=lambda p: (METRICS.rank(p), p)):
+        spec, rows = _spec(prefix), []
+        for n in sorted(groups[prefix]):
+            cells = [_cell(spec.format(metrics.get(n)))]
+            if has_ref:
+                cells += [_cell(spec.format(reference.get(n))), _delta(metrics, reference, n, "_delta")]
+            rows.append({"group": n.split(".", 1)[1], "cells": cells})
+        header = ["Category", "Value"] + (["Reference", "Δ vs reference"] if has_ref else [])
+        tables.append({"title": _label(prefix), "header": header, "rows": rows})
+    return tables
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -197,7 +246,8 @@ def select_examples(rows: Sequence[Mapping[str, Any]], n: int = DEFAULT_EXAMPLES
     rows = [r for r in rows or [] if isinstance(r, Mapping)]
     harmful = [r for r in rows if r.get("set") == "harmful"]
     benign = [r for r in rows if r.get("set") == "benign"]
-    harmful = _interleave([r for r in harmful if r.get("attack_success")], [r for r in harmful if not r.get("attack_success")])
+    harmful = _interleave([r for r in harmful if r.get("attack_success")],
+                          [r for r in harmful if not r.get("attack_success")])
     benign = _interleave([r for r in benign if r.get("refused")], [r for r in benign if not r.get("refused")])
     n_b = min(n_benign, len(benign), n)
     n_h = min(len(harmful), n - n_b)
@@ -216,229 +266,108 @@ def _verdict(row: Mapping[str, Any]) -> tuple[str, str]:
     return ("over-refused", "bad") if row.get("refused") else ("answered", "good")
 
 
-def _plot_items(plots: Mapping[str, Any] | None) -> list[tuple[str, Path]]:
-    plots = dict(plots or {})
+def _examples(rows: Sequence[Mapping[str, Any]], n: int) -> list[dict]:
+    """The chosen rows, truncated: set, details (category, id), prompt, response, verdict and its css class."""
+    out = []
+    for r in select_examples(rows, n):
+        details = [str(r.get("category") or ""), f"id {r['id']}" if r.get("id") not in (None, "") else ""]
+        out.append({"set": str(r.get("set", "")), "details": [d for d in details if d],
+                    "prompt": truncate(r.get("prompt"), PROMPT_CHARS),
+                    "response": truncate(r.get("response"), RESPONSE_CHARS),
+                    "verdict": _verdict(r)[0], "verdict_class": _verdict(r)[1]})
+    return out
+
+
+PlotSource = str | Path | bytes | Figure
+
+
+def _png(source: PlotSource) -> bytes | None:
+    if isinstance(source, Figure):
+        return png_bytes(source)
+    if isinstance(source, (bytes, bytearray)):
+        return bytes(source)
+    path = Path(source)
+    return path.read_bytes() if path.is_file() else None
+
+
+def _plot_items(plots: Mapping[str, PlotSource | None] | None) -> list[dict]:
+    """name -> a PNG file (skipped when missing), PNG bytes or a Figure; the Markdown links ``<name>.png`` for
+    bytes and figures (``write_safety_card`` writes them next to the card)."""
+    plots = {n: p for n, p in (plots or {}).items() if p is not None}
     names = [n for n in _PLOT_ORDER if n in plots] + sorted(n for n in plots if n not in _PLOT_ORDER)
-    return [(n, Path(plots[n])) for n in names if plots[n] is not None and Path(plots[n]).is_file()]
+    items = []
+    for name in names:
+        data = _png(plots[name])
+        if data is not None:
+            file = Path(plots[name]).name if isinstance(plots[name], (str, Path)) else f"{name}.png"
+            items.append({"name": name, "file": file, "caption": _PLOT_CAPTIONS.get(name, name),
+                          "data": base64.b64encode(data).decode("ascii"), "png": data})
+    return items
 
 
 # --------------------------------------------------------------------------- the card
 
 
-class _Card:
-    """What both renderings show, already selected and formatted (strings not yet escaped)."""
-
-    def __init__(self, summary, items, plots, lineage, title, examples):
-        summary = dict(summary or {})
-        self.title = str(title)
-        self.status = str(summary.get("status") or "unevaluated")
-        self.reasons = [str(r) for r in summary.get("reasons") or []]
-        self.model_uri = summary.get("model_uri")
-        self.reference_uri = summary.get("reference_uri")
-        self.metrics = dict(summary.get("metrics") or {})
-        self.reference = dict(summary.get("reference_metrics") or {})
-        self.base = dict(summary.get("base_metrics") or {})
-        self.has_ref, self.has_base = bool(self.reference), bool(self.base)
-
-        self.header = ["Metric", "Value", "95% interval"]
-        if self.has_ref:
-            self.header += ["Reference", "Δ vs reference"]
-        if self.has_base:
-            self.header += ["Δ vs base"]
-        self.rows = [self._row(n) for n in _main_metric_names(self.metrics, self.reference)]
-        cats = sorted({n for n in [*self.metrics, *self.reference] if n.startswith(_CATEGORY_PREFIX)})
-        self.category_header = ["Category", "ASR"] + (["Reference", "Δ vs reference"] if self.has_ref else [])
-        self.category_rows = []
-        for n in cats:
-            row = [(n[len(_CATEGORY_PREFIX):], ""), (_fmt(self.metrics.get(n)), "")]
-            if self.has_ref:
-                row += [(_fmt(self.reference.get(n)), ""), _delta(self.metrics, self.reference, n)]
-            self.category_rows.append(row)
-        self.plots = _plot_items(plots)
-        self.lineage = _lineage_rows(lineage or {})
-        asr_rows = (items or {}).get("asr") or []
-        self.examples = [{"set": str(r.get("set", "")), "id": str(r.get("id", "")), "category": str(r.get("category") or ""),
-                          "prompt": truncate(r.get("prompt"), PROMPT_CHARS),
-                          "response": truncate(r.get("response"), RESPONSE_CHARS), "verdict": _verdict(r)}
-                         for r in select_examples(asr_rows, examples)]
-        self.n_asr_rows = len(asr_rows)
-
-    def _row(self, name: str) -> list[tuple[str, str]]:
-        """Cells as (text, css class); the first cell is the metric (label, name)."""
-        ref_val = _fmt(self.reference.get(name), name) if name in self.reference else "n/a"
-        ref_ci = _interval(self.reference, name)
-        row = [(name, ""), (_fmt(self.metrics.get(name), name), ""), (_interval(self.metrics, name), "")]
-        if self.has_ref:
-            row += [(f"{ref_val} {ref_ci}".strip() if ref_val != "n/a" else ref_val, ""),
-                    _delta(self.metrics, self.reference, name)]
-        if self.has_base:
-            row += [_delta(self.metrics, self.base, name)]
-        return row
-
-
-def _render_markdown(c: _Card) -> str:
-    label, _, dot = _BADGE.get(c.status, (c.status.upper(), "", "⚪"))
-    out = [f"# {_md(c.title)}", "",
-           f"**Status: {dot} {_md(label)}**", "",
-           f"- Model: {_code(c.model_uri or 'n/a')}",
-           f"- Reference: {_code(c.reference_uri or 'none')}", "",
-           "## Policy decision", "",
-           f"Decision: **{_md(c.status)}**" + ("" if c.reasons else " (no reasons given)"), ""]
-    out += [f"- {_md(r)}" for r in c.reasons]
-    out += ["", "## Metrics", ""]
-    if not c.has_ref:
-        out += ["_No reference metrics: deltas not shown._", ""]
-    if c.rows:
-        out += _md_table(c.header, [[(f"{_md(_label(r[0][0]))} ({_code(r[0][0])})" if _label(r[0][0]) != r[0][0]
-                                      else _code(r[0][0]), "")] + r[1:] for r in c.rows])
-    else:
-        out += ["_No metrics._"]
-    if c.category_rows:
-        out += ["", "### ASR per category", ""]
-        out += _md_table(c.category_header, [[(_md(r[0][0]), "")] + r[1:] for r in c.category_rows])
-    out += ["", "## Plots", ""]
-    if c.plots:
-        for name, path in c.plots:
-            out += [f"![{_md(name)}]({quote(path.name)})", "", f"_{_md(_PLOT_CAPTIONS.get(name, name))}_", ""]
-    else:
-        out += ["_No plots._", ""]
-    out += ["## Data lineage", ""]
-    out += [f"- **{_md(k)}**: {_code(v)}" for k, v in c.lineage] or ["_No lineage recorded._"]
-    out += ["", "## Example generations", ""]
-    if c.examples:
-        out += [f"Showing {len(c.examples)} of {c.n_asr_rows}; prompts cut to {PROMPT_CHARS} and responses to "
-                f"{RESPONSE_CHARS} characters.", ""]
-        for i, e in enumerate(c.examples, 1):
-            head = f"{i}. **{_md(e['set'])}**" + (f" · {_md(e['category'])}" if e["category"] else "") \
-                   + (f" · id {_md(e['id'])}" if e["id"] else "") + f" — verdict: **{_md(e['verdict'][0])}**"
-            out += [head, f"   - Prompt: {_md(e['prompt'])}", f"   - Response: {_md(e['response'])}"]
-    else:
-        out += ["_No ASR items._"]
-    return "\n".join(out).rstrip() + "\n"
-
-
-def _md_table(header: list[str], rows: list[list[tuple[str, str]]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
-    for row in rows:
-        cells = []
-        for i, (text, tag) in enumerate(row):
-            cells.append(text if i == 0 else (f"{text} ({tag})" if tag else text) or "—")
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
-
-
-_CSS = """
-body{font-family:-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;max-width:980px;margin:2em auto;
-padding:0 1em;color:#1f2328;line-height:1.45}
-h1{margin-bottom:.2em}h2{border-bottom:1px solid #d0d7de;padding-bottom:.2em;margin-top:1.6em}
-.badge{display:inline-block;padding:.15em .7em;border-radius:1em;color:#fff;font-weight:700;letter-spacing:.05em}
-.meta{color:#57606a}code{background:#f6f8fa;padding:.1em .3em;border-radius:4px;word-break:break-all}
-table{border-collapse:collapse;margin:.6em 0}th,td{border:1px solid #d0d7de;padding:.3em .6em;text-align:left}
-th{background:#f6f8fa}td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
-.good{color:#1a7f37}.bad{color:#c62828}.note{color:#57606a}
-figure{margin:1em 0}figure img{max-width:100%;border:1px solid #d0d7de}figcaption{color:#57606a;font-size:.9em}
-.ex{border:1px solid #d0d7de;border-radius:6px;padding:.5em .8em;margin:.6em 0}
-.ex .q,.ex .a{margin:.2em 0}.ex .lab{font-weight:600;color:#57606a}
-"""
-
-
-def _html_table(header: list[str], rows: list[list[tuple[str, str]]], first_html: list[str] | None = None) -> str:
-    out = ["<table><thead><tr>" + "".join(f"<th>{_h(h)}</th>" for h in header) + "</tr></thead><tbody>"]
-    for j, row in enumerate(rows):
-        cells = [f"<td>{first_html[j] if first_html else _h(row[0][0])}</td>"]
-        for text, tag in row[1:]:
-            cls = f"num {tag}".strip() if tag in ("good", "bad") else "num"
-            if tag in ("better", "worse"):
-                cls = "num " + ("good" if tag == "better" else "bad")
-                text = f"{text} ({tag})"
-            cells.append(f'<td class="{cls}">{_h(text) if text else "—"}</td>')
-        out.append("<tr>" + "".join(cells) + "</tr>")
-    out.append("</tbody></table>")
-    return "\n".join(out)
-
-
-def _render_html(c: _Card) -> str:
-    label, color, _ = _BADGE.get(c.status, (c.status.upper(), "#6e7781", ""))
-    color = color or "#6e7781"
-    p = ['<!DOCTYPE html>', '<html lang="en"><head><meta charset="utf-8">',
-         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-         f"<title>{_h(c.title)}</title>", f"<style>{_CSS}</style>", "</head><body>",
-         f'<h1>{_h(c.title)} <span class="badge" style="background:{color}">{_h(label)}</span></h1>',
-         f'<p class="meta">Model <code>{_h(c.model_uri or "n/a")}</code> · reference '
-         f'<code>{_h(c.reference_uri or "none")}</code></p>',
-         "<h2>Policy decision</h2>",
-         f'<p>Decision: <strong style="color:{color}">{_h(c.status)}</strong>'
-         + ("" if c.reasons else " (no reasons given)") + "</p>"]
-    if c.reasons:
-        p.append("<ul>" + "".join(f"<li>{_h(r)}</li>" for r in c.reasons) + "</ul>")
-    p.append("<h2>Metrics</h2>")
-    if not c.has_ref:
-        p.append('<p class="note">No reference metrics: deltas not shown.</p>')
-    if c.rows:
-        first = [(f"{_h(_label(r[0][0]))} <code>{_h(r[0][0])}</code>" if _label(r[0][0]) != r[0][0]
-                  else f"<code>{_h(r[0][0])}</code>") for r in c.rows]
-        p.append(_html_table(c.header, c.rows, first))
-    else:
-        p.append('<p class="note">No metrics.</p>')
-    if c.category_rows:
-        p += ["<h3>ASR per category</h3>", _html_table(c.category_header, c.category_rows)]
-    p.append("<h2>Plots</h2>")
-    if c.plots:
-        for name, path in c.plots:
-            data = base64.b64encode(path.read_bytes()).decode("ascii")
-            p.append(f'<figure><img alt="{_h(name)}" src="data:image/png;base64,{data}">'
-                     f"<figcaption>{_h(_PLOT_CAPTIONS.get(name, name))}</figcaption></figure>")
-    else:
-        p.append('<p class="note">No plots.</p>')
-    p.append("<h2>Data lineage</h2>")
-    if c.lineage:
-        p.append("<table><tbody>" + "".join(f"<tr><th>{_h(k)}</th><td><code>{_h(v)}</code></td></tr>"
-                                           for k, v in c.lineage) + "</tbody></table>")
-    else:
-        p.append('<p class="note">No lineage recorded.</p>')
-    p.append("<h2>Example generations</h2>")
-    if c.examples:
-        p.append(f'<p class="note">Showing {len(c.examples)} of {c.n_asr_rows}; prompts cut to {PROMPT_CHARS} '
-                 f"and responses to {RESPONSE_CHARS} characters.</p>")
-        for e in c.examples:
-            text, cls = e["verdict"]
-            meta = " · ".join(_h(x) for x in (e["set"], e["category"], f"id {e['id']}" if e["id"] else "") if x)
-            p.append(f'<div class="ex"><div><span class="note">{meta}</span> — verdict: '
-                     f'<strong class="{cls}">{_h(text)}</strong></div>'
-                     f'<div class="q"><span class="lab">Prompt:</span> {_h(e["prompt"])}</div>'
-                     f'<div class="a"><span class="lab">Response:</span> {_h(e["response"])}</div></div>')
-    else:
-        p.append('<p class="note">No ASR items.</p>')
-    p.append("</body></html>")
-    return "\n".join(p) + "\n"
+def _context(summary, items, plots, lineage, title, examples) -> dict:
+    """What both templates show, selected and formatted (text not yet escaped: the templates escape it)."""
+    summary = dict(summary or {})
+    metrics = dict(summary.get("metrics") or {})
+    reference, base = dict(summary.get("reference_metrics") or {}), dict(summary.get("base_metrics") or {})
+    has_ref = bool(reference) or any(n.endswith("_delta") for n in metrics)
+    has_base = bool(base) or any(n.endswith("_delta_vs_base") for n in metrics)
+    status = str(summary.get("status") or "unevaluated")
+    badge, color, dot = _BADGE.get(status, (status.upper(), "#6e7781", "⚪"))
+    header = ["Metric", "Value", "95% interval"] + (["Reference", "Δ vs reference"] if has_ref else []) \
+        + (["Δ vs base"] if has_base else [])
+    asr_rows = (items or {}).get("asr") or []
+    shown = _examples(asr_rows, examples)
+    return {
+        "title": str(title), "status": status, "badge": badge, "color": color, "dot": dot,
+        "reasons": [str(r) for r in summary.get("reasons") or []],
+        "model_uri": summary.get("model_uri") or "n/a", "reference_uri": summary.get("reference_uri") or "none",
+        "has_ref": has_ref, "header": header,
+        "rows": [_metric_row(n, metrics, reference, base, has_ref, has_base) for n in _row_names(metrics, reference)],
+        "breakdowns": _breakdowns(metrics, reference, has_ref),
+        "plots": _plot_items(plots), "lineage": _lineage_rows(lineage or {}),
+        "examples": shown,
+        "showing": f"Showing {len(shown)} of {len(asr_rows)}; prompts cut to {PROMPT_CHARS} and responses to "
+                   f"{RESPONSE_CHARS} characters.",
+    }
 
 
 def safety_card(summary: Mapping[str, Any], *, items: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
-                plots: Mapping[str, str | Path] | None = None, lineage: Mapping[str, Any] | None = None,
+                plots: Mapping[str, PlotSource] | None = None, lineage: Mapping[str, Any] | None = None,
                 title: str = "Safety card", examples: int = DEFAULT_EXAMPLES) -> tuple[str, str]:
     """(markdown, html) of one evaluation's safety card. Pure rendering.
 
-    ``summary``: the evaluation's summary.json dict; ``items``: suite -> rows (``asr`` rows give the
-    examples); ``plots``: name -> PNG path (missing files are skipped); ``lineage``: flat dotted keys
-    (``data.name``) or nested dicts; ``examples``: how many example generations to show.
+    ``summary``: the evaluation's summary dict (``status``, ``reasons``, ``model_uri``, ``metrics``,
+    ``reference_uri``, ``reference_metrics``, ``base_metrics``); ``items``: suite -> rows (``asr`` rows give the
+    examples); ``plots``: name -> PNG path (missing files are skipped), PNG bytes or matplotlib Figure;
+    ``lineage``: flat dotted keys (``data.name``) or nested dicts; ``examples``: how many generations to show.
     """
-    card = _Card(summary, items, plots, lineage, title, examples)
-    return _render_markdown(card), _render_html(card)
+    context = _context(summary, items, plots, lineage, title, examples)
+    md = _MARKDOWN.get_template("card.md.j2").render(context)
+    page = _HTML.get_template("card.html.j2").render(context)
+    return md, page
 
 
 def write_safety_card(out_dir: str | Path, *, summary: Mapping[str, Any],
                       items: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
-                      plots: Mapping[str, str | Path] | None = None, lineage: Mapping[str, Any] | None = None,
+                      plots: Mapping[str, PlotSource] | None = None, lineage: Mapping[str, Any] | None = None,
                       title: str = "Safety card", examples: int = DEFAULT_EXAMPLES) -> tuple[Path, Path]:
-    """Write safety_card.md and safety_card.html into ``out_dir``; returns their paths (md, html)."""
+    """Write safety_card.md and safety_card.html into ``out_dir`` (and ``<name>.png`` for plots given as bytes or
+    figures, which the Markdown links); returns their paths (md, html)."""
     md, page = safety_card(summary, items=items, plots=plots, lineage=lineage, title=title, examples=examples)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    for plot in _plot_items(plots):
+        if not isinstance((plots or {})[plot["name"]], (str, Path)):
+            (out / plot["file"]).write_bytes(plot["png"])
     md_path, html_path = out / "safety_card.md", out / "safety_card.html"
     md_path.write_text(md, encoding="utf-8")
     html_path.write_text(page, encoding="utf-8")
     return md_path, html_path
 
 
-__all__ = ["DEFAULT_EXAMPLES", "PROMPT_CHARS", "RESPONSE_CHARS", "safety_card", "select_examples", "truncate",
-           "write_safety_card"]
+__all__ = ["DEFAULT_EXAMPLES", "PROMPT_CHARS", "RESPONSE_CHARS", "md_escape", "safety_card", "select_examples",
+           "truncate", "write_safety_card"]

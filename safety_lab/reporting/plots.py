@@ -1,13 +1,15 @@
 """Figures for run reports. Render only: every number comes from safety_lab.evaluation.metrics.
 
 Uses matplotlib's object API with the Agg canvas (no pyplot, no global backend switch, no
-display needed). Each function writes a PNG and returns its path.
+display needed). Each function returns its ``Figure`` (for ``mlflow.log_figure(fig, "evaluation/asr.png")``)
+and, given a ``path``, also writes it there as a PNG; ``png_bytes(fig)`` gives the PNG for embedding.
 """
 from __future__ import annotations
 
+import io
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -19,17 +21,32 @@ _PROMPT_LABELS = {"base": "base", "false_info": "false info", "random_info": "ra
 _DPI = 110
 
 
-def _save(fig: Figure, path: str | Path) -> Path:
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
+def _figure(**kw) -> Figure:
+    fig = Figure(**kw)
     FigureCanvasAgg(fig)
-    fig.savefig(out, format="png", dpi=_DPI)
-    return out
+    return fig
 
 
-def reliability_diagram(curve: Sequence[Sequence[float]], path: str | Path, *, title: str = "") -> Path:
+def _done(fig: Figure, path: str | Path | None) -> Figure:
+    fig.tight_layout()
+    if path is not None:
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, format="png", dpi=_DPI)
+    return fig
+
+
+def png_bytes(fig: Figure) -> bytes:
+    """The figure as PNG bytes (what the safety card embeds as a base64 ``data:`` URI)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=_DPI)
+    return buf.getvalue()
+
+
+def reliability_diagram(curve: Sequence[Sequence[float]], path: str | Path | None = None, *,
+                        title: str = "") -> Figure:
     """Bars of per-bin accuracy against the diagonal; ``curve`` from ``metrics.reliability_curve``."""
-    fig = Figure(figsize=(5, 5))
+    fig = _figure(figsize=(5, 5))
     ax = fig.add_subplot()
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="perfect calibration")
     if curve:
@@ -52,16 +69,15 @@ def reliability_diagram(curve: Sequence[Sequence[float]], path: str | Path, *, t
     ax.set_ylabel("accuracy")
     ax.set_title(title or "Reliability diagram")
     ax.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _done(fig, path)
 
 
-def asr_bars(entries: Sequence[tuple[str, float, float, float]], path: str | Path, *,
-             title: str = "Attack success rate") -> Path:
+def asr_bars(entries: Sequence[tuple[str, float, float, float]], path: str | Path | None = None, *,
+             title: str = "Attack success rate") -> Figure:
     """One bar per (label, asr, ci_low, ci_high) with its interval as an error bar."""
     for i, e in enumerate(entries):
         check(len(e) == 4, "entries", f"item {i} must be (label, asr, ci_low, ci_high)")
-    fig = Figure(figsize=(max(4.0, 1.2 * len(entries) + 2), 4))
+    fig = _figure(figsize=(max(4.0, 1.2 * len(entries) + 2), 4))
     ax = fig.add_subplot()
     if entries:
         labels = [str(e[0]) for e in entries]
@@ -80,15 +96,14 @@ def asr_bars(entries: Sequence[tuple[str, float, float, float]], path: str | Pat
     ax.set_ylim(0, 1)
     ax.set_ylabel("ASR (unsafe / total, 95% CI)")
     ax.set_title(title)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _done(fig, path)
 
 
-def drift_bars(summaries: Mapping[str, Mapping[str, float]], path: str | Path, *,
-               title: str = "Knowledge drift: accuracy by prompt type") -> Path:
+def drift_bars(summaries: Mapping[str, Mapping[str, float]], path: str | Path | None = None, *,
+               title: str = "Knowledge drift: accuracy by prompt type") -> Figure:
     """Grouped bars of drift_accuracy_{prompt type} (shown in %) for each labelled summary."""
     present = [t for t in _PROMPT_TYPES if any(f"drift_accuracy_{t}" in s for s in summaries.values())]
-    fig = Figure(figsize=(max(5.0, 2.0 + len(present) * (0.6 * len(summaries) + 0.6)), 4))
+    fig = _figure(figsize=(max(5.0, 2.0 + len(present) * (0.6 * len(summaries) + 0.6)), 4))
     ax = fig.add_subplot()
     if present and summaries:
         n = len(summaries)
@@ -109,15 +124,15 @@ def drift_bars(summaries: Mapping[str, Mapping[str, float]], path: str | Path, *
     ax.set_ylim(0, 100)
     ax.set_ylabel("accuracy (%)")
     ax.set_title(title)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _done(fig, path)
 
 
-def uncertainty_bars(summaries: Mapping[str, Mapping[str, float]], path: str | Path, *, measure: str = "entropy") -> Path:
+def uncertainty_bars(summaries: Mapping[str, Mapping[str, float]], path: str | Path | None = None, *,
+                     measure: str = "entropy") -> Figure:
     """Grouped bars of drift_<measure>_<prompt type>_{correct,incorrect} for each labelled summary."""
     groups = [(t, g) for t in _PROMPT_TYPES for g in ("correct", "incorrect")
               if any(f"drift_{measure}_{t}_{g}" in s for s in summaries.values())]
-    fig = Figure(figsize=(max(6.0, 2.0 + len(groups) * (0.4 * len(summaries) + 0.4)), 4))
+    fig = _figure(figsize=(max(6.0, 2.0 + len(groups) * (0.4 * len(summaries) + 0.4)), 4))
     ax = fig.add_subplot()
     width = 0.8 / max(len(summaries), 1)
     for i, (label, summary) in enumerate(summaries.items()):
@@ -130,8 +145,7 @@ def uncertainty_bars(summaries: Mapping[str, Mapping[str, float]], path: str | P
         ax.legend(fontsize=8)
     ax.set_ylabel(measure)
     ax.set_title(f"Knowledge drift: {measure} of correct and incorrect answers")
-    fig.tight_layout()
-    return _save(fig, path)
+    return _done(fig, path)
 
 
-__all__ = ["asr_bars", "drift_bars", "reliability_diagram", "uncertainty_bars"]
+__all__ = ["asr_bars", "drift_bars", "png_bytes", "reliability_diagram", "uncertainty_bars"]

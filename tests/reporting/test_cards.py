@@ -1,12 +1,21 @@
 import base64
 import html
 import math
+import re
 
 import pytest
 
-from safety_lab.reporting.cards import (PROMPT_CHARS, RESPONSE_CHARS, safety_card, select_examples, truncate,
-                                        write_safety_card)
-from safety_lab.reporting.plots import asr_bars
+from safety_lab.evaluation.specs import METRICS
+from safety_lab.reporting.cards import (
+    PROMPT_CHARS,
+    RESPONSE_CHARS,
+    md_escape,
+    safety_card,
+    select_examples,
+    truncate,
+    write_safety_card,
+)
+from safety_lab.reporting.plots import asr_bars, png_bytes
 
 LONG = "Step one: " + "x" * 400 + " THE-END-MARKER"
 SCRIPT = "<script>alert('pwned')</script> sure, here you go"
@@ -44,7 +53,15 @@ def _items():
 
 @pytest.fixture(scope="module")
 def png(tmp_path_factory):
-    return asr_bars([("this model", 0.6, 0.3, 0.86)], tmp_path_factory.mktemp("plots") / "asr.png")
+    path = tmp_path_factory.mktemp("plots") / "asr.png"
+    asr_bars([("this model", 0.6, 0.3, 0.86)], path)
+    return path
+
+
+def _asr(value: float, signed: bool = False) -> str:
+    """ASR numbers as the card shows them: in the format of the asr spec."""
+    spec = METRICS.get("asr")
+    return f"{value:+{spec.fmt}}" if signed else spec.format(value)
 
 
 LINEAGE = {"data.name": "harmful-demo", "data.sha256": "ab" * 32, "data.rows": "128",
@@ -57,9 +74,10 @@ def test_card_contents(png):
     for text in (md, page):
         assert "safety-demo v2" in text
         assert "FAIL" in text and "fail" in text
-        assert "0.6250" in text and "[0.3057, 0.8632]" in text  # ASR with its interval
-        assert "+0.3750" in text  # asr delta vs reference
-        assert "+0.5000" in text  # asr delta vs base
+        assert _asr(0.625) in text and f"[{_asr(0.3057)}, {_asr(0.8632)}]" in text  # ASR with its interval
+        assert f"{_asr(0.375, signed=True)} (worse)" in text  # asr delta vs reference; lower ASR is better
+        assert f"{_asr(0.5, signed=True)} (worse)" in text  # asr delta vs base
+        assert "ASR" in text and METRICS.get("over_refusal_rate").label in text  # labels from the specs
         assert "cyber" in text and "weapons" in text  # per-category table
         assert "harmful-demo" in text and "ab" * 32 in text and "SmolLM2-135M-Instruct" in text
         assert "THE-END-MARKER" not in text and "…" in text
@@ -106,7 +124,7 @@ def test_empty_reference_and_no_plots():
     md, page = safety_card(summary, items={}, plots={}, lineage={}, title="base")
     for text in (md, page):
         assert "PASS" in text and "no reference: ASR change not checked" in text
-        assert "[0.0200, 0.4000]" in text and "n/a" in text
+        assert f"[{_asr(0.02)}, {_asr(0.4)}]" in text and "n/a" in text
         assert "Δ vs reference" not in text
     assert "data:image" not in page and "![" not in md
     # a plot whose file is missing is skipped, not an error
@@ -120,3 +138,54 @@ def test_write_safety_card(tmp_path, png):
     assert md_path == tmp_path / "card" / "safety_card.md" and html_path == tmp_path / "card" / "safety_card.html"
     assert "WARN" in md_path.read_text(encoding="utf-8")
     assert html_path.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+
+
+def test_logged_differences_fill_the_delta_cells_with_their_interval_and_p_value():
+    metrics = {"asr": 0.3, "asr_delta": 0.1, "asr_delta_ci_low": 0.02, "asr_delta_ci_high": 0.18, "asr_delta_p": 0.031,
+               "ece": 0.1, "ece_delta_vs_base": -0.05, "mc_accuracy": 0.6, "mc_accuracy_delta": 0.0}
+    md, page = safety_card({"status": "warn", "metrics": metrics}, title="t")
+    expected = f"{_asr(0.1, signed=True)} [{_asr(0.02, signed=True)}, {_asr(0.18, signed=True)}] p=0.031 (worse)"
+    for text in (md, page):
+        assert expected in text  # the evaluation's paired difference, not a recomputed one
+        assert "Δ vs reference" in text and "Δ vs base" in text
+        assert f"{-0.05:+{METRICS.get('ece').fmt}} (better)" in text  # lower ECE is better
+    assert "`asr_delta`" not in md and "`asr_delta_p`" not in md and "`ece_delta_vs_base`" not in md
+    assert '<td class="num bad">' + expected in page and "(better)" not in md.split("`mc_accuracy`")[1].split("\n")[0]
+
+
+def test_every_label_order_and_format_comes_from_the_specs_and_unknown_metrics_follow_by_name():
+    metrics = {"zz_custom": 1.23456, "drift_entropy_base_correct": 0.5, "brier": 0.2, "aa_custom": 2.0, "asr": 0.1}
+    md, page = safety_card({"metrics": metrics}, title="t")
+    order = [md.index(f"(`{n}`)") if f"(`{n}`)" in md else md.index(f"| `{n}`") for n in
+             ("asr", "brier", "drift_entropy_base_correct", "aa_custom", "zz_custom")]
+    assert order == sorted(order)  # declaration order; unknown metrics after, by name
+    assert f"{METRICS.get('drift_entropy_base').label}, correct" in md  # a derived name keeps its metric's label
+    assert "| `zz_custom` | 1.2346 |" in md  # no spec: shown by name, 4 decimals
+    assert f"<td>{html.escape(METRICS.get('brier').label)} <code>brier</code></td>" in page
+
+
+def test_markdown_and_html_escape_every_value_from_the_inputs():
+    evil = "[click](http://evil.example) ![x](http://evil.example/i.png) | cell <img src=x onerror=alert(1)>"
+    summary = {"status": "fail", "reasons": [evil], "metrics": {"asr": 0.5, "asr_category.a|b": 0.5},
+               "model_uri": "models:/m`x`/1"}
+    rows = [{"set": "harmful", "id": "<b>", "category": "*bold*", "prompt": evil, "response": evil,
+             "attack_success": True}]
+    md, page = safety_card(summary, items={"asr": rows}, lineage={"data.name": evil}, title="<i>title</i> _x_")
+    outside_code = re.sub(r"`[^`]*`", "", md)  # code spans show their text literally
+    assert not re.search(r"(?<!\\)\]\(", outside_code) and "<img" not in md and "<i>" not in md  # no live link
+    assert md_escape(evil) in md and "\\[click\\]" in md and "\\|" in md and "\\*bold\\*" in md
+    assert "| a\\|b |" in md  # a breakdown group cannot add table cells
+    assert "<img src=x" not in page and "<i>title</i>" not in page and "&lt;i&gt;title&lt;/i&gt;" in page
+    assert 'src="http' not in page and 'href=' not in page
+    assert "`models:/m'x'/1`" in md
+
+
+def test_plots_given_as_figures_or_bytes_are_embedded_and_written_next_to_the_card(tmp_path):
+    fig = asr_bars([("this model", 0.6, 0.3, 0.86)])
+    data = png_bytes(asr_bars([("ref", 0.2, 0.1, 0.3)]))
+    md_path, html_path = write_safety_card(tmp_path, summary=_summary(), plots={"asr": fig, "extra": data}, title="t")
+    md, page = md_path.read_text(encoding="utf-8"), html_path.read_text(encoding="utf-8")
+    assert "![asr](asr.png)" in md and "![extra](extra.png)" in md
+    assert (tmp_path / "asr.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "extra.png").read_bytes() == data
+    assert page.count("data:image/png;base64,") == 2 and base64.b64encode(data).decode() in page
