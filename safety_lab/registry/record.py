@@ -195,9 +195,8 @@ def _log_card(report: EvalReport, decision: Decision, lineage: dict) -> None:
     for name, fig in figures.items():
         mlflow.log_figure(fig, f"evaluation/{name}.png")
     summary = {"model_uri": report.model_uri, "status": decision.status, "reasons": list(decision.reasons),
-               "metrics": report.metrics, "reference_uri": report.reference_uri,
-               "reference_metrics": report.reference_metrics, "base_metrics": report.base_metrics,
-               "comparisons": report.comparisons}
+               "metrics": report.all_metrics(), "reference_uri": report.reference_uri,
+               "reference_metrics": report.reference_metrics, "base_metrics": report.base_metrics}
     mlflow.log_dict(summary, "evaluation/summary.json")
     title = f"{lineage['model_name']} v{lineage['version']}" if "version" in lineage else report.model_uri
     markdown, page = safety_card(summary, items={k: v.rows for k, v in report.suites.items()}, plots=figures,
