@@ -4,8 +4,8 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from dataclasses import dataclass
 from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -116,14 +116,20 @@ def _builtin_set(answers: str, kind: str, cfg: DataConfig, distilled: Mapping[st
     check(wanted <= len(pool), "benign_ratio", f"{cfg.benign_ratio:g} asks for {wanted} benign rows per {len(requests)} "
           f"{kind} rows, but the built-in pool has {len(pool)} (benign_ratio <= {len(pool) / len(requests):.2f})")
     random.Random(cfg.seed).shuffle(pool)
-    if cfg.benign_answers == "distilled":
-        check(distilled is not None, "benign_answers", "distilled needs the base model's answers: pass "
-              "load_dataset(cfg, answers=safety_lab.data.distill.distill_answers(model, benign_prompts()))")
-        missing = [b["prompt"] for b in pool[:wanted] if b["prompt"] not in distilled]
-        check(not missing, "benign_answers", f"{len(missing)} benign prompt(s) have no distilled answer, "
-              f"e.g. {missing[:1]}")
-    answer = (lambda b: distilled[b["prompt"]]) if cfg.benign_answers == "distilled" else (lambda b: b["response"])
-    return rows + [{"prompt": b["prompt"], "response": answer(b), "kind": b["kind"]} for b in pool[:wanted]]
+    return rows + _answered(pool[:wanted], cfg, distilled)
+
+
+def _answered(benign: list[dict], cfg: DataConfig, distilled: Mapping[str, str] | None) -> list[dict]:
+    """Benign rows with their written answers, or the base model's own ones when `cfg.benign_answers == "distilled"`."""
+    if cfg.benign_answers == "written":
+        return [{"prompt": b["prompt"], "response": b["response"], "kind": b["kind"]} for b in benign]
+    check(distilled is not None, "benign_answers", "distilled needs the base model's answers: pass "
+          "load_dataset(cfg, answers=safety_lab.data.distill.distill_answers(model, benign_prompts()))")
+    missing = [b["prompt"] for b in benign if b["prompt"] not in distilled]
+    check(not missing, "benign_answers", f"{len(missing)} benign prompt(s) have no distilled answer, e.g. {missing[:1]}")
+    # an empty distilled answer (the model said nothing at all) keeps the written one rather than train on nothing
+    return [{"prompt": b["prompt"], "response": distilled[b["prompt"]].strip() or b["response"], "kind": b["kind"]}
+            for b in benign]
 
 
 def benign_prompts() -> list[str]:
