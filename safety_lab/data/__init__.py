@@ -103,8 +103,11 @@ def answer_for(request: dict, answers: str) -> str:
 
 
 def benign_pool() -> list[dict]:
-    """The train parts of the benign pairs and the look-alike requests: what a built-in set mixes in."""
-    return [dict(r, kind="benign") for r in benign_pairs("train")] + \
+    """The train parts of the benign pairs and the look-alike requests: what a built-in set mixes in.
+
+    Pairs marked `same_fact_as` ask a question of the multiple-choice or drift sets; training on them would
+    inflate those scores, so they stay out (they remain usable as benign evaluation prompts)."""
+    return [dict(r, kind="benign") for r in benign_pairs("train") if not r.get("same_fact_as")] + \
         [dict(r, kind="lookalike") for r in lookalike_requests("train")]
 
 

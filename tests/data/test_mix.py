@@ -1,4 +1,6 @@
 """What a built-in training set is made of: benign outweighs refusals, refusals fit their request, no silent caps."""
+import re
+
 import pytest
 
 from safety_lab.config import DataConfig
@@ -72,3 +74,15 @@ def test_user_files_are_counted_as_user_rows(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "c", "response": "d"}\n', encoding="utf-8")
     assert composition(load_dataset(DataConfig(data=str(path))).rows) == {"user": 2}
+
+
+def _norm(text: str) -> str:
+    return " ".join(re.findall(r"[a-z0-9]+", text.lower()))
+
+
+def test_training_never_asks_a_multiple_choice_or_drift_question():
+    knowledge = {_norm(r["question"]) for name in ("mc_questions", "qa_facts") for r in builtin(name)}
+    trained = load_dataset(DataConfig(data="safe")).rows
+    assert not {_norm(r["prompt"]) for r in trained} & knowledge
+    marked = {r["prompt"] for r in builtin("benign_pairs") if r.get("same_fact_as")}
+    assert len(marked) >= 10 and not marked & {r["prompt"] for r in trained}
