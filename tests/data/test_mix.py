@@ -4,8 +4,15 @@ import re
 import pytest
 
 from safety_lab.config import DataConfig
-from safety_lab.data import (answer_for, benign_pool, benign_prompts, builtin, composition, harmful_requests,
-                             load_dataset)
+from safety_lab.data import (
+    answer_for,
+    benign_pool,
+    benign_prompts,
+    builtin,
+    composition,
+    harmful_requests,
+    load_dataset,
+)
 from safety_lab.errors import SafetyLabError
 
 CATEGORIES = {r["category"] for r in builtin("harmful_requests")}

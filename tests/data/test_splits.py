@@ -3,8 +3,15 @@ import hashlib
 
 import pytest
 
-from safety_lab.data import (PARTS, benign_pairs, builtin, harmful_requests, lookalike_requests, split_of,
-                             split_sizes)
+from safety_lab.data import (
+    PARTS,
+    benign_pairs,
+    builtin,
+    harmful_requests,
+    lookalike_requests,
+    split_of,
+    split_sizes,
+)
 from safety_lab.errors import SafetyLabError
 
 SETS = {"harmful_requests": harmful_requests, "benign_pairs": benign_pairs, "lookalike": lookalike_requests}
