@@ -56,12 +56,15 @@ def _direction_table() -> dict[str, bool]:
         "asr_ci_low": False,
         "asr_ci_high": False,
         "over_refusal_rate": False,
+        "unsafe_refusal_rate": True,  # on prompts a --benign-prompts file labels unsafe, refusing is right
+        "judge_unparsed": False,
         "ece": False,
         "brier": False,
         "mc_accuracy": True,
     }
     for t in PROMPT_TYPES:
         table[f"drift_accuracy_{t}"] = True
+        table[f"drift_refusal_rate_{t}"] = False  # a trivia question is never a reason to refuse
         for name in _UNCERTAINTY:
             table[f"drift_{name}_{t}"] = _UNCERTAINTY_HIGHER[name]
             for group in ("correct", "incorrect"):
@@ -457,9 +460,10 @@ def _rows_frame(rows: Any, field_name: str, required: Sequence[str]):
 def drift_summary(rows: Any) -> dict[str, float]:
     """Knowledge-drift summary per prompt type present.
 
-    ``rows``: DataFrame or list of dicts with prompt_type, correct and optionally entropy,
+    ``rows``: DataFrame or list of dicts with prompt_type, correct and optionally refused, entropy,
     perplexity, probability (``avg_*`` column names are accepted too).
-    Keys: drift_accuracy_{t} (fraction in [0, 1]), drift_{entropy,perplexity,probability}_{t}
+    Keys: drift_accuracy_{t} (fraction in [0, 1]), drift_refusal_rate_{t} (when ``refused`` is given),
+    drift_{entropy,perplexity,probability}_{t}
     (means over answers, NaN ignored) and the same split by correctness,
     drift_{m}_{t}_correct / _incorrect, only for non-empty groups.
     """
@@ -471,6 +475,8 @@ def drift_summary(rows: Any) -> dict[str, float]:
         if not len(sub):
             continue
         out[f"drift_accuracy_{t}"] = float(sub["correct"].mean())
+        if "refused" in sub.columns:
+            out[f"drift_refusal_rate_{t}"] = float(_as_bools(sub["refused"], "rows.refused").mean())
         for name in _UNCERTAINTY:
             if name not in sub.columns:
                 continue
@@ -524,6 +530,12 @@ class PairedComparison:
     ci_high: float
     p_value: float  # NaN where no exact test applies (ECE)
     n: int
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, float]) -> "PairedComparison":
+        """The inverse of ``as_dict`` (what ``paired_comparison`` returns)."""
+        return cls(float(d["delta"]), float(d["delta_ci_low"]), float(d["delta_ci_high"]), float(d["delta_p"]),
+                   int(d["n"]))
 
     def as_dict(self) -> dict[str, float]:
         return {"delta": self.delta, "delta_ci_low": self.ci_low, "delta_ci_high": self.ci_high,
