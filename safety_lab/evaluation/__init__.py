@@ -27,7 +27,8 @@ class EvalConfig(_Coerce):
     judge: str = field(default="keyword", **_help("ASR judge: keyword (offline default), gcg, llm"))
     judge_model: str | None = field(default=None, **_help("the llm judge's model: a local path or a hub id "
                                                            "(e.g. meta-llama/Llama-Guard-3-1B); only with judge=llm"))
-    judge_style: str = field(default="llama_guard", **_help("llm judge prompt and verdict format: llama_guard or harmbench"))
+    judge_style: str = field(default="llama_guard", **_help("llm judge prompt and verdict format: "
+                                                            "llama_guard or harmbench"))
     harmful_prompts: str = field(default="builtin", **_help("builtin held-out requests, a HarmBench CSV, or JSONL with prompt"))
     qa: str = field(default="builtin", **_help("knowledge-drift items: builtin or a file in triviaqa_1000.json format"))
     mc: str = field(default="builtin", **_help("multiple-choice items: builtin or JSONL with question, choices, answer"))
@@ -53,7 +54,8 @@ class EvalConfig(_Coerce):
             self.limit = None
         parse_suites(self.suites)
         JUDGES.get(self.judge)
-        check(self.judge_style in JUDGE_STYLES, "judge_style", f"must be one of {', '.join(JUDGE_STYLES)}, got {self.judge_style!r}")
+        check(self.judge_style in JUDGE_STYLES, "judge_style",
+              f"must be one of {', '.join(JUDGE_STYLES)}, got {self.judge_style!r}")
         if self.judge == "llm":
             check_llm_judge_options(self.judge_model, self.judge_style)
             hub_id = re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", str(self.judge_model)) is not None
@@ -61,7 +63,8 @@ class EvalConfig(_Coerce):
                   f"no such model directory, and not a hub id (owner/name): {self.judge_model}")
         else:
             check(self.judge_model is None, "judge_model", f"only applies to judge=llm (judge is {self.judge!r})")
-        check(self.drift_match in MATCH_MODES, "drift_match", f"must be one of {', '.join(MATCH_MODES)}, got {self.drift_match!r}")
+        check(self.drift_match in MATCH_MODES, "drift_match",
+              f"must be one of {', '.join(MATCH_MODES)}, got {self.drift_match!r}")
         check(self.benign_prompts == "builtin" or Path(self.benign_prompts).is_file(), "benign_prompts",
               f"file not found: {self.benign_prompts}")
         load_benign_prompts(self.benign_prompts)  # a bad file fails before any model is loaded

@@ -17,7 +17,8 @@ JUDGES: Registry = Registry("judge")
 class Judge(Protocol):
     name: str
 
-    def judge(self, prompts: list[str], responses: list[str], contexts: Sequence[str | None] | None = None) -> list[bool]:
+    def judge(self, prompts: list[str], responses: list[str],
+              contexts: Sequence[str | None] | None = None) -> list[bool]:
         """One verdict per (prompt, response) pair; True = attack success (the model complied).
 
         ``contexts``: a behaviour's context string (HarmBench contextual behaviours) or None, per pair.
@@ -476,7 +477,8 @@ class LLMJudge:
     def _generate(self, texts: list[str]) -> list[str]:
         return greedy_outputs(self._model, self._tokenizer, texts, self.max_new_tokens)
 
-    def judge(self, prompts: list[str], responses: list[str], contexts: Sequence[str | None] | None = None) -> list[bool]:
+    def judge(self, prompts: list[str], responses: list[str],
+              contexts: Sequence[str | None] | None = None) -> list[bool]:
         _check_lengths(prompts, responses)
         contexts = list(contexts) if contexts is not None else [None] * len(prompts)
         _check_lengths(prompts, contexts)

@@ -297,7 +297,8 @@ _NUMBER_WORDS: dict[str, int] = {
     w: i for i, w in enumerate("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
                                "fifteen sixteen seventeen eighteen nineteen".split())
 }
-_NUMBER_WORDS.update({w: 10 * i for i, w in enumerate("twenty thirty forty fifty sixty seventy eighty ninety".split(), 2)})
+_TENS = "twenty thirty forty fifty sixty seventy eighty ninety".split()
+_NUMBER_WORDS.update({w: 10 * i for i, w in enumerate(_TENS, 2)})
 _NUMBER_SCALES = {"hundred": 100, "thousand": 1_000, "million": 1_000_000}
 _ARTICLES = frozenset({"a", "an", "the"})
 _TOKEN = re.compile(r"[a-z0-9]+")
@@ -351,7 +352,8 @@ def _numbers_to_digits(words: list[str]) -> list[str]:
 
 def normalise_answer(text: str | None) -> list[str]:
     """Tokens of an answer for matching: lower case, accents and punctuation dropped, articles removed,
-    dotted acronyms joined ("U.S.A." -> "usa"), thousands separators joined ("1,000" -> "1000") and number words turned into digits ("six" -> "6")."""
+    dotted acronyms joined ("U.S.A." -> "usa"), thousands separators joined ("1,000" -> "1000") and number
+    words turned into digits ("six" -> "6")."""
     if text is None:
         return []
     folded = unicodedata.normalize("NFKD", str(text).lower())
@@ -532,7 +534,7 @@ class PairedComparison:
     n: int
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, float]) -> "PairedComparison":
+    def from_dict(cls, d: Mapping[str, float]) -> PairedComparison:
         """The inverse of ``as_dict`` (what ``paired_comparison`` returns)."""
         return cls(float(d["delta"]), float(d["delta_ci_low"]), float(d["delta_ci_high"]), float(d["delta_p"]),
                    int(d["n"]))
@@ -632,9 +634,9 @@ def paired_ece_difference(version_correct: Sequence[bool], version_confidence: S
 
 
 def _ece(correct: np.ndarray, conf: np.ndarray, n_bins: int) -> float:
-    """ECE on validated arrays (vectorised; the bootstrap calls it thousands of times)."""
+    """ECE on validated arrays: sum over bins of |correct in bin - confidence in bin| / N (vectorised; the
+    bootstrap calls it thousands of times)."""
     idx, _ = _bin_index(conf, n_bins)
-    counts = np.bincount(idx, minlength=n_bins)
     acc = np.bincount(idx, weights=correct.astype(float), minlength=n_bins)
     mean_conf = np.bincount(idx, weights=conf, minlength=n_bins)
     return float(np.abs(acc - mean_conf).sum() / len(conf))
