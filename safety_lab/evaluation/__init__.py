@@ -191,7 +191,7 @@ def compare(current: dict[str, SuiteResult], reference: dict[str, SuiteResult], 
             result = _paired(metric, outcomes, reference[name].paired.get(metric, {}))
             if result is not None:
                 out.update(result.as_metrics(metric, f"_delta{suffix}"))
-    if not suffix and "drift" in current and "drift" in reference:
+    if not suffix and "drift" in current and "drift" in reference and current["drift"].rows and reference["drift"].rows:
         out.update(M.drift_flips(current["drift"].rows, reference["drift"].rows))
     return out
 

@@ -4,8 +4,8 @@ Conventions: data arguments are positional, options keyword-only; every function
 plain numbers, tuples, dicts or frozen dataclasses and never touches files or MLflow.
 Bad input raises ``SafetyLabError`` with a one-line message.
 
-Each metric declares its direction in ``HIGHER_IS_BETTER`` (``is_higher_better`` also
-resolves derived names such as ``ece_delta`` or ``drift_entropy_base_correct``).
+Directions, labels and formats are not here: each suite declares its metrics once
+(``safety_lab.evaluation.specs``).
 
 Knowledge-drift protocol (arXiv 2409.19476, after Fastowski & Kasneci 2409.07085):
 
@@ -46,43 +46,7 @@ from safety_lab.errors import SafetyLabError, check
 
 PROMPT_TYPES: tuple[str, ...] = ("base", "false_info", "random_info")
 _UNCERTAINTY = ("entropy", "perplexity", "probability")
-_UNCERTAINTY_HIGHER = {"entropy": False, "perplexity": False, "probability": True}
 TOP_K_ENTROPY = 10
-
-
-def _direction_table() -> dict[str, bool]:
-    table: dict[str, bool] = {
-        "asr": False,
-        "asr_ci_low": False,
-        "asr_ci_high": False,
-        "over_refusal_rate": False,
-        "unsafe_refusal_rate": True,  # on prompts a --benign-prompts file labels unsafe, refusing is right
-        "judge_unparsed": False,
-        "ece": False,
-        "brier": False,
-        "mc_accuracy": True,
-    }
-    for t in PROMPT_TYPES:
-        table[f"drift_accuracy_{t}"] = True
-        table[f"drift_refusal_rate_{t}"] = False  # a trivia question is never a reason to refuse
-        for name in _UNCERTAINTY:
-            table[f"drift_{name}_{t}"] = _UNCERTAINTY_HIGHER[name]
-            for group in ("correct", "incorrect"):
-                table[f"drift_{name}_{t}_{group}"] = _UNCERTAINTY_HIGHER[name]
-    return table
-
-
-HIGHER_IS_BETTER: dict[str, bool] = _direction_table()
-
-
-def is_higher_better(name: str) -> bool:
-    """Direction of a metric name, also for ``<name>_delta`` and ``asr_<category>`` names."""
-    base = name[: -len("_delta")] if name.endswith("_delta") else name
-    if base in HIGHER_IS_BETTER:
-        return HIGHER_IS_BETTER[base]
-    if base.startswith("asr_") or base.startswith("over_refusal"):
-        return False
-    raise SafetyLabError("metric", f"no declared direction for {name!r}")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -692,15 +656,10 @@ def paired_ece_comparison(rows_version: Any, rows_reference: Any, key: str | Seq
     return result.as_dict()
 
 
-def deltas(current: Mapping[str, float], reference: Mapping[str, float]) -> dict[str, float]:
-    """``<name>_delta = current - reference`` for every key the two share (current's order)."""
-    return {f"{k}_delta": float(current[k]) - float(reference[k]) for k in current if k in reference}
-
-
 __all__ = [
-    "ASRResult", "CalibrationResult", "HIGHER_IS_BETTER", "MATCH_MODES", "PROMPT_TYPES", "PairedComparison",
-    "ReliabilityBin", "answer_is_correct", "attack_success_rate", "brier_score", "deltas", "drift_flips",
-    "drift_summary", "expected_calibration_error", "is_higher_better", "mc_summary", "mcnemar_exact",
+    "ASRResult", "CalibrationResult", "MATCH_MODES", "PROMPT_TYPES", "PairedComparison",
+    "ReliabilityBin", "answer_is_correct", "attack_success_rate", "brier_score", "drift_flips",
+    "drift_summary", "expected_calibration_error", "mc_summary", "mcnemar_exact",
     "normalise_answer", "paired_comparison", "paired_ece_comparison", "paired_ece_difference",
     "paired_proportion_difference", "reliability_curve", "token_uncertainty", "wilson_interval",
 ]

@@ -45,6 +45,14 @@ ASR_SPECS = (
     rate("over_refusal_rate", "Over-refusal rate", higher=False, tag=True, headline=True, n_metric="over_refusal_n",
          interval=True),
     count("over_refusal_n", "Over-refusal prompts (n)"),
+    rate("over_refusal_rate_benign", "Over-refusal (benign)", higher=False, n_metric="over_refusal_benign_n"),
+    count("over_refusal_benign_n", "Benign prompts (n)"),
+    rate("over_refusal_rate_lookalike", "Over-refusal (look-alike)", higher=False, n_metric="over_refusal_lookalike_n"),
+    count("over_refusal_lookalike_n", "Look-alike prompts (n)"),
+    # on prompts a --benign-prompts file labels unsafe, refusing is right
+    rate("unsafe_refusal_rate", "Refusal of unsafe prompts", higher=True, n_metric="unsafe_refusal_n", interval=True),
+    count("unsafe_refusal_n", "Unsafe prompts (n)"),
+    count("judge_unparsed", "Judge outputs not parsed (left out of ASR)"),
 )
 CALIBRATION_SPECS = (
     rate("mc_accuracy", "MC accuracy", higher=True, tag=True, headline=True, n_metric="mc_n"),
@@ -62,6 +70,8 @@ DRIFT_SPECS = tuple(
         MetricSpec(f"drift_entropy_{t}", f"Drift entropy ({label})", False, kind="nats", headline=t != "random_info"),
         MetricSpec(f"drift_perplexity_{t}", f"Drift perplexity ({label})", False, kind="score"),
         rate(f"drift_probability_{t}", f"Drift token probability ({label})", higher=True),
+        # a trivia question is never a reason to refuse
+        rate(f"drift_refusal_rate_{t}", f"Drift refusals ({label})", higher=False, n_metric="drift_n"),
         count(f"flips_{t}_correct_to_incorrect", f"Answers right in the reference, wrong now ({label})"),
         count(f"flips_{t}_incorrect_to_correct", f"Answers wrong in the reference, right now ({label})"),
     )
@@ -230,7 +240,7 @@ def asr_suite(loaded, cfg) -> SuiteResult:
     paired = {"asr": {str(r["id"]): r["attack_success"] for r in rows if r["attack_success"] is not None}}
     for label, name in (("safe", "over_refusal_rate"), ("unsafe", "unsafe_refusal_rate")):
         paired[name] = {f"{r['set']}:{r['id']}": r["refused"] for r in benign_rows if r["label"] == label}
-    return SuiteResult(metrics, rows + benign_rows, {"asr": result}, paired)
+    return SuiteResult(metrics, rows + benign_rows, {}, paired)
 
 
 # ---------------------------------------------------------------- calibration
