@@ -1,14 +1,111 @@
-"""Shared fixtures: a tiny random Llama with the real SmolLM2 tokenizer, and a private MLflow store per test."""
+"""Shared fixtures: a tiny random Llama with the real SmolLM2 tokenizer, and a private MLflow store per test.
+
+The session never writes into the repository or the user's cache: SAFETY_LAB_CACHE and the bench output folder
+point at a temporary folder (the converted default model is linked in read-only from the real cache when it is
+there), and the summary names every file the tests left in the checkout and every skip with its reason.
+"""
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-REFERENCE = Path(os.environ.get("SAFETY_LAB_REFERENCE") or Path(__file__).resolve().parents[1].parent / "shared" / "reference")
+ROOT = Path(__file__).resolve().parents[1]
+# The harmless reference files, vendored with their source and licence (tests/fixtures/reference/README.md).
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "reference"
+# The Llama Guard completions hold harmful text: read in place only, never copied into the repository.
+REFERENCE = Path(os.environ.get("SAFETY_LAB_REFERENCE") or ROOT.parent / "shared" / "reference")
+LLAMA_GUARD = REFERENCE / "harmbench_llama_guard"
+_SKIP_IGNORED = {".git", ".venv", "__pycache__", ".pytest_cache", ".ruff_cache"}
+
+
+def _checkout_files() -> dict[str, float]:
+    """Every file of the checkout with its mtime (the virtualenv and caches aside)."""
+    files = {}
+    for folder, dirs, names in os.walk(ROOT):
+        dirs[:] = [d for d in dirs if d not in _SKIP_IGNORED and not d.endswith(".egg-info")]
+        for name in names:
+            path = os.path.join(folder, name)
+            try:
+                files[os.path.relpath(path, ROOT)] = os.stat(path).st_mtime
+            except OSError:
+                continue
+    return files
+
+
+def _session_cache(real: Path, scratch: Path) -> None:
+    """Link the converted default model of the real cache into the session's cache (read only: links, no copy)."""
+    from safety_lab.models import _MANIFEST
+
+    model = real / "smollm2-135m-instruct"
+    if not (model / _MANIFEST).is_file():  # then converted into the scratch cache, never into the real one
+        return  # (links to a broken copy are caught by the checksums on first use and replaced in the scratch cache)
+    (scratch / model.name).mkdir(parents=True)
+    for path in model.iterdir():
+        if path.is_file():
+            (scratch / model.name / path.name).symlink_to(path)
+
+
+def pytest_configure(config):
+    from safety_lab.models import cache_dir
+
+    scratch = Path(tempfile.mkdtemp(prefix="safety-lab-tests-"))
+    config._safety_lab_scratch = scratch
+    config._safety_lab_files = _checkout_files()
+    _session_cache(cache_dir(), scratch / "cache")
+    os.environ["SAFETY_LAB_CACHE"] = str(scratch / "cache")  # inherited by the subprocesses tests start
+    os.environ["SAFETY_LAB_BENCH_OUT"] = str(scratch / "bench-out")
+
+
+def pytest_unconfigure(config):
+    scratch = getattr(config, "_safety_lab_scratch", None)
+    if scratch is not None:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Loud lines: what was skipped and why (nothing is installed to avoid it); files written into the checkout."""
+    reasons = Counter()
+    for report in terminalreporter.stats.get("skipped", []):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        reasons[reason.removeprefix("Skipped: ")] += 1
+    if not LLAMA_GUARD.is_dir():
+        terminalreporter.write_sep("!", f"Llama Guard completions not at {LLAMA_GUARD}: the judge-agreement "
+                                   "tests did not run (set SAFETY_LAB_REFERENCE: read in place, never vendored)",
+                                   yellow=True, bold=True)
+    if reasons:
+        terminalreporter.write_sep("-", f"{sum(reasons.values())} skipped: what this machine lacks", yellow=True)
+        for reason, n in reasons.most_common():
+            terminalreporter.write_line(f"{n:4d} x {reason}")
+    before = getattr(config, "_safety_lab_files", None)
+    if before is not None:
+        after = _checkout_files()
+        written = sorted(p for p, mtime in after.items() if before.get(p) != mtime)
+        if written:
+            terminalreporter.write_sep("!", "tests wrote into the checkout (use tmp_path)", red=True, bold=True)
+            for path in written[:20]:
+                terminalreporter.write_line(f"  {path}")
+
+
+@pytest.fixture(scope="session")
+def reference_fixtures() -> Path:
+    """The vendored harmless reference files (TriviaQA items and answers, HarmBench behaviours)."""
+    return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def llama_guard_dir() -> Path:
+    """The Llama Guard-labelled completions, read in place; the test is skipped (loudly) where they are absent."""
+    if not LLAMA_GUARD.is_dir():
+        pytest.skip(f"Llama Guard completions not found at {LLAMA_GUARD} (harmful text: read in place only; "
+                    "set SAFETY_LAB_REFERENCE)")
+    return LLAMA_GUARD
 
 
 @pytest.fixture(scope="session")
