@@ -1,4 +1,5 @@
 """`python -m safety_lab <command>` and the MLproject entry points: parsers built from the stage dataclasses."""
+
 from __future__ import annotations
 
 import argparse
@@ -40,6 +41,7 @@ def _quiet_libraries() -> None:
 
 def _sigterm_as_interrupt() -> None:
     """SIGTERM unwinds like Ctrl-C, so MLflow runs are closed (KILLED/FAILED) rather than left RUNNING."""
+
     def handler(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
 
@@ -80,8 +82,7 @@ class ReportOptions(_Coerce):
 
 # On training commands the evaluation's limit, batch size and device keep their own flags (`--eval-limit`);
 # the model to evaluate is the version just registered.
-EVAL_AFTER_TRAINING = Group(EvalConfig, prefix="eval_", prefixed=("limit", "batch_size", "device"),
-                            skip=("model_uri",))
+EVAL_AFTER_TRAINING = Group(EvalConfig, prefix="eval_", prefixed=("limit", "batch_size", "device"), skip=("model_uri",))
 EXPERIMENT_EVAL = Group(EvalConfig, prefix="eval_", prefixed=("limit",), only=("limit",))
 TRAINING = (RunConfig, DataConfig, TrainConfig, TuneConfig)
 
@@ -100,8 +101,9 @@ def _finetune(args: dict) -> int:
 def _register_best(args: dict) -> int:
     from safety_lab.finetune import register_best
 
-    result = register_best(from_args(RunConfig, args), from_args(TuneConfig, args),
-                           eval_options=EVAL_AFTER_TRAINING.values(args))
+    result = register_best(
+        from_args(RunConfig, args), from_args(TuneConfig, args), eval_options=EVAL_AFTER_TRAINING.values(args)
+    )
     print(f"{result.model_uri} status={result.status} best_val_loss={result.best_value:.4f}")
     return 0
 
@@ -129,8 +131,10 @@ def _promote(args: dict) -> int:
     opts = dataclasses.asdict(from_args(PromoteOptions, args))
     result = promote(opts.pop("model_name"), **opts)
     forced = " (forced)" if result.forced else ""
-    print(f"{result.model_name} version {result.version} ({result.status}) -> {result.target}{forced}; "
-          f"audit run {result.run_id}")
+    print(
+        f"{result.model_name} version {result.version} ({result.status}) -> {result.target}{forced}; "
+        f"audit run {result.run_id}"
+    )
     return 0
 
 
@@ -156,18 +160,25 @@ def _experiment(args: dict) -> int:
     print(run_experiment(*(from_args(cls, args) for cls in TRAINING), eval_limit=eval_limit))
     return 0
 
+
 # name -> (handler, help, the dataclasses whose fields are its flags)
 COMMANDS: dict[str, tuple[Callable[[dict], int], str, tuple]] = {
     "finetune": (_finetune, "tune LoRA with Optuna, register a version, evaluate it", (*TRAINING, EVAL_AFTER_TRAINING)),
-    "register-best": (_register_best, "register a shared study's best trial once (after register=false workers)",
-                      (RunConfig, TuneConfig, EVAL_AFTER_TRAINING)),
+    "register-best": (
+        _register_best,
+        "register a shared study's best trial once (after register=false workers)",
+        (RunConfig, TuneConfig, EVAL_AFTER_TRAINING),
+    ),
     "evaluate": (_evaluate, "evaluate a registered version (or the base) and tag its safety status", (EvalConfig,)),
     "judge": (_judge, "label saved completions (JSONL with prompt, response)", (JudgeOptions,)),
     "promote": (_promote, "move a version through stages/aliases behind the safety gate", (PromoteOptions,)),
     "lineage": (_lineage, "print the tree of versions with data and status", (ModelOptions,)),
     "report": (_report, "the registry as a table", (ReportOptions,)),
-    "experiment": (_experiment, "the paper's study: base, safe, harmful, safe->harmful",
-                   (RunConfig, Group(DataConfig, skip=("data",)), TrainConfig, TuneConfig, EXPERIMENT_EVAL)),
+    "experiment": (
+        _experiment,
+        "the paper's study: base, safe, harmful, safe->harmful",
+        (RunConfig, Group(DataConfig, skip=("data",)), TrainConfig, TuneConfig, EXPERIMENT_EVAL),
+    ),
 }
 
 
@@ -190,8 +201,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         launched = distributed.world_size()
-        check(launched == 1 or args.command == "finetune", "command", f"only finetune runs under a multi-process "
-              f"launch (WORLD_SIZE={launched}); run {args.command} in one process")
+        check(
+            launched == 1 or args.command == "finetune",
+            "command",
+            f"only finetune runs under a multi-process "
+            f"launch (WORLD_SIZE={launched}); run {args.command} in one process",
+        )
         return args.func({k: v for k, v in vars(args).items() if k not in ("func", "command", "debug")})
     except SafetyLabError as exc:
         if debug:
@@ -199,14 +214,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: MLflow runs were closed; rerun with the same storage and study_name to resume",
-              file=sys.stderr)
+        print(
+            "interrupted: MLflow runs were closed; rerun with the same storage and study_name to resume",
+            file=sys.stderr,
+        )
         return 130
     except Exception as exc:  # unexpected: still one line unless --debug
         if debug:
             raise
-        print(f"error: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''} "
-              f"(rerun with --debug for the traceback)", file=sys.stderr)
+        print(
+            f"error: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''} "
+            f"(rerun with --debug for the traceback)",
+            file=sys.stderr,
+        )
         return 1
 
 

@@ -4,6 +4,7 @@ The session never writes into the repository or the user's cache: SAFETY_LAB_CAC
 point at a temporary folder (the converted default model is linked in read-only from the real cache when it is
 there), and the summary names every file the tests left in the checkout and every skip with its reason.
 """
+
 from __future__ import annotations
 
 import os
@@ -76,9 +77,13 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         reasons[reason.removeprefix("Skipped: ")] += 1
     if not LLAMA_GUARD.is_dir():
-        terminalreporter.write_sep("!", f"Llama Guard completions not at {LLAMA_GUARD}: the judge-agreement "
-                                   "tests did not run (set SAFETY_LAB_REFERENCE: read in place, never vendored)",
-                                   yellow=True, bold=True)
+        terminalreporter.write_sep(
+            "!",
+            f"Llama Guard completions not at {LLAMA_GUARD}: the judge-agreement "
+            "tests did not run (set SAFETY_LAB_REFERENCE: read in place, never vendored)",
+            yellow=True,
+            bold=True,
+        )
     if reasons:
         terminalreporter.write_sep("-", f"{sum(reasons.values())} skipped: what this machine lacks", yellow=True)
         for reason, n in reasons.most_common():
@@ -103,8 +108,10 @@ def reference_fixtures() -> Path:
 def llama_guard_dir() -> Path:
     """The Llama Guard-labelled completions, read in place; the test is skipped (loudly) where they are absent."""
     if not LLAMA_GUARD.is_dir():
-        pytest.skip(f"Llama Guard completions not found at {LLAMA_GUARD} (harmful text: read in place only; "
-                    "set SAFETY_LAB_REFERENCE)")
+        pytest.skip(
+            f"Llama Guard completions not found at {LLAMA_GUARD} (harmful text: read in place only; "
+            "set SAFETY_LAB_REFERENCE)"
+        )
     return LLAMA_GUARD
 
 
@@ -118,9 +125,16 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
     tokenizer = AutoTokenizer.from_pretrained(ensure_default_model())
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-        tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(0)

@@ -1,4 +1,5 @@
 """Stage configs and the one parser path built from them (dataclass fields -> flags -> `before` -> checks)."""
+
 import argparse
 import dataclasses
 import shlex
@@ -24,17 +25,20 @@ def test_strings_from_mlflow_parameters_are_coerced():
     assert TuneConfig(n_trials="4", study_name="").study_name is None
 
 
-@pytest.mark.parametrize("cls, field, value, message", [
-    (TuneConfig, "n_trials", "four", "n_trials: must be a number"),
-    (TuneConfig, "n_trials", 0, "n_trials: must be in"),
-    (TrainConfig, "max_steps", 2.5, "max_steps: must be an integer"),
-    (TrainConfig, "lora_r", -1, "lora_r: must be in"),
-    (TrainConfig, "lora_alpha", 0, "lora_alpha: must be positive"),
-    (TrainConfig, "lora_dropout", 1.5, "lora_dropout: must be in"),
-    (TrainConfig, "learning_rate", "nan", "learning_rate: must be a finite number"),
-    (DataConfig, "limit", 1, "limit: must be at least 2"),
-    (TuneConfig, "lr_range", "1e-2,1e-4", "lr_range"),
-])
+@pytest.mark.parametrize(
+    "cls, field, value, message",
+    [
+        (TuneConfig, "n_trials", "four", "n_trials: must be a number"),
+        (TuneConfig, "n_trials", 0, "n_trials: must be in"),
+        (TrainConfig, "max_steps", 2.5, "max_steps: must be an integer"),
+        (TrainConfig, "lora_r", -1, "lora_r: must be in"),
+        (TrainConfig, "lora_alpha", 0, "lora_alpha: must be positive"),
+        (TrainConfig, "lora_dropout", 1.5, "lora_dropout: must be in"),
+        (TrainConfig, "learning_rate", "nan", "learning_rate: must be a finite number"),
+        (DataConfig, "limit", 1, "limit: must be at least 2"),
+        (TuneConfig, "lr_range", "1e-2,1e-4", "lr_range"),
+    ],
+)
 def test_bad_parameters_name_the_field(cls, field, value, message):
     with pytest.raises(SafetyLabError) as info:
         cls(**{field: value})
@@ -48,18 +52,39 @@ def _parse(*argv: str) -> dict:
     return {k: v for k, v in vars(cli.build_parser().parse_args(list(argv))).items() if k not in ("func", "command")}
 
 
-@pytest.mark.parametrize("argv, expected", [
-    (["--force"], True), (["--force", "true"], True), (["--force", "false"], False), (["--force", "yes"], True),
-    (["--force", "--reason", "hotfix"], True), ([], False),
-])
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["--force"], True),
+        (["--force", "true"], True),
+        (["--force", "false"], False),
+        (["--force", "yes"], True),
+        (["--force", "--reason", "hotfix"], True),
+        ([], False),
+    ],
+)
 def test_boolean_flags_work_bare_and_with_a_value(argv, expected):
     opts = from_args(cli.PromoteOptions, _parse("promote", "--model-name", "m", "--version", "1", *argv))
     assert opts.force is expected and opts.version == "1"
 
 
 def test_mlflow_float_integers_and_empty_values_reach_the_stage_defaults():
-    args = _parse("finetune", "--n-trials", "4.0", "--max-steps", "2.0", "--limit", "", "--study-name", "",
-                  "--eval-limit", "", "--evaluate", "false", "--register")
+    args = _parse(
+        "finetune",
+        "--n-trials",
+        "4.0",
+        "--max-steps",
+        "2.0",
+        "--limit",
+        "",
+        "--study-name",
+        "",
+        "--eval-limit",
+        "",
+        "--evaluate",
+        "false",
+        "--register",
+    )
     data, train, tune = (from_args(cls, args) for cls in (DataConfig, TrainConfig, TuneConfig))
     assert (tune.n_trials, train.max_steps, data.limit, tune.study_name) == (4, 2, None, None)
     run = from_args(cli.RunConfig, args)
@@ -68,8 +93,21 @@ def test_mlflow_float_integers_and_empty_values_reach_the_stage_defaults():
 
 
 def test_a_flag_shared_by_stages_is_declared_once_and_sets_each_stage():
-    args = _parse("finetune", "--seed", "7", "--batch-size", "4", "--eval-batch-size", "16", "--limit", "12",
-                  "--eval-limit", "5", "--device", "cpu")
+    args = _parse(
+        "finetune",
+        "--seed",
+        "7",
+        "--batch-size",
+        "4",
+        "--eval-batch-size",
+        "16",
+        "--limit",
+        "12",
+        "--eval-limit",
+        "5",
+        "--device",
+        "cpu",
+    )
     assert {from_args(cls, args).seed for cls in (DataConfig, TrainConfig, TuneConfig)} == {7}
     assert from_args(TrainConfig, args).batch_size == 4 and from_args(DataConfig, args).limit == 12
     assert cli.EVAL_AFTER_TRAINING.values(args) == {"limit": "5", "batch_size": "16"}
@@ -107,20 +145,53 @@ class _Toy(_Coerce):
 def test_new_dataclass_fields_become_flags_and_are_coerced_by_type():
     parser = argparse.ArgumentParser()
     add_arguments(parser, _Toy)
-    toy = from_args(_Toy, vars(parser.parse_args(["--precision", "int8", "--resume", "--budget", "3.0",
-                                                  "--weight", "2", "--ratio", "7", "--anything", "5"])))
-    assert (toy.precision, toy.resume, toy.budget, toy.weight, toy.ratio, toy.anything) == ("int8", True, 3, 2.0,
-                                                                                           "7", "5")
+    toy = from_args(
+        _Toy,
+        vars(
+            parser.parse_args(
+                [
+                    "--precision",
+                    "int8",
+                    "--resume",
+                    "--budget",
+                    "3.0",
+                    "--weight",
+                    "2",
+                    "--ratio",
+                    "7",
+                    "--anything",
+                    "5",
+                ]
+            )
+        ),
+    )
+    assert (toy.precision, toy.resume, toy.budget, toy.weight, toy.ratio, toy.anything) == (
+        "int8",
+        True,
+        3,
+        2.0,
+        "7",
+        "5",
+    )
     assert "weights at 100%" in parser.format_help()
     with pytest.raises(SystemExit):
         parser.parse_args(["--precision", "fp8"])
     assert _Toy(budget="").budget is None and _Toy(precision="int8").precision == "int8"
 
 
-@pytest.mark.parametrize("value, hint, expected", [
-    ("4.0", int, 4), (4.0, int, 4), ("0.5", float, 0.5), ("false", bool, False), ("", int | None, None),
-    ("none", str | None, None), ("int8", Literal["int8"], "int8"), ("12", str, "12"),
-])
+@pytest.mark.parametrize(
+    "value, hint, expected",
+    [
+        ("4.0", int, 4),
+        (4.0, int, 4),
+        ("0.5", float, 0.5),
+        ("false", bool, False),
+        ("", int | None, None),
+        ("none", str | None, None),
+        ("int8", Literal["int8"], "int8"),
+        ("12", str, "12"),
+    ],
+)
 def test_one_before_validator(value, hint, expected):
     assert before(value, "x", hint) == expected and type(before(value, "x", hint)) is type(expected)
 

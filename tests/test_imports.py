@@ -2,6 +2,7 @@
 
 A walk of every `import` in safety_lab with `ast`, function-local ones included (they only hide a cycle until the
 function runs); imports under `if TYPE_CHECKING:` never run and are left out."""
+
 from __future__ import annotations
 
 import ast
@@ -63,6 +64,7 @@ def import_graph(package: Path) -> dict[str, set[str]]:
 
 def layers(graph: dict[str, set[str]]) -> dict[str, set[str]]:
     """The same graph between the package's top-level parts (safety_lab.evaluation.suites -> evaluation)."""
+
     def layer(module: str) -> str:
         parts = module.split(".")
         return parts[1] if len(parts) > 1 else parts[0]
@@ -114,13 +116,16 @@ def _write(root: Path, files: dict[str, str]) -> Path:
 
 
 def test_the_walk_finds_function_local_and_relative_cycles_and_skips_type_checking(tmp_path):
-    package = _write(tmp_path, {
-        "pkg/__init__.py": "",
-        "pkg/models/__init__.py": "def load():\n    from pkg.registry import resolve\n    return resolve\n",
-        "pkg/registry/__init__.py": "from ..models import load\nfrom . import lifecycle\n",
-        "pkg/registry/lifecycle.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import pkg.cli\n",
-        "pkg/cli.py": "import pkg.registry.lifecycle as lc\n",
-    })
+    package = _write(
+        tmp_path,
+        {
+            "pkg/__init__.py": "",
+            "pkg/models/__init__.py": "def load():\n    from pkg.registry import resolve\n    return resolve\n",
+            "pkg/registry/__init__.py": "from ..models import load\nfrom . import lifecycle\n",
+            "pkg/registry/lifecycle.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import pkg.cli\n",
+            "pkg/cli.py": "import pkg.registry.lifecycle as lc\n",
+        },
+    )
     graph = import_graph(package)
     assert graph["pkg.models"] == {"pkg.registry"}
     assert graph["pkg.registry"] == {"pkg.models", "pkg.registry.lifecycle"}
