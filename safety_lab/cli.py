@@ -189,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (handler, text, groups) in COMMANDS.items():
         p = sub.add_parser(name, help=text, description=text)
         add_arguments(p, *groups)
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
         p.set_defaults(func=handler)
     return parser
 

@@ -23,6 +23,7 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures" / "reference"
 # The Llama Guard completions hold harmful text: read in place only, never copied into the repository.
 REFERENCE = Path(os.environ.get("SAFETY_LAB_REFERENCE") or ROOT.parent / "shared" / "reference")
 LLAMA_GUARD = REFERENCE / "harmbench_llama_guard"
+_LLAMA_GUARD_SKIPS = ("harmbench_llama_guard", "Llama Guard", "labelled completions")  # in the skip reasons
 _SKIP_IGNORED = {".git", ".venv", "__pycache__", ".pytest_cache", ".ruff_cache"}
 
 
@@ -76,11 +77,12 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     for report in terminalreporter.stats.get("skipped", []):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         reasons[reason.removeprefix("Skipped: ")] += 1
-    if not LLAMA_GUARD.is_dir():
+    llama_guard_skips = sum(n for r, n in reasons.items() if any(k in r for k in _LLAMA_GUARD_SKIPS))
+    if llama_guard_skips:
         terminalreporter.write_sep(
             "!",
-            f"Llama Guard completions not at {LLAMA_GUARD}: the judge-agreement "
-            "tests did not run (set SAFETY_LAB_REFERENCE: read in place, never vendored)",
+            f"{llama_guard_skips} judge-agreement tests did not run: no Llama Guard completions at {LLAMA_GUARD} "
+            "(set SAFETY_LAB_REFERENCE: read in place, never vendored)",
             yellow=True,
             bold=True,
         )

@@ -223,3 +223,9 @@ def test_mlproject_commands_parse_with_their_defaults(entry):
             assert dataclasses.is_dataclass(built)
     if entry == "finetune":
         assert from_args(TuneConfig, args).n_trials == 4 and from_args(DataConfig, args).limit is None
+
+
+def test_debug_is_accepted_before_or_after_the_command():
+    assert cli.build_parser().parse_args(["--debug", "lineage", "--model-name", "m"]).debug is True
+    assert cli.build_parser().parse_args(["lineage", "--model-name", "m", "--debug"]).debug is True
+    assert cli.build_parser().parse_args(["lineage", "--model-name", "m"]).debug is False
