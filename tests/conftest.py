@@ -29,6 +29,25 @@ _LLAMA_GUARD_SKIPS = ("harmbench_llama_guard", "Llama Guard", "labelled completi
 _SKIP_IGNORED = {".git", ".venv", "__pycache__", ".pytest_cache", ".ruff_cache"}
 
 
+# The full-pipeline layer (subprocess runs, multi-process launches, GGUF conversion, every bench script) is marked
+# `slow`: `make test-fast` leaves it out. Listing a test file or test id here is the only edit a new one needs.
+SLOW = (
+    "tests/test_bench.py",
+    "tests/test_experiment.py",
+    "tests/test_finetune.py",
+    "tests/faults/test_interrupt.py",
+    "tests/faults/test_concurrency.py",
+    "tests/team/",
+    "tests/faults/test_security.py::test_a_corrupt_model_cache_is_detected_and_rebuilt",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.nodeid.startswith(SLOW):
+            item.add_marker(pytest.mark.slow)
+
+
 def _checkout_files() -> dict[str, float]:
     """Every file of the checkout with its mtime (the virtualenv and caches aside)."""
     files = {}
