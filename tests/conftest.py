@@ -37,7 +37,9 @@ SLOW = (
     "tests/test_finetune.py",
     "tests/faults/test_interrupt.py",
     "tests/faults/test_concurrency.py",
-    "tests/team/",
+    "tests/team/test_ddp.py::test_accelerate_ddp_finetune_matches_one_process",
+    "tests/team/test_ddp.py::test_batch_size_must_split_over_the_processes",
+    "tests/team/test_ddp.py::test_a_rank_killed_mid_trial_fails_the_run_and_registers_nothing",
     "tests/faults/test_security.py::test_a_corrupt_model_cache_is_detected_and_rebuilt",
 )
 
