@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "bench" / "out"
+OUT = Path(os.environ.get("SAFETY_LAB_BENCH_OUT") or ROOT / "bench" / "out")  # the test session points it at a tmp dir
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any, get_type_hints
 
@@ -15,8 +17,8 @@ def _help(text: str, **kw) -> dict:
 
 
 def _number(value: Any, name: str, kind: type) -> Any:
-    """Coerce MLflow/CLI strings to numbers, naming the field when they are not."""
-    if value is None or isinstance(value, kind) and not isinstance(value, bool):
+    """Coerce MLflow/CLI strings to numbers, naming the field when they are not (MLflow passes ints as `4.0`)."""
+    if isinstance(value, kind) and not isinstance(value, bool):
         return value
     try:
         number = float(value)
@@ -41,24 +43,41 @@ def _bool(value: Any, name: str) -> bool:
     return text in ("true", "1", "yes")
 
 
+def field_type(hint: Any) -> tuple[Any, bool]:
+    """(the type a field holds, whether it may be None), read from the resolved annotation: `int | None` -> (int, True).
+
+    A union of several non-None types (e.g. `int | str`) is returned as is and left uncoerced."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        optional = len(args) < len(typing.get_args(hint))
+        return (args[0] if len(args) == 1 else hint), optional
+    return hint, False
+
+
+_CONVERTERS = {bool: _bool, int: lambda v, name: _number(v, name, int), float: lambda v, name: _number(v, name, float)}
+
+
+def before(value: Any, name: str, hint: Any) -> Any:
+    """The one before-validator: strings from MLflow or a command line (and `4.0` for an int) to the field's type."""
+    kind, optional = field_type(hint)
+    if optional:
+        value = _optional(value)
+    if value is None:
+        return None
+    convert = _CONVERTERS.get(kind)
+    return convert(value, name) if convert else value
+
+
 class _Coerce:
-    """Mixin: turn string inputs into the annotated types before validation."""
+    """Mixin for the stage dataclasses: every field passes `before` (by its resolved type) before validation."""
 
     def _coerce(self) -> None:
         hints = get_type_hints(type(self))
         for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            hint = str(hints[f.name])
-            if "None" in hint:
-                value = _optional(value)
-            if value is None:
-                setattr(self, f.name, None)
-            elif "bool" in hint:
-                setattr(self, f.name, _bool(value, f.name))
-            elif "int" in hint and "float" not in hint:
-                setattr(self, f.name, _number(value, f.name, int))
-            elif "float" in hint:
-                setattr(self, f.name, _number(value, f.name, float))
+            setattr(self, f.name, before(getattr(self, f.name), f.name, hints[f.name]))
+
+    def __post_init__(self):  # stages with checks of their own call self._coerce() first
+        self._coerce()
 
 
 @dataclass
@@ -164,25 +183,79 @@ class RunConfig(_Coerce):
                   f"may hold letters, digits, '-', '_' and '.' only, got {self.model_name!r}")
 
 
-# ---------------------------------------------------------------- CLI glue shared by pipelines/ and python -m safety_lab
-def add_arguments(parser: argparse.ArgumentParser, *classes: type, skip: tuple[str, ...] = ()) -> None:
-    """One --flag per field (dashes for underscores); values stay strings until the dataclass coerces them."""
-    seen: set[str] = set()
-    for cls in classes:
-        for f in dataclasses.fields(cls):
-            if f.name in seen or f.name in skip:
-                continue
-            seen.add(f.name)
-            default = f.default if f.default is not dataclasses.MISSING else None
-            parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=default,
-                                help=f"{f.metadata.get('help', '')} (default: {default})")
+# ---------------------------------------------------------------- command lines (pipelines/, python -m safety_lab)
+@dataclass(frozen=True)
+class Group:
+    """One dataclass on a command line: a `--flag` per field (dashes for underscores), built from the fields alone.
+
+    A field that two groups share (`seed`) is one flag that sets both. `prefixed` fields take `prefix` instead,
+    so a second stage keeps its own value: `Group(EvalConfig, prefix="eval_", prefixed=("limit",))` -> `--eval-limit`.
+    `only` / `skip` choose fields. New dataclass fields become flags with no edit here."""
+
+    cls: type
+    prefix: str = ""
+    prefixed: tuple[str, ...] = ()
+    only: tuple[str, ...] | None = None
+    skip: tuple[str, ...] = ()
+
+    def dests(self) -> dict[str, str]:
+        """field name -> argparse dest."""
+        names = [f.name for f in dataclasses.fields(self.cls)
+                 if f.name not in self.skip and (self.only is None or f.name in self.only)]
+        return {name: self.prefix + name if name in self.prefixed else name for name in names}
+
+    def values(self, args: dict[str, Any]) -> dict[str, Any]:
+        """The values given for this group. An empty value (MLproject's "not set") leaves the field's default."""
+        return {name: args[dest] for name, dest in self.dests().items() if dest in args and args[dest] != ""}
+
+    def build(self, args: dict[str, Any], **overrides):
+        return self.cls(**{**self.values(args), **overrides})
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING
+
+
+def _argument(f: dataclasses.Field, hint: Any, dest: str, shared: list[str]) -> dict[str, Any]:
+    """argparse keywords for one field. Values stay strings: the dataclass coerces them (`before`), so MLflow,
+    the CLI and Python callers go through one validator."""
+    kind, _ = field_type(hint)
+    default = _default(f)
+    text = f.metadata.get("help", "").replace("%", "%%")
+    if default is not dataclasses.MISSING and "default" not in text:
+        text = f"{text} (default: {default})".strip()
+    if len(shared) > 1:
+        text += f"; one flag for {', '.join(shared)}"
+    kw: dict[str, Any] = {"dest": dest, "default": argparse.SUPPRESS, "help": text}  # absent: each stage's default
+    if default is dataclasses.MISSING:
+        kw["required"] = True
+    if kind is bool:  # `--force` alone or `--force true|false`
+        kw.update(nargs="?", const="true", metavar="true|false")
+    elif typing.get_origin(kind) is typing.Literal:
+        kw["choices"] = [str(c) for c in typing.get_args(kind)]
+    return kw
+
+
+def add_arguments(parser: argparse.ArgumentParser, *groups: Group | type) -> list[Group]:
+    """Declare the flags of every group on one parser, a field shared by several groups once; returns the groups."""
+    groups_ = [g if isinstance(g, Group) else Group(g) for g in groups]
+    owners: dict[str, list[tuple[Group, str]]] = {}
+    for group in groups_:
+        for name, dest in group.dests().items():
+            owners.setdefault(dest, []).append((group, name))
+    for dest, pairs in owners.items():
+        group, name = pairs[0]
+        f = next(f for f in dataclasses.fields(group.cls) if f.name == name)
+        shared = [g.cls.__name__ for g, _ in pairs]
+        parser.add_argument("--" + dest.replace("_", "-"),
+                            **_argument(f, get_type_hints(group.cls)[name], dest, shared))
+    return groups_
 
 
 def from_args(cls: type, values: dict[str, Any], **overrides):
-    names = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {k: v for k, v in values.items() if k in names}
-    kwargs.update(overrides)
-    return cls(**kwargs)
+    return Group(cls).build(values, **overrides)
 
 
 def to_params(*configs) -> dict[str, Any]:

@@ -1,5 +1,4 @@
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -9,8 +8,8 @@ from scipy.stats import binomtest
 from safety_lab.errors import SafetyLabError
 from safety_lab.evaluation import metrics as M
 
-REFERENCE = Path(os.environ.get("SAFETY_LAB_REFERENCE") or Path(__file__).resolve().parents[2].parent / "shared" / "reference")
-ANSWERS = REFERENCE / "triviaqa_llama31_answers.parquet"
+# vendored with its source and licence: tests/fixtures/reference/README.md
+ANSWERS = Path(__file__).resolve().parents[1] / "fixtures" / "reference" / "triviaqa_llama31_answers.parquet"
 
 # Table 4 of arXiv 2409.19476 as recomputed in shared/reference/README.md (percent)
 TABLE4 = {
