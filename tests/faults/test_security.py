@@ -19,7 +19,6 @@ def test_models_load_from_safetensors_only():
 
 
 def test_an_adapter_for_another_architecture_fails_in_one_line(tiny_model_dir, tmp_path):
-    import torch
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -47,3 +46,21 @@ def test_a_corrupt_model_cache_is_detected_and_rebuilt(tmp_path, monkeypatch):
         f.write(" ")
     assert not models._cache_is_valid(copy)
     assert models.ensure_default_model() == copy and models._cache_is_valid(copy)
+
+
+@pytest.mark.parametrize(("url", "secret", "kept"), [
+    ("postgresql://user:hunter2@db.example:5432/optuna", "hunter2", "postgresql://user:***@db.example:5432/optuna"),
+    ("postgresql://:hunter2@db.example/optuna", "hunter2", "postgresql://:***@db.example/optuna"),
+    ("mysql://user:p@ss@w0rd@db.example/optuna", "ss@w0rd", "mysql://user:***@db.example/optuna"),
+    ("postgresql://db.example/optuna?user=me&password=hunter2&sslmode=require", "hunter2",
+     "postgresql://db.example/optuna?user=me&password=***&sslmode=require"),
+    ("postgresql://db.example/optuna?PASSWORD=hunter2", "hunter2", "postgresql://db.example/optuna?PASSWORD=***"),
+    ("sqlite:////tmp/optuna.db", None, "sqlite:////tmp/optuna.db"),
+    ("http://user@host:5000", None, "http://user@host:5000"),
+])
+def test_redact_hides_every_form_of_password(url, secret, kept):
+    from safety_lab.tracking import redact
+
+    assert redact(url) == kept
+    if secret:
+        assert secret not in redact(url) and "p@ss" not in redact(url)
