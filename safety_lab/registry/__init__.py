@@ -1,6 +1,7 @@
 """The MLflow side only: log an adapter chain as a pyfunc model, register it, tag it, load it back."""
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -86,6 +87,26 @@ def check_lineage(lineage: dict, root: Path) -> list[Path]:
     return paths
 
 
+def chain_sha256(uri: str) -> str:
+    """Content hash of a registered version's weights: its base model's files and each adapter of its chain."""
+    from safety_lab.models import dir_sha256, weights_sha256
+
+    root = Path(mlflow.artifacts.download_artifacts(artifact_uri=resolve_version(uri).source)) / "artifacts"
+    lineage = _read_lineage(root, uri)
+    parts = [weights_sha256(lineage["base_model"]), *(f"{p.name}:{dir_sha256(p)}" for p in check_lineage(lineage, root))]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def _read_lineage(root: Path, uri: str, field: str = "model_uri") -> dict:
+    try:
+        lineage = json.loads((root / LINEAGE_FILE).read_text())
+    except (OSError, ValueError) as exc:
+        raise SafetyLabError(field, f"{uri}: unreadable {LINEAGE_FILE} ({type(exc).__name__})") from None
+    if not isinstance(lineage, dict):
+        raise SafetyLabError(field, f"{uri}: {LINEAGE_FILE} is not an object")
+    return lineage
+
+
 def load_chain(lineage: dict, root: Path, *, device: str | None, trust_remote_code: bool = False):
     """Base model + the lineage's adapters from `root`; remote code runs only if the caller AND the lineage allow it."""
     from safety_lab.models import apply_adapters, load_model
@@ -124,12 +145,7 @@ def load_registered(uri: str, *, device: str | None = None, trust_remote_code: b
     """Load a registered version: its base model with every adapter in its chain merged; records it as the parent."""
     mv = resolve_version(uri, field)
     root = Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.source))
-    try:
-        lineage = json.loads((root / "artifacts" / LINEAGE_FILE).read_text())
-    except (OSError, ValueError) as exc:
-        raise SafetyLabError(field, f"{uri}: unreadable {LINEAGE_FILE} ({type(exc).__name__})") from None
-    if not isinstance(lineage, dict):
-        raise SafetyLabError(field, f"{uri}: {LINEAGE_FILE} is not an object")
+    lineage = _read_lineage(root / "artifacts", uri, field)
     loaded = load_chain(lineage, root / "artifacts", device=device, trust_remote_code=trust_remote_code)
     loaded.spec = f"models:/{mv.name}/{mv.version}"
     loaded.parent = loaded.spec

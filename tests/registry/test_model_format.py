@@ -144,3 +144,16 @@ def test_bad_registered_names_fail_in_one_line(mlflow_store, name):
     with pytest.raises(SafetyLabError, match="^model_name: "):
         registry.register("runs:/0/model", name, tags={}, description="")
     assert MlflowClient().search_registered_models() == []
+
+
+def test_the_cache_identity_of_a_version_follows_its_adapter_weights(version, tiny_model_dir, tmp_path):
+    import shutil
+
+    from safety_lab.evaluation import _source_identity
+
+    uri = version()
+    before = _source_identity(uri)
+    assert _source_identity(uri) == before
+    swapped = _adapter(tiny_model_dir, tmp_path / "swap", seed=5)  # same name, version and source; other weights
+    shutil.copy(swapped / "adapter_model.safetensors", _artifacts(uri) / "artifacts" / "adapter_0" / "adapter_model.safetensors")
+    assert _source_identity(uri) != before
