@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -38,7 +39,9 @@ class SafetyLabModel(mlflow.pyfunc.PythonModel):
         caller = bool((getattr(context, "model_config", None) or {}).get("trust_remote_code", False))
         self.loaded = load_chain(lineage, lineage_path.parent, device=None, trust_remote_code=caller)
 
-    def predict(self, context, model_input, params: dict | None = None) -> list[str]:
+    # Hinted DataFrame (what the explicit signature converts inputs to): a list[str] hint would make MLflow infer a
+    # signature from it and drop the params schema, so max_new_tokens would be ignored.
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> list[str]:
         from safety_lab.evaluation.generation import generate
 
         max_new_tokens = int((params or {}).get("max_new_tokens") or MAX_NEW_TOKENS)
