@@ -214,8 +214,9 @@ def dir_sha256(root: Path) -> str:
 def weights_sha256(spec: str) -> str:
     """Content hash of a base model spec's files (weights, config, tokenizer), whatever name points at them."""
     spec = (spec or "").strip()
-    if spec in (DEFAULT_MODEL, "base"):
-        return _sha256(ensure_default_model() / _MANIFEST)  # holds every file's sha256, verified on each use
+    if spec in (DEFAULT_MODEL, "base"):  # the manifest holds every file's sha256, verified when the model loads
+        manifest = cache_dir() / "smollm2-135m-instruct" / _MANIFEST
+        return _sha256(manifest if manifest.is_file() else ensure_default_model() / _MANIFEST)
     path = Path(spec).expanduser()
     if path.is_dir():
         return dir_sha256(path)
