@@ -5,11 +5,16 @@ are cached on disk); ``safety_lab.registry.record`` writes the run, tags, tables
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import math
+import os
 import re
+import sys
+import tempfile
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +26,7 @@ from safety_lab.evaluation.judges import JUDGE_STYLES, JUDGES, check_llm_judge_o
 from safety_lab.evaluation.metrics import MATCH_MODES
 from safety_lab.evaluation.specs import METRICS, MetricSpec
 from safety_lab.evaluation.suites import SUITES, SuiteResult, load_benign_prompts, parse_suites
-from safety_lab.models import cache_dir, load_model
+from safety_lab.models import cache_dir, load_model, resolve_device
 
 @dataclass
 class EvalConfig(_Coerce):
@@ -87,10 +92,23 @@ class EvalConfig(_Coerce):
         for name in ("harmful_prompts", "qa", "mc", "benign_prompts"):
             if inputs[name] != "builtin":
                 inputs[name] = hashlib.sha256(Path(inputs[name]).read_bytes()).hexdigest()
-        from safety_lab import __version__
-
-        blob = json.dumps({"model": model_identity, "cfg": inputs, "code": __version__}, sort_keys=True)
+        device, dtype = resolve_device(self.device)
+        blob = json.dumps({"model": model_identity, "cfg": inputs, "code": code_sha256(), "device": device.split(":")[0],
+                           "dtype": str(dtype)}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+@functools.cache
+def code_sha256() -> str:
+    """What evaluation results depend on besides model and config: the suites, judges, metrics, data and loader code
+    (`__version__` never changes between commits)."""
+    package = Path(__file__).resolve().parents[1]
+    files = [*sorted((package / "evaluation").glob("*.py")), *sorted((package / "data").rglob("*.py")),
+             *sorted((package / "data" / "builtin").glob("*")), package / "models" / "__init__.py"]
+    h = hashlib.sha256()
+    for path in files:
+        h.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -133,6 +151,28 @@ def _flat(suites: dict[str, SuiteResult]) -> dict[str, float]:
     return {k: v for result in suites.values() for k, v in result.metrics.items()}
 
 
+def _write_cache(path: Path, payload: dict) -> None:
+    """Atomic (a unique temp file in the same folder, then rename); a failure costs the cache, not the evaluation."""
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(payload, default=float))
+        os.replace(tmp, path)
+    except (OSError, TypeError, ValueError) as exc:
+        _warn(f"could not write the evaluation cache {path} ({type(exc).__name__}: {exc}); results are not cached")
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+def _warn(message: str) -> None:
+    print(f"[safety_lab] warning: {message}", file=sys.stderr, flush=True)
+
+
+
+
 def _finite(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
@@ -157,13 +197,10 @@ def cached_suites(ref: Reference, cfg: EvalConfig, *, timings=None) -> dict[str,
     if path.is_file():
         try:
             return {k: SuiteResult.from_json(v) for k, v in json.loads(path.read_text()).items()}
-        except (ValueError, KeyError, TypeError):
-            pass  # a corrupt entry is recomputed
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            _warn(f"unreadable evaluation cache entry {path.name} ({type(exc).__name__}): recomputing it")
     results = run_suites(load_model(ref.uri, device=cfg.device), cfg, timings=timings)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{id(path)}")
-    tmp.write_text(json.dumps({k: v.to_json() for k, v in results.items()}, default=float))
-    tmp.replace(path)  # atomic: concurrent evaluations never read half a file
+    _write_cache(path, {k: v.to_json() for k, v in results.items()})
     return results
 
 

@@ -12,7 +12,6 @@ Gate rules for aliases: an alias listed in the policy gate (e.g. ``champion``; c
 """
 from __future__ import annotations
 
-import getpass
 import json
 import os
 import re
@@ -30,6 +29,7 @@ from safety_lab.policy import STATUSES, Policy, allowed, load_policy, policy_sum
 from safety_lab.registry import UNEVALUATED, parse_uri
 from safety_lab.reporting import tables
 from safety_lab.reporting.tables import tagged_columns
+from safety_lab.tracking import actor
 
 AUDIT_EXPERIMENT = "safety_lab-audit"
 STAGES: tuple[str, ...] = ("None", "Staging", "Production", "Archived")
@@ -95,10 +95,7 @@ def _error_code(exc: MlflowException) -> str:
 
 
 def _user() -> str:
-    try:
-        return getpass.getuser()
-    except Exception:  # no USER/LOGNAME and no passwd entry (some containers)
-        return "unknown"
+    return actor()  # mlflow:<user> when the server authenticates, else os:<login>
 
 
 def _now_iso() -> str:

@@ -139,7 +139,7 @@ def test_force_with_reason_records_override_and_audit_run(registry, monkeypatch)
     assert result.forced and result.status == "fail"
     tags = _mv(c, v).tags
     assert _mv(c, v).current_stage == "Production"
-    assert tags["safety.override.by"] == "alice"
+    assert tags["safety.override.by"] == "os:alice"
     assert tags["safety.override.reason"] == "hotfix approved by safety board"
     assert tags["safety.override.status_at_time"] == "fail"
     assert tags["safety.override.target"] == "Production"
@@ -148,7 +148,7 @@ def test_force_with_reason_records_override_and_audit_run(registry, monkeypatch)
     runs = _audit_runs(c)
     assert [r.info.run_id for r in runs] == [result.run_id]
     params = runs[0].data.params
-    assert params["forced"] == "true" and params["user"] == "alice"
+    assert params["forced"] == "true" and params["user"] == "os:alice"
     assert params["reason"] == "hotfix approved by safety board" and params["target"] == "Production"
     assert params["version"] == v and params["model_name"] == "m"
     assert runs[0].info.run_name == f"promote-m-v{v}"
@@ -163,7 +163,7 @@ def test_second_override_keeps_history(registry, monkeypatch):
     monkeypatch.setattr("getpass.getuser", lambda: "bob")
     promote("m", version=v, alias="champion", force=True, reason="second")
     tags = _mv(c, v).tags
-    assert tags["safety.override.by"] == "bob" and tags["safety.override.reason"] == "second"
+    assert tags["safety.override.by"] == "os:bob" and tags["safety.override.reason"] == "second"
     assert tags["safety.override.target"] == "@champion"
     history = json.loads(tags["safety.override.history"])
     assert [h["reason"] for h in history] == ["first", "second"]
