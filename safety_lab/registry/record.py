@@ -16,9 +16,9 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from safety_lab.evaluation import METRICS, EvalConfig, EvalReport, Reference, evaluate
-from safety_lab.models import DEFAULT_MODEL, load_model
+from safety_lab.models import DEFAULT_MODEL, load_model, weights_sha256
 from safety_lab.policy import Decision, Policy, decide, fingerprint, load_policy, policy_json, policy_summary
-from safety_lab.registry import UNEVALUATED, resolve_version, tag_version
+from safety_lab.registry import UNEVALUATED, chain_sha256, resolve_version, tag_version
 from safety_lab.reporting import plots
 from safety_lab.reporting.cards import safety_card
 from safety_lab.tracking import start_experiment
@@ -93,15 +93,18 @@ def metric_tags(report: EvalReport) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------- the evaluation of a version (or of a base model)
+def source_identity(spec: str) -> str:
+    """What cached results are keyed by: the weights' content (a version's base + adapter chain, or a base model's
+    files), never a name that may later point at other weights."""
+    return f"chain:{chain_sha256(spec)}" if spec.startswith("models:/") else f"weights:{weights_sha256(spec)}"
+
+
 def references_of(mv) -> tuple[Reference | None, Reference | None]:
     """(reference, original base) of a registered version: the parent when there is one, else the base."""
-    tags = mv.tags or {} if mv is not None else {}
-    base = Reference(tags["base_model"], tags["base_model"]) if tags.get("base_model") else None
+    tags = mv.tags or {}
+    base = Reference(tags["base_model"], source_identity(tags["base_model"])) if tags.get("base_model") else None
     parent = tags.get("parent")
-    if parent:
-        pv = resolve_version(parent, "parent")
-        return Reference(parent, f"{pv.name}/{pv.version}/{pv.source}"), base
-    return base, base
+    return (Reference(parent, source_identity(parent)) if parent else base), base
 
 
 def evaluate_version(model_uri: str, cfg: EvalConfig, *, loaded=None, timings=None) -> Recorded:
