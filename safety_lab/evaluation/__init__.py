@@ -149,7 +149,7 @@ def evaluate_version(model_uri: str, cfg: EvalConfig, *, timings=None) -> EvalRe
     from safety_lab import registry
     from safety_lab.evaluation import metrics as M
     from safety_lab.models import DEFAULT_MODEL
-    from safety_lab.policy import decide, load_policy, policy_summary
+    from safety_lab.policy import decide, fingerprint, load_policy, policy_json, policy_summary
     from safety_lab.tracking import start_experiment
 
     cfg = dataclasses.replace(cfg, model_uri=model_uri)
@@ -160,9 +160,16 @@ def evaluate_version(model_uri: str, cfg: EvalConfig, *, timings=None) -> EvalRe
     reference_uri = parent or base
     if not mlflow.active_run():
         start_experiment("safety_lab")
+    if mv is not None:  # first write: a kill from here on leaves the version unevaluated, never half-recorded
+        registry.tag_version(mv.name, mv.version, {"safety.status": registry.UNEVALUATED})
     run_name = f"evaluate-{mv.name}-v{mv.version}" if mv else f"evaluate-{Path(spec).name}"
     with mlflow.start_run(run_name=run_name, nested=mlflow.active_run() is not None) as run:
-        mlflow.set_tags({"safety_lab.job": "evaluate", "model_uri": spec, "reference": reference_uri or "none"})
+        mlflow.set_tags({"safety_lab.job": "evaluate", "model_uri": spec, "reference": reference_uri or "none",
+                         "safety.policy_sha256": fingerprint(policy)})
+        if mv is not None:  # what the gate checks: this run evaluated this version
+            mlflow.set_tags({"safety.model_name": mv.name, "safety.model_version": str(mv.version),
+                             "safety.model_source": mv.source})
+        mlflow.log_text(policy_json(policy), "policy.json")
         mlflow.log_params({f"eval.{k}": v for k, v in dataclasses.asdict(cfg).items()})
         metrics, suites = run_suites(spec, cfg, identity=_source_identity(spec), use_cache=mv is None, timings=timings)
         report = EvalReport(model_uri=spec, metrics=metrics, reference_uri=reference_uri, run_id=run.info.run_id)
@@ -181,16 +188,20 @@ def evaluate_version(model_uri: str, cfg: EvalConfig, *, timings=None) -> EvalRe
         model_id = mv.source.split("models:/", 1)[1] if mv and mv.source.startswith("models:/") else None
         finite = {k: float(v) for k, v in {**metrics, **deltas, **base_deltas}.items() if _finite(v)}
         mlflow.log_metrics(finite, model_id=model_id)
-        decision = decide(metrics, report.reference_metrics or None, policy)
+        decision = decide(finite, policy)  # the gate re-decides from the same logged metrics
         report.status, report.reasons, report.summary = decision.status, tuple(decision.reasons), decision.summary
         lineage = {"model_name": mv.name, "version": str(mv.version), **{k: v for k, v in (mv.tags or {}).items()
                    if k in ("data.name", "data.sha256", "data.rows", "base_model", "parent")}} if mv else {"base_model": spec}
         _log_artifacts(report, suites, decision, lineage)
         mlflow.set_tags({"safety.status": decision.status, "safety.reasons": decision.summary[:4000],
                          "safety.checks": "; ".join(decision.reasons)[:4000]})
-        if mv is not None:
-            registry.tag_version(mv.name, mv.version, _version_tags(report, deltas, base_deltas, policy_summary(policy)))
+        if mv is not None:  # every safety.* tag but the status, while the run is still open
+            tags = _version_tags(report, deltas, base_deltas, policy_summary(policy))
+            status = tags.pop("safety.status")
+            registry.tag_version(mv.name, mv.version, {**tags, "safety.policy_sha256": fingerprint(policy)})
             _describe(mv, report)
+    if mv is not None:  # the run has ended FINISHED: only now does the status point at a complete record
+        registry.tag_version(mv.name, mv.version, {"safety.status": status})
     return report
 
 
