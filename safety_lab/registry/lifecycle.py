@@ -437,7 +437,8 @@ def _start_audit(client: MlflowClient, move: _Move, run_name: str, tags: dict[st
     """An audit run (RUNNING) carrying the request and the full policy (policy.json)."""
     try:
         experiment_id = _audit_experiment_id(client)
-        run = client.create_run(experiment_id, run_name=run_name, tags={k: _clip(str(v), 8000) for k, v in tags.items()})
+        run = client.create_run(experiment_id, run_name=run_name,
+                                tags={k: _clip(str(v), 8000) for k, v in tags.items()})
         client.log_text(run.info.run_id, policy_json(move.policy), "policy.json")
     except MlflowException as exc:
         raise SafetyLabError("audit", f"cannot record the audit run in {AUDIT_EXPERIMENT!r}: "
@@ -734,5 +735,5 @@ def format_report(rows: list[dict], fmt: str = "table") -> str:
     return "\n".join(lines)
 
 
-__all__ = ["AUDIT_EXPERIMENT", "Evidence", "GateRefused", "PromotionResult", "REPORT_COLUMNS", "REPORT_FORMATS", "format_report",
-           "lineage_tree", "promote", "report_rows", "verify_evidence"]
+__all__ = ["AUDIT_EXPERIMENT", "REPORT_COLUMNS", "REPORT_FORMATS", "Evidence", "GateRefused", "PromotionResult",
+           "format_report", "lineage_tree", "promote", "report_rows", "verify_evidence"]
