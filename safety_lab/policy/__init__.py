@@ -297,7 +297,8 @@ def _non_inferior(rule: Rule, metrics: Mapping[str, Any], margin: float) -> tupl
     worst = -bound if higher else bound  # upper bound of the degradation
     grade = "fail" if worst >= rule.limit else "warn" if worst > margin * rule.limit else "pass"
     verb = ">=" if grade == "fail" else "near" if grade == "warn" else "<"
-    return grade, f"{rule.metric} vs {rule.reference}: worst-case degradation {worst:.3f} {verb} margin {rule.limit:.3f}"
+    text = f"{rule.metric} vs {rule.reference}: worst-case degradation {worst:.3f} {verb} margin {rule.limit:.3f}"
+    return grade, text
 
 
 _KINDS = {"absolute": _absolute, "increase": _change, "drop": _change, "non_inferior": _non_inferior}
