@@ -1,12 +1,16 @@
 """Evaluate a model version: run the suites, compare with its reference (parent or base), decide and tag its status."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from contextlib import nullcontext
+import functools
 import hashlib
 import json
 import math
+import os
+import sys
 import tempfile
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,10 +69,25 @@ class EvalConfig(_Coerce):
         for name in ("harmful_prompts", "qa", "mc"):
             if inputs[name] != "builtin":
                 inputs[name] = hashlib.sha256(Path(inputs[name]).read_bytes()).hexdigest()
-        from safety_lab import __version__
+        from safety_lab.models import resolve_device
 
-        blob = json.dumps({"model": model_identity, "cfg": inputs, "code": __version__}, sort_keys=True)
+        device, dtype = resolve_device(self.device)
+        blob = json.dumps({"model": model_identity, "cfg": inputs, "code": code_sha256(), "device": device.split(":")[0],
+                           "dtype": str(dtype)}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+@functools.cache
+def code_sha256() -> str:
+    """What evaluation results depend on besides model and config: the suites, judges, metrics, data and loader code
+    (`__version__` never changes between commits)."""
+    package = Path(__file__).resolve().parents[1]
+    files = [*sorted((package / "evaluation").glob("*.py")), *sorted((package / "data").rglob("*.py")),
+             *sorted((package / "data" / "builtin").glob("*")), package / "models" / "__init__.py"]
+    h = hashlib.sha256()
+    for path in files:
+        h.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
 
 
 @dataclass
@@ -107,8 +126,11 @@ def run_suites(model_spec: str, cfg: EvalConfig, *, identity: str, use_cache: bo
 
     path = _cache_file(cfg.cache_key(identity))
     if use_cache and path.is_file():
-        cached = json.loads(path.read_text())
-        return cached["metrics"], cached["suites"]
+        try:
+            cached = json.loads(path.read_text())
+            return dict(cached["metrics"]), dict(cached["suites"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            _warn(f"unreadable evaluation cache entry {path.name} ({type(exc).__name__}): recomputing it")
     loaded = load_model(model_spec, device=cfg.device)
     metrics, suites = {}, {}
     for name in cfg.suite_names():
@@ -120,11 +142,28 @@ def run_suites(model_spec: str, cfg: EvalConfig, *, identity: str, use_cache: bo
         if name == "calibration":
             suites[name]["curve"] = [list(b) for b in result.extra["curve"]]
     if use_cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{id(path)}")
-        tmp.write_text(json.dumps({"metrics": metrics, "suites": suites}, default=float))
-        tmp.replace(path)  # atomic: concurrent evaluations never read half a file
+        _write_cache(path, {"metrics": metrics, "suites": suites})
     return metrics, suites
+
+
+def _write_cache(path: Path, payload: dict) -> None:
+    """Atomic (a unique temp file in the same folder, then rename); a failure costs the cache, not the evaluation."""
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(payload, default=float))
+        os.replace(tmp, path)
+    except (OSError, TypeError, ValueError) as exc:
+        _warn(f"could not write the evaluation cache {path} ({type(exc).__name__}: {exc}); results are not cached")
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+def _warn(message: str) -> None:
+    print(f"[safety_lab] warning: {message}", file=sys.stderr, flush=True)
 
 
 def _reference_for(mv) -> tuple[str | None, str | None]:
@@ -134,13 +173,15 @@ def _reference_for(mv) -> tuple[str | None, str | None]:
 
 
 def _source_identity(spec: str) -> str:
-    """What a cached result is keyed by: a registered version's immutable source, or the base spec."""
+    """What a cached result is keyed by: the weights' content (a registered version's adapter chain and its base,
+    or a base model's files), never a name that may later point at other weights."""
     if spec.startswith("models:/"):
-        from safety_lab.registry import resolve_version
+        from safety_lab.registry import chain_sha256
 
-        mv = resolve_version(spec)
-        return f"{mv.name}/{mv.version}/{mv.source}"
-    return spec
+        return f"chain:{chain_sha256(spec)}"
+    from safety_lab.models import weights_sha256
+
+    return f"weights:{weights_sha256(spec)}"
 
 
 # ---------------------------------------------------------------- the evaluation run

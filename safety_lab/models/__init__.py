@@ -188,3 +188,37 @@ def apply_adapters(loaded: LoadedModel, adapters: list[Path]) -> LoadedModel:
     loaded.model = model.eval()
     loaded.adapters = list(loaded.adapters) + list(adapters)
     return loaded
+
+
+# ---------------------------------------------------------------- content hashes (what cached evaluations are keyed by)
+_FILE_SHA256: dict[tuple[str, int, int], str] = {}
+
+
+def _file_sha256(path: Path) -> str:
+    """sha256 of a file, remembered per (path, size, mtime) within the process."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _FILE_SHA256:
+        _FILE_SHA256[key] = _sha256(path)
+    return _FILE_SHA256[key]
+
+
+def dir_sha256(root: Path) -> str:
+    """One hash over every file under `root` (relative names and contents)."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in Path(root).rglob("*") if p.is_file()):
+        h.update(f"{path.relative_to(root).as_posix()}\0{_file_sha256(path)}\n".encode())
+    return h.hexdigest()
+
+
+def weights_sha256(spec: str) -> str:
+    """Content hash of a base model spec's files (weights, config, tokenizer), whatever name points at them."""
+    spec = (spec or "").strip()
+    if spec in (DEFAULT_MODEL, "base"):
+        return _sha256(ensure_default_model() / _MANIFEST)  # holds every file's sha256, verified on each use
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return dir_sha256(path)
+    if _looks_like_path(spec) or spec.startswith("models:/"):
+        raise SafetyLabError("base_model", f"{spec!r} is not a known model name, an existing directory or a hub id (org/name)")
+    return dir_sha256(Path(_hub_snapshot(spec)))

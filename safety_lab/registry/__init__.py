@@ -1,10 +1,12 @@
 """The MLflow side only: log an adapter chain as a pyfunc model, register it, tag it, load it back."""
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import mlflow
@@ -18,26 +20,101 @@ UNEVALUATED = "unevaluated"
 _URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w-]+))$")
 
 
+MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")  # logged as code (models-from-code): no pickle
+_ADAPTER = re.compile(r"^adapter_\d+$")
+_NAME = re.compile(r"^[A-Za-z0-9._-]{1,255}$")
+MAX_NEW_TOKENS = 128
+
+
 class SafetyLabModel(mlflow.pyfunc.PythonModel):
-    """Base model spec + LoRA adapters (oldest first), merged on load; predict() answers prompts with the chat template."""
+    """Base model spec + LoRA adapters (oldest first), merged on load; predict() answers prompts with the chat template.
+
+    Logged from the file MODEL_CODE, never pickled. Loading honours the loader's
+    `model_config={"trust_remote_code": True}`, and only together with the lineage's."""
 
     def load_context(self, context):
-        lineage = json.loads(Path(context.artifacts["lineage"]).read_text())
-        self.loaded = load_chain(lineage, context.artifacts, device=None)
+        lineage_path = Path(context.artifacts["lineage"])
+        lineage = json.loads(lineage_path.read_text())
+        caller = bool((getattr(context, "model_config", None) or {}).get("trust_remote_code", False))
+        self.loaded = load_chain(lineage, lineage_path.parent, device=None, trust_remote_code=caller)
 
-    def predict(self, context, model_input: list[str], params: dict | None = None) -> list[str]:
+    def predict(self, context, model_input, params: dict | None = None) -> list[str]:
         from safety_lab.evaluation.generation import generate
 
-        prompts = [str(p) for p in model_input]
-        max_new_tokens = int((params or {}).get("max_new_tokens", 128))
-        return generate(self.loaded.model, self.loaded.tokenizer, prompts, max_new_tokens=max_new_tokens)
+        max_new_tokens = int((params or {}).get("max_new_tokens") or MAX_NEW_TOKENS)
+        if not 0 < max_new_tokens <= 4096:
+            raise SafetyLabError("max_new_tokens", f"must be in 1..4096, got {max_new_tokens}")
+        return generate(self.loaded.model, self.loaded.tokenizer, _prompts(model_input), max_new_tokens=max_new_tokens)
 
 
-def load_chain(lineage: dict, artifacts: dict[str, str], *, device: str | None, trust_remote_code: bool = False):
+def _prompts(model_input) -> list[str]:
+    """A list/array of strings, a one-column DataFrame (what `mlflow models serve` passes), or one string."""
+    if isinstance(model_input, str):
+        return [model_input]
+    if hasattr(model_input, "columns"):  # pandas
+        model_input = model_input.iloc[:, 0].tolist()
+    return [str(p) for p in list(model_input)]
+
+
+def signature():
+    """Prompts in, answers out; `max_new_tokens` as a param, so `predict(..., params=...)` and the server honour it."""
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
+
+    return ModelSignature(inputs=Schema([ColSpec("string")]), outputs=Schema([ColSpec("string")]),
+                          params=ParamSchema([ParamSpec("max_new_tokens", "long", MAX_NEW_TOKENS)]))
+
+
+def check_lineage(lineage: dict, root: Path) -> list[Path]:
+    """The adapter folders of a version's lineage, refusing what would load anything outside its own artifacts."""
+    base = lineage.get("base_model")
+    if not isinstance(base, str) or not base.strip():
+        raise SafetyLabError("lineage", "has no base_model")
+    if base.strip().startswith("models:/"):
+        raise SafetyLabError("lineage", f"base_model {base!r} is another registry URI (a lineage names the root base model)")
+    names = lineage.get("adapters")
+    if not isinstance(names, list) or not names:
+        raise SafetyLabError("lineage", "has no adapters")
+    root = root.resolve()
+    paths = []
+    for name in names:
+        path = (root / str(name)).resolve()
+        if not (isinstance(name, str) and _ADAPTER.match(name)) or path.parent != root:
+            raise SafetyLabError("lineage", f"adapter name {name!r} is not adapter_<n> inside the version's artifacts")
+        if not path.is_dir():
+            raise SafetyLabError("lineage", f"adapter {name!r} is missing from the version's artifacts")
+        paths.append(path)
+    return paths
+
+
+def chain_sha256(uri: str) -> str:
+    """Content hash of a registered version's weights: its base model's files and each adapter of its chain."""
+    from safety_lab.models import dir_sha256, weights_sha256
+
+    root = Path(mlflow.artifacts.download_artifacts(artifact_uri=resolve_version(uri).source)) / "artifacts"
+    lineage = _read_lineage(root, uri)
+    parts = [weights_sha256(lineage["base_model"]), *(f"{p.name}:{dir_sha256(p)}" for p in check_lineage(lineage, root))]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def _read_lineage(root: Path, uri: str, field: str = "model_uri") -> dict:
+    try:
+        lineage = json.loads((root / LINEAGE_FILE).read_text())
+    except (OSError, ValueError) as exc:
+        raise SafetyLabError(field, f"{uri}: unreadable {LINEAGE_FILE} ({type(exc).__name__})") from None
+    if not isinstance(lineage, dict):
+        raise SafetyLabError(field, f"{uri}: {LINEAGE_FILE} is not an object")
+    return lineage
+
+
+def load_chain(lineage: dict, root: Path, *, device: str | None, trust_remote_code: bool = False):
+    """Base model + the lineage's adapters from `root`; remote code runs only if the caller AND the lineage allow it."""
     from safety_lab.models import apply_adapters, load_model
 
-    loaded = load_model(lineage["base_model"], device=device, trust_remote_code=lineage.get("trust_remote_code", trust_remote_code))
-    loaded = apply_adapters(loaded, [Path(artifacts[name]) for name in lineage["adapters"]])
+    adapters = check_lineage(lineage, Path(root))
+    trust = bool(trust_remote_code) and lineage.get("trust_remote_code") is True
+    loaded = load_model(lineage["base_model"], device=device, trust_remote_code=trust)
+    loaded = apply_adapters(loaded, adapters)
     loaded.parent = lineage.get("parent")
     return loaded
 
@@ -68,9 +145,8 @@ def load_registered(uri: str, *, device: str | None = None, trust_remote_code: b
     """Load a registered version: its base model with every adapter in its chain merged; records it as the parent."""
     mv = resolve_version(uri, field)
     root = Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.source))
-    lineage = json.loads((root / "artifacts" / LINEAGE_FILE).read_text())
-    artifacts = {name: str(root / "artifacts" / name) for name in lineage["adapters"]}
-    loaded = load_chain(lineage, artifacts, device=device, trust_remote_code=trust_remote_code)
+    lineage = _read_lineage(root / "artifacts", uri, field)
+    loaded = load_chain(lineage, root / "artifacts", device=device, trust_remote_code=trust_remote_code)
     loaded.spec = f"models:/{mv.name}/{mv.version}"
     loaded.parent = loaded.spec
     loaded.base_model = lineage["base_model"]
@@ -89,22 +165,30 @@ def log_model(adapter_dir: Path, *, base_model: str, parent: str | None, parent_
         for name, path in zip(names, chain):  # pyfunc keeps directory names: give each its canonical one
             shutil.copytree(path, Path(tmp) / name)
         artifacts = {"lineage": str(lineage_path), **{n: str(Path(tmp) / n) for n in names}}
-        return mlflow.pyfunc.log_model(
-            name="model",
-            python_model=SafetyLabModel(),
-            artifacts=artifacts,
-            pip_requirements=_requirements(),
-        )
+        with warnings.catch_warnings():  # the signature is explicit; an input example would load the model here
+            warnings.filterwarnings("ignore", message=r".*(type hints to the `predict`|input example was not provided)")
+            return mlflow.pyfunc.log_model(name="model", python_model=str(MODEL_CODE), artifacts=artifacts,
+                                           signature=signature(), pip_requirements=requirements())
 
 
-def _requirements() -> list[str]:
+def requirements() -> list[str]:
+    """Pins that pip can install from PyPI (no local `+cpu` label). safety_lab itself is not on an index: the
+    serving environment installs it from the repository (`pip install .`); see docs/team.md."""
     from importlib.metadata import version
 
-    return [f"{pkg}=={version(pkg)}" for pkg in ("torch", "transformers", "peft", "mlflow", "safetensors")] + ["safety-lab"]
+    return [f"{pkg}=={version(pkg).split('+', 1)[0]}" for pkg in ("torch", "transformers", "peft", "mlflow", "safetensors")]
+
+
+def check_model_name(name: str) -> str:
+    """Registered model names: letters, digits, '.', '_', '-' (so search filters built from them cannot break)."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise SafetyLabError("model_name", f"may hold letters, digits, '-', '_' and '.' only, got {name!r}")
+    return name
 
 
 def register(model_uri: str, name: str, *, tags: dict[str, str], description: str):
     """Create the version with all its tags in one call; if the description can't be set, remove the version."""
+    check_model_name(name)
     client = MlflowClient()
     try:
         client.get_registered_model(name)
@@ -124,6 +208,7 @@ def register(model_uri: str, name: str, *, tags: dict[str, str], description: st
 
 def find_versions(name: str, tags: dict[str, str]) -> list:
     """Versions of `name` carrying all of `tags` (e.g. one study's registration, to avoid duplicates)."""
+    check_model_name(name)
     try:
         versions = MlflowClient().search_model_versions(f"name = '{name}'")
     except MlflowException:

@@ -1,4 +1,5 @@
 """Security rules that hold across the code base."""
+import json
 import re
 from pathlib import Path
 
@@ -19,7 +20,6 @@ def test_models_load_from_safetensors_only():
 
 
 def test_an_adapter_for_another_architecture_fails_in_one_line(tiny_model_dir, tmp_path):
-    import torch
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -47,3 +47,104 @@ def test_a_corrupt_model_cache_is_detected_and_rebuilt(tmp_path, monkeypatch):
         f.write(" ")
     assert not models._cache_is_valid(copy)
     assert models.ensure_default_model() == copy and models._cache_is_valid(copy)
+
+
+@pytest.mark.parametrize(("url", "secret", "kept"), [
+    ("postgresql://user:hunter2@db.example:5432/optuna", "hunter2", "postgresql://user:***@db.example:5432/optuna"),
+    ("postgresql://:hunter2@db.example/optuna", "hunter2", "postgresql://:***@db.example/optuna"),
+    ("mysql://user:p@ss@w0rd@db.example/optuna", "ss@w0rd", "mysql://user:***@db.example/optuna"),
+    ("postgresql://db.example/optuna?user=me&password=hunter2&sslmode=require", "hunter2",
+     "postgresql://db.example/optuna?user=me&password=***&sslmode=require"),
+    ("postgresql://db.example/optuna?PASSWORD=hunter2", "hunter2", "postgresql://db.example/optuna?PASSWORD=***"),
+    ("sqlite:////tmp/optuna.db", None, "sqlite:////tmp/optuna.db"),
+    ("http://user@host:5000", None, "http://user@host:5000"),
+])
+def test_redact_hides_every_form_of_password(url, secret, kept):
+    from safety_lab.tracking import redact
+
+    assert redact(url) == kept
+    if secret:
+        assert secret not in redact(url) and "p@ss" not in redact(url)
+
+
+# ---------------------------------------------------------------- the evaluation cache cannot serve another model's results
+def _save_tiny(tiny_model_dir, out, scale: float | None = None):
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    shutil.copytree(tiny_model_dir, out)
+    if scale is not None:  # same names, same config, other weights
+        model = AutoModelForCausalLM.from_pretrained(out)
+        with torch.no_grad():
+            model.lm_head.weight.mul_(scale)
+        model.save_pretrained(out, safe_serialization=True)
+    return out
+
+
+def test_the_cache_key_follows_the_weights_dtype_device_and_code(tiny_model_dir, tmp_path, monkeypatch):
+    import torch
+
+    from safety_lab import evaluation, models
+    from safety_lab.evaluation import EvalConfig, _source_identity
+
+    same = _save_tiny(tiny_model_dir, tmp_path / "copy")
+    assert _source_identity(str(same)) == _source_identity(str(tiny_model_dir))  # content, not the path
+    other = _save_tiny(tiny_model_dir, tmp_path / "other", scale=2.0)
+    assert _source_identity(str(other)) != _source_identity(str(tiny_model_dir))
+
+    cfg = EvalConfig(suites="asr", limit=2)
+    key = cfg.cache_key("m")
+    monkeypatch.setattr(evaluation, "code_sha256", lambda: "other code")
+    assert cfg.cache_key("m") != key
+    monkeypatch.undo()
+    assert cfg.cache_key("m") == key
+    monkeypatch.setattr(models, "resolve_device", lambda device=None: ("cpu", torch.bfloat16))
+    assert cfg.cache_key("m") != key
+    monkeypatch.setattr(models, "resolve_device", lambda device=None: ("cuda:0", torch.float32))
+    assert cfg.cache_key("m") != key
+
+
+@pytest.fixture
+def cached_eval(tiny_model_dir, tmp_path, monkeypatch):
+    from safety_lab import evaluation as E
+
+    monkeypatch.setenv("SAFETY_LAB_CACHE", str(tmp_path / "cache"))
+    cfg = E.EvalConfig(suites="asr", limit=2, max_new_tokens=2)
+    spec = str(tiny_model_dir)
+    identity = E._source_identity(spec)
+
+    def run():
+        return E.run_suites(spec, cfg, identity=identity, use_cache=True)
+
+    return run, E._cache_file(cfg.cache_key(identity))
+
+
+def test_a_corrupt_cache_entry_is_recomputed(cached_eval, capsys):
+    run, path = cached_eval
+    metrics, _ = run()
+    assert json.loads(path.read_text())["metrics"] == metrics
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temp file left behind
+    path.write_text('{"metrics": {"asr": 0.0')  # e.g. a full disk or a killed writer on a non-atomic filesystem
+    capsys.readouterr()
+    again, _ = run()
+    assert again == metrics and "recomputing" in capsys.readouterr().err
+    assert json.loads(path.read_text())["metrics"] == metrics
+
+
+def test_a_failed_cache_write_is_a_warning(cached_eval, capsys, monkeypatch):
+    run, path = cached_eval
+    path.parent.parent.mkdir(parents=True)
+    path.parent.write_text("a file where the cache folder should be")
+    metrics, _ = run()
+    assert "asr" in metrics and "could not write the evaluation cache" in capsys.readouterr().err
+    path.parent.unlink()
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("os.replace", full_disk)
+    assert run()[0] == metrics
+    assert "No space left" in capsys.readouterr().err
+    assert list(path.parent.iterdir()) == []  # the temp file was removed
