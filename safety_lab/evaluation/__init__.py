@@ -18,6 +18,8 @@ import mlflow
 
 from safety_lab.config import _Coerce, _help
 from safety_lab.errors import check
+from safety_lab.evaluation import suites as _suites  # noqa: F401  (importing the suites declares every metric)
+from safety_lab.evaluation.specs import METRICS, MetricSpec
 
 SUITE_ORDER = ("asr", "calibration", "drift")
 

@@ -15,10 +15,51 @@ from safety_lab.errors import SafetyLabError, check
 from safety_lab.evaluation import metrics as M
 from safety_lab.evaluation.generation import _left_pad, chat_inputs, generate
 from safety_lab.evaluation.judges import get_judge, keyword_attack_success
+from safety_lab.evaluation.specs import METRICS, MetricSpec, count, rate
 
 SUITES: Registry = Registry("suite")
 MC_BATCH = 16  # items per scoring batch
 DRIFT_SYSTEM = "You are a helpful assistant. Answer with the exact answer only, in 1 to 3 words."  # the paper's protocol
+
+
+def suite(name: str, specs: tuple[MetricSpec, ...]):
+    """Register a suite and declare the metrics it returns: the one place a metric is described."""
+
+    def decorator(fn):
+        METRICS.declare(specs, suite=name)
+        return SUITES.register(name)(fn)
+
+    return decorator
+
+
+ASR_SPECS = (
+    rate("asr", "ASR", higher=False, tag=True, headline=True, n_metric="asr_n", interval=True),
+    count("asr_n", "ASR prompts (n)"),
+    rate("asr_category", "ASR by category", higher=False),
+    rate("over_refusal_rate", "Over-refusal rate", higher=False, tag=True, headline=True, n_metric="over_refusal_n",
+         interval=True),
+    count("over_refusal_n", "Over-refusal prompts (n)"),
+)
+CALIBRATION_SPECS = (
+    rate("mc_accuracy", "MC accuracy", higher=True, tag=True, headline=True, n_metric="mc_n"),
+    count("mc_n", "MC items (n)"),
+    rate("ece", "ECE", higher=False, tag=True, headline=True, n_metric="mc_n"),
+    MetricSpec("brier", "Brier score", False, kind="score", headline=True, n_metric="mc_n"),
+)
+_PROMPT_LABELS = {"base": "plain", "false_info": "false info", "random_info": "random info"}
+DRIFT_SPECS = tuple(
+    spec
+    for t, label in _PROMPT_LABELS.items()
+    for spec in (
+        rate(f"drift_accuracy_{t}", f"Drift accuracy ({label})", higher=True, tag=t != "random_info",
+             headline=True, n_metric="drift_n"),
+        MetricSpec(f"drift_entropy_{t}", f"Drift entropy ({label})", False, kind="nats", headline=t != "random_info"),
+        MetricSpec(f"drift_perplexity_{t}", f"Drift perplexity ({label})", False, kind="score"),
+        rate(f"drift_probability_{t}", f"Drift token probability ({label})", higher=True),
+        count(f"flips_{t}_correct_to_incorrect", f"Answers right in the reference, wrong now ({label})"),
+        count(f"flips_{t}_incorrect_to_correct", f"Answers wrong in the reference, right now ({label})"),
+    )
+) + (count("drift_n", "Drift questions (n)"),)
 
 
 @dataclass
@@ -54,7 +95,7 @@ def load_harmful_prompts(source: str) -> list[dict]:
     return out
 
 
-@SUITES.register("asr")
+@suite("asr", ASR_SPECS)
 def asr_suite(loaded, cfg) -> SuiteResult:
     """Attack success on held-out harmful requests, and over-refusal on held-out benign ones."""
     harmful = _limit(load_harmful_prompts(cfg.harmful_prompts), cfg.limit)
@@ -69,7 +110,8 @@ def asr_suite(loaded, cfg) -> SuiteResult:
     # Over-refusal reads refusals with the keyword rules whatever the ASR judge: a moderation judge calls any benign answer "safe".
     refused = [not keyword_attack_success(r) for r in benign_responses]
     metrics = {**result.as_metrics(), "asr_n": float(result.n),
-               "over_refusal_rate": sum(refused) / len(refused) if refused else float("nan")}
+               "over_refusal_rate": sum(refused) / len(refused) if refused else float("nan"),
+               "over_refusal_n": float(len(refused))}
     metrics.update({f"asr_category.{c}": v for c, v in result.per_category.items()})
     rows = [{"set": "harmful", "id": h["id"], "category": h["category"], "prompt": h["prompt"], "response": r,
              "attack_success": bool(v), "judge": cfg.judge} for h, r, v in zip(harmful, harmful_responses, verdicts)]
@@ -132,7 +174,7 @@ def mc_question_text(item: dict) -> str:
     return f"{item['question']} Answer with the correct option only."
 
 
-@SUITES.register("calibration")
+@suite("calibration", CALIBRATION_SPECS)
 def calibration_suite(loaded, cfg) -> SuiteResult:
     items = _limit(load_mc(cfg.mc), cfg.limit)
     batches = [items[i:i + MC_BATCH] for i in range(0, len(items), MC_BATCH)]
@@ -145,7 +187,7 @@ def calibration_suite(loaded, cfg) -> SuiteResult:
     rows = [{"id": it.get("id", i), "question": it["question"], "answer": it["answer"], "chosen": int(p.argmax()),
              "confidence": float(p.max()), "option_logprobs": s} for i, (it, s, p) in enumerate(zip(items, scores, probs))]
     curve = M.reliability_curve([r["chosen"] == r["answer"] for r in rows], [r["confidence"] for r in rows])
-    return SuiteResult(summary.as_metrics(), rows, {"curve": curve})
+    return SuiteResult({**summary.as_metrics(), "mc_n": float(len(items))}, rows, {"curve": curve})
 
 
 # ---------------------------------------------------------------- knowledge drift
@@ -171,9 +213,10 @@ def drift_prompts(items: list[dict]) -> list[dict]:
     return out
 
 
-@SUITES.register("drift")
+@suite("drift", DRIFT_SPECS)
 def drift_suite(loaded, cfg) -> SuiteResult:
-    prompts = drift_prompts(_limit(load_qa(cfg.qa), cfg.limit))
+    items = _limit(load_qa(cfg.qa), cfg.limit)
+    prompts = drift_prompts(items)
     answers, scores = generate(loaded.model, loaded.tokenizer, [p["prompt"] for p in prompts], system=DRIFT_SYSTEM,
                                max_new_tokens=min(cfg.max_new_tokens, 16), batch_size=cfg.batch_size,
                                return_scores=True, progress=True, desc="drift: generate")
@@ -182,7 +225,7 @@ def drift_suite(loaded, cfg) -> SuiteResult:
         entropy, perplexity, probability = M.token_uncertainty(top, chosen) if chosen else (float("nan"),) * 3
         rows.append({**p, "answer": answer, "correct": M.answer_is_correct(p["true_answer"], answer),
                      "entropy": entropy, "perplexity": perplexity, "probability": probability})
-    return SuiteResult(M.drift_summary(rows), rows, {})
+    return SuiteResult({**M.drift_summary(rows), "drift_n": float(len(items))}, rows, {})
 
 
 def parse_suites(text: str) -> list[str]:
