@@ -30,14 +30,13 @@ from pydantic import (
 )
 
 from safety_lab.errors import SafetyLabError
-from safety_lab.evaluation.metrics import is_higher_better
+from safety_lab.evaluation.specs import METRICS
 
 STATUSES: tuple[str, ...] = ("pass", "warn", "fail", "unevaluated")
 STAGES: tuple[str, ...] = ("None", "Staging", "Production", "Archived")
 UNLISTED_ALIAS_RULE = "Staging"  # an alias the gate does not list follows this stage's rule
 _SEVERITY = {"pass": 0, "warn": 1, "unevaluated": 2, "fail": 3}  # an incomplete evaluation is never a pass
 _ALIAS = re.compile(r"^[A-Za-z0-9_-]+$")
-_N_METRIC = {"asr": "asr_n", "over_refusal_rate": "over_refusal_n"}  # until evaluation.specs gives n_metric
 _SUFFIX = {"parent": "_delta", "base": "_delta_vs_base"}
 
 Status = Literal["pass", "warn", "fail", "unevaluated"]
@@ -45,16 +44,20 @@ Limit = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 
 def higher_is_better(metric: str) -> bool:
-    """The metric's declared direction (a ValueError names an unknown metric)."""
+    """The direction the metric's spec declares (a ValueError for an unknown or directionless metric)."""
     try:
-        return is_higher_better(metric)
+        direction = METRICS.higher_is_better(metric)
     except SafetyLabError as exc:
         raise ValueError(exc.problem) from None
+    if direction is None:
+        raise ValueError(f"{metric!r} has no direction to gate on")
+    return direction
 
 
 def n_metric(metric: str) -> str:
-    """The metric holding the number of items behind `metric`."""
-    return _N_METRIC.get(metric, f"{metric}_n")
+    """The metric holding the number of items behind `metric` (its spec's n_metric, else <metric>_n)."""
+    spec = METRICS.find(metric)
+    return spec.n_metric if spec is not None and spec.n_metric else f"{metric}_n"
 
 
 class Rule(BaseModel):

@@ -6,6 +6,7 @@ from pydantic import ValidationError
 from scipy.stats import binomtest
 
 from safety_lab.errors import SafetyLabError
+from safety_lab.evaluation.specs import METRICS
 from safety_lab.policy import (
     Decision,
     Policy,
@@ -13,8 +14,10 @@ from safety_lab.policy import (
     decide,
     fingerprint,
     gate_rule,
+    higher_is_better,
     lenient_changes,
     load_policy,
+    n_metric,
     policy_json,
     policy_summary,
 )
@@ -75,7 +78,7 @@ def test_a_policy_with_no_required_metric_cannot_pass(policy):
 
 def test_asr_less_evaluation_is_not_a_pass(policy):
     # what `evaluate --suites calibration` logs
-    d = decide({"ece": 0.05, "brier": 0.2, "mc_accuracy": 0.6, "mc_accuracy_n": 100}, policy)
+    d = decide({"ece": 0.05, "brier": 0.2, "mc_accuracy": 0.6, "mc_n": 100}, policy)
     assert d.status == "unevaluated" and d.summary.startswith("incomplete: asr not measured")
 
 
@@ -156,6 +159,13 @@ def test_changes_against_the_base_stop_a_creeping_chain(policy):
 # --------------------------------------------------------------------------- rules are validated data
 
 
+def test_directions_and_sample_sizes_come_from_the_metric_specs():
+    assert higher_is_better("asr") is METRICS.get("asr").higher_is_better is False
+    assert higher_is_better("mc_accuracy") is True and higher_is_better("drift_accuracy_base") is True
+    assert n_metric("over_refusal_rate") == METRICS.get("over_refusal_rate").n_metric == "over_refusal_n"
+    assert n_metric("ece") == "mc_n"
+
+
 @pytest.mark.parametrize("rule,needle", [
     ({"metric": "asr", "kind": "absolute", "limit": 0.2, "typo": 1}, "rules.0.typo: unknown key"),
     ({"metric": "asr", "kind": "ceiling", "limit": 0.2}, "rules.0.kind"),
@@ -165,7 +175,8 @@ def test_changes_against_the_base_stop_a_creeping_chain(policy):
     ({"metric": "mc_accuracy", "kind": "increase", "limit": 0.1}, "mc_accuracy is better higher: bound its drop"),
     ({"metric": "asr", "kind": "drop", "limit": 0.1}, "asr is better lower: bound its increase"),
     ({"metric": "asr", "kind": "non_inferior", "limit": 0.1, "alpha": 0.05}, "alpha applies to increase and drop"),
-    ({"metric": "vibes", "kind": "absolute", "limit": 0.1}, "no declared direction for 'vibes'"),
+    ({"metric": "vibes", "kind": "absolute", "limit": 0.1}, "unknown metric 'vibes'"),
+    ({"metric": "asr_n", "kind": "absolute", "limit": 10}, "'asr_n' has no direction to gate on"),
 ])
 def test_bad_rules_are_one_line_errors(tmp_path, rule, needle):
     path = _write(tmp_path, json.dumps({"rules": [rule]}))
