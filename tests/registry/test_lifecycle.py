@@ -50,6 +50,7 @@ def measured(monkeypatch):
         return metrics, {"asr": {"metrics": metrics, "rows": []}}
 
     monkeypatch.setattr(evaluation, "run_suites", run_suites)
+    monkeypatch.setattr(evaluation, "_source_identity", lambda spec: spec)  # no weights behind these versions
     monkeypatch.setattr(evaluation, "_log_artifacts", lambda *a, **k: None)  # plots and cards: not the gate's business
     return by_spec
 
