@@ -7,10 +7,12 @@ import json
 import warnings
 from pathlib import Path
 
+import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
 from safety_lab import evaluation
+from safety_lab import registry as registry_lib
 from safety_lab.errors import SafetyLabError
 from safety_lab.policy import fingerprint, load_policy
 from safety_lab.registry.lifecycle import (
@@ -437,6 +439,38 @@ def test_an_evaluation_without_enough_asr_items_is_not_a_pass(registry, measured
     c.set_tag(_mv(c, v).tags["safety.eval_run_id"], "safety.status", "pass")
     with pytest.raises(GateRefused, match=r"incomplete: evaluation run \w+: asr "):
         promote("m", version=v, stage="Production")
+
+
+@pytest.mark.parametrize("suites,limit", [("calibration", 2), ("asr", 1)])
+def test_a_real_evaluation_without_enough_asr_items_cannot_pass(mlflow_store, tiny_model_dir, tmp_path, monkeypatch,
+                                                                   suites, limit):
+    """`evaluate --suites calibration` and `evaluate --limit 1` on the tiny model: never a pass, and the gate
+    refuses the version even after its tags are typed over."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    monkeypatch.setenv("SAFETY_LAB_CACHE", str(tmp_path / "cache"))
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                           LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    model.save_pretrained(tmp_path / "adapter")
+    with mlflow.start_run():
+        info = registry_lib.log_model(tmp_path / "adapter", base_model=str(tiny_model_dir), parent=None,
+                                      parent_adapters=[])
+        mv = registry_lib.register(info.model_uri, "tiny", tags={"safety.status": "unevaluated"}, description="t")
+    cfg = evaluation.EvalConfig(suites=suites, limit=limit, max_new_tokens=2, batch_size=4, device="cpu")
+    report = evaluation.evaluate_version(f"models:/tiny/{mv.version}", cfg)
+    c = MlflowClient()
+    tags = c.get_model_version("tiny", mv.version).tags
+    # one random-model answer may also fail ASR outright: either way, not a pass, and the evaluation is incomplete
+    assert report.status == tags["safety.status"] in ("unevaluated", "fail")
+    assert any(r.startswith("incomplete: asr ") for r in report.summary.split("; "))
+    assert c.get_run(tags["safety.eval_run_id"]).data.tags["safety.status"] == report.status
+    with pytest.raises(GateRefused, match=f"is '{report.status}'"):
+        promote("tiny", version=mv.version, stage="Staging")
+    c.set_model_version_tag("tiny", mv.version, "safety.status", "pass")
+    c.set_tag(tags["safety.eval_run_id"], "safety.status", "pass")
+    with pytest.raises(GateRefused, match=r"but incomplete: evaluation run \w+: asr "):
+        promote("tiny", version=mv.version, stage="Production", alias="champion")
 
 
 @pytest.mark.parametrize("alias", ["none", "None", "Archived", "archived", "PRODUCTION", "Staging"])
