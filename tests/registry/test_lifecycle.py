@@ -372,8 +372,8 @@ def test_a_borrowed_evaluation_run_is_tampered(registry):
     assert verify_evidence(_mv(c, good), load_policy()).status == "pass"
     with pytest.raises(GateRefused) as info:
         promote("m", version=bad, stage="Production", alias="champion")
-    assert f"tampered: evaluation run {borrowed['safety.eval_run_id']} evaluated models:/m/{good}, not models:/m/{bad}" \
-        in str(info.value)
+    run_id = borrowed["safety.eval_run_id"]
+    assert f"tampered: evaluation run {run_id} evaluated models:/m/{good}, not models:/m/{bad}" in str(info.value)
     _refused(c, bad, problem="tampered:")
 
 
