@@ -281,6 +281,8 @@ def _record_problem(run, mv, tag_status: str) -> str | None:
     """Does the run belong to this version, and does it record the status and policy that the tags show?"""
     rt, tags, run_id = run.data.tags, mv.tags or {}, run.info.run_id
     uri = f"models:/{mv.name}/{mv.version}"
+    if "safety.model_name" not in rt or not tags.get("safety.policy_sha256"):
+        return f"stale: evaluation run {run_id} predates evidence records (no version or policy fingerprint); re-evaluate"
     attached = (rt.get("safety.model_name"), rt.get("safety.model_version")) == (mv.name, str(mv.version))
     if rt.get("model_uri") != uri or not attached:
         return f"tampered: evaluation run {run_id} evaluated {rt.get('model_uri') or 'another model'}, not {uri}"

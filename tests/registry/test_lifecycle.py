@@ -377,6 +377,18 @@ def test_a_borrowed_evaluation_run_is_tampered(registry):
     _refused(c, bad, problem="tampered:")
 
 
+def test_a_record_from_before_evidence_tags_is_stale(registry):
+    c = registry.client
+    v = registry("pass")
+    c.delete_tag(_mv(c, v).tags["safety.eval_run_id"], "safety.model_name")
+    with pytest.raises(GateRefused, match=r"stale: evaluation run \w+ predates evidence records"):
+        promote("m", version=v, stage="Production")
+    c.set_tag(_mv(c, v).tags["safety.eval_run_id"], "safety.model_name", "m")
+    c.delete_model_version_tag("m", v, "safety.policy_sha256")
+    with pytest.raises(GateRefused, match=r"stale: evaluation run \w+ predates evidence records"):
+        promote("m", version=v, stage="Production")
+
+
 def test_a_run_that_did_not_finish_is_incomplete(registry):
     c = registry.client
     v = registry("pass")
