@@ -21,9 +21,10 @@ import json
 import os
 import re
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Iterable
+from datetime import UTC, datetime
+from typing import Any
 
 from mlflow.entities import Param, RunTag
 from mlflow.exceptions import MlflowException
@@ -161,12 +162,12 @@ def _user() -> str:
 
 
 def _now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _ms_iso(ms: Any) -> str:
     try:
-        return datetime.fromtimestamp(int(ms) / 1000, tz=timezone.utc).isoformat(timespec="seconds")
+        return datetime.fromtimestamp(int(ms) / 1000, tz=UTC).isoformat(timespec="seconds")
     except (TypeError, ValueError, OverflowError, OSError):
         return ""
 
@@ -185,8 +186,7 @@ def _norm_stage(stage: str) -> str:
 
 def _norm_alias(alias: str) -> str:
     alias = str(alias).strip()
-    if alias.startswith("@"):
-        alias = alias[1:]
+    alias = alias.removeprefix("@")
     if not _ALIAS.match(alias):
         raise SafetyLabError("alias", f"{alias!r} is not a valid alias (letters, digits, '_' and '-' only)")
     if alias.lower() == "latest" or _RESERVED_ALIAS.match(alias):
@@ -505,7 +505,7 @@ def _execute(client: MlflowClient, move: _Move, forced: bool) -> PromotionResult
         try:
             client.set_tag(run_id, "error", _clip(f"{type(exc).__name__}: {_mlflow_problem(exc)}", 8000))
             client.set_terminated(run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
-        except Exception:
+        except Exception:  # noqa: BLE001, S110 - best effort: the original error is what the user must see
             pass
         if isinstance(exc, MlflowException):
             raise SafetyLabError("registry", f"{move.model_name} version {move.version} -> {move.target} failed "
