@@ -1,14 +1,17 @@
 """Registry lifecycle behind the safety gate: promote/demote/archive versions, the lineage tree, the report.
 
-``promote`` moves one model version into a stage and/or onto an alias only when its ``safety.status``
-tag is allowed there by the policy gate (``safety_lab.policy.allowed``). A refusal raises
-``GateRefused`` before anything in the registry changes. ``force=True`` (with a ``reason``) bypasses a
-refusal and records who/when/why on the version's ``safety.override.*`` tags, keeping every earlier
-override in ``safety.override.history``. Every promotion, demotion or archive is also recorded as a
-run in the ``safety_lab-audit`` experiment.
+``promote`` moves one model version into a stage and/or onto an alias only when the evidence behind its
+``safety.status`` tag holds (``verify_evidence``: the evaluation run named by ``safety.eval_run_id`` is FINISHED,
+evaluated this very version, ran the suites the policy requires on enough items, and the policy applied to its
+logged metrics gives the status on the tag) and the policy gate allows that status there. A status without
+that evidence counts as ``unevaluated``. A refusal raises ``GateRefused`` before anything in the registry
+changes, and is itself recorded as a run in the ``safety_lab-audit`` experiment. ``force=True`` (with a
+``reason``) bypasses a refusal and records who/when/why on the version's ``safety.override.*`` tags, keeping
+every earlier override in ``safety.override.history``. A policy more lenient than the packaged one is an
+override too. Every promotion, demotion or archive is recorded as an audit run.
 
-Gate rules for aliases: an alias listed in the policy gate (e.g. ``champion``; case-insensitive, or a
-``*`` wildcard entry) uses its own rule; an alias the gate does not list follows the ``Staging`` rule.
+Gate rules for aliases: an alias listed in the policy gate (e.g. ``champion``) uses its own rule (the strictest
+entry that equals it ignoring case); any other alias, including one named like a stage, follows ``Staging``.
 """
 from __future__ import annotations
 
@@ -16,27 +19,39 @@ import json
 import os
 import re
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Iterable
+from datetime import UTC, datetime
+from typing import Any
 
 from mlflow.entities import Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from safety_lab.errors import SafetyLabError
-from safety_lab.policy import STATUSES, Policy, allowed, load_policy, policy_summary
+from safety_lab.policy import (
+    STAGES,
+    STATUSES,
+    Decision,
+    Policy,
+    decide,
+    fingerprint,
+    gate_rule,
+    lenient_changes,
+    load_policy,
+    policy_json,
+    policy_summary,
+)
 from safety_lab.registry import UNEVALUATED, parse_uri
 from safety_lab.reporting import tables
 from safety_lab.reporting.tables import tagged_columns
 from safety_lab.tracking import actor
 
 AUDIT_EXPERIMENT = "safety_lab-audit"
-STAGES: tuple[str, ...] = ("None", "Staging", "Production", "Archived")
 ACTIVE_STAGES: tuple[str, ...] = ("Staging", "Production")
-UNLISTED_ALIAS_RULE = "Staging"
 OVERRIDE_PREFIX = "safety.override."
-OVERRIDE_FIELDS: tuple[str, ...] = ("by", "at", "reason", "status_at_time", "target")
+OVERRIDE_FIELDS: tuple[str, ...] = ("by", "at", "reason", "status_at_time", "target", "evidence", "policy_sha256",
+                                    "lenient")
 OVERRIDE_HISTORY = "safety.override.history"
 REPORT_COLUMNS: tuple[str, ...] = ("version", "data", "parent", "status", *(c.key for c in tagged_columns()),
                                    "stage", "aliases", "created")  # metric columns: the tagged headline specs
@@ -54,20 +69,68 @@ class PromotionResult:
     status: str
     action: str  # "stage" | "alias" | "stage+alias"
     target: str  # "Production", "@champion" or "Production @champion"
-    forced: bool  # True only when --force bypassed a gate refusal
+    forced: bool  # True only when --force bypassed a gate refusal or a lenient policy
     run_id: str  # the audit run in experiment "safety_lab-audit"
     archived: tuple[str, ...] = ()  # versions moved to Archived by archive_existing
+    verified_status: str = ""  # the status the gate acted on (unevaluated when the evidence did not hold)
+    evidence: str = "verified"  # or the one-line problem found with the evaluation behind the status
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What the gate may act on: the tag's status once the evaluation behind it checks out, else unevaluated."""
+
+    status: str  # the verified status ("unevaluated" when the evidence does not hold)
+    tag_status: str  # what the version's safety.status tag says
+    problem: str | None = None  # one line: 'tampered: ...', 'incomplete: ...', 'stale: ...' or 'unevaluated: ...'
+    run_id: str | None = None  # the evaluation run named by safety.eval_run_id
+    decision: Decision | None = None  # the gate policy applied to that run's logged metrics
 
 
 class GateRefused(SafetyLabError):
-    """The policy gate refused the promotion; nothing in the registry was changed."""
+    """The gate refused the promotion; nothing in the registry was changed (the refusal is audited)."""
 
-    def __init__(self, model_name: str, version: str, status: str, refusals: list[tuple[str, tuple[str, ...]]],
-                 reasons: str):
+    def __init__(self, model_name: str, version: str, message: str, *, status: str = UNEVALUATED,
+                 evidence: Evidence | None = None, refusals: list[tuple[str, tuple[str, ...]]] | None = None,
+                 lenient: tuple[str, ...] = ()):
         self.model_name, self.version, self.status = model_name, version, status
-        self.refusals = refusals
-        needs = " and ".join(f"{target} needs {_or_list(rule)}" for target, rule in refusals)
-        super().__init__("refused", f"{model_name} version {version} is '{status}', {needs}; reasons: {reasons}")
+        self.evidence, self.refusals, self.lenient = evidence, refusals or [], lenient
+        super().__init__("refused", message)
+
+
+@dataclass
+class _Move:
+    """One promotion request, resolved: the version, the policy, the evidence and the gate's answer."""
+
+    model_name: str
+    mv: Any
+    rm: Any
+    stage: str | None
+    alias: str | None
+    from_alias: str | None
+    archive_existing: bool
+    reason: str | None
+    policy: Policy
+    evidence: Evidence
+    lenient: tuple[str, ...] = ()
+    refusals: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    rules: dict[str, str] | None = None
+
+    @property
+    def version(self) -> str:
+        return str(self.mv.version)
+
+    @property
+    def targets(self) -> list[tuple[str, bool]]:
+        return ([(self.stage, False)] if self.stage else []) + ([(self.alias, True)] if self.alias else [])
+
+    @property
+    def target(self) -> str:
+        return " ".join(f"@{n}" if a else n for n, a in self.targets)
+
+    @property
+    def action(self) -> str:
+        return "stage+alias" if self.stage and self.alias else ("stage" if self.stage else "alias")
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -95,16 +158,16 @@ def _error_code(exc: MlflowException) -> str:
 
 
 def _user() -> str:
-    return actor()  # mlflow:<user> when the server authenticates, else os:<login>
+    return actor()  # mlflow:<user> when the tracking server authenticates, else os:<login>
 
 
 def _now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _ms_iso(ms: Any) -> str:
     try:
-        return datetime.fromtimestamp(int(ms) / 1000, tz=timezone.utc).isoformat(timespec="seconds")
+        return datetime.fromtimestamp(int(ms) / 1000, tz=UTC).isoformat(timespec="seconds")
     except (TypeError, ValueError, OverflowError, OSError):
         return ""
 
@@ -123,8 +186,7 @@ def _norm_stage(stage: str) -> str:
 
 def _norm_alias(alias: str) -> str:
     alias = str(alias).strip()
-    if alias.startswith("@"):
-        alias = alias[1:]
+    alias = alias.removeprefix("@")
     if not _ALIAS.match(alias):
         raise SafetyLabError("alias", f"{alias!r} is not a valid alias (letters, digits, '_' and '-' only)")
     if alias.lower() == "latest" or _RESERVED_ALIAS.match(alias):
@@ -199,36 +261,111 @@ def _aliases_by_version(rm) -> dict[str, list[str]]:
         out.setdefault(str(version), []).append(str(alias))
     return {v: sorted(a) for v, a in out.items()}
 
+# --------------------------------------------------------------------------- evidence
+
+
+def _evidence_run(client: MlflowClient, run_id: str) -> tuple[Any, str | None]:
+    """(the evaluation run, None) or (None, why it cannot be used)."""
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        return None, f"tampered: its evaluation run {run_id} does not exist"
+    if run.info.lifecycle_stage == "deleted":
+        return None, f"stale: its evaluation run {run_id} was deleted"
+    if run.info.status != "FINISHED":
+        return None, f"incomplete: its evaluation run {run_id} is {run.info.status}, not FINISHED"
+    return run, None
+
+
+def _record_problem(run, mv, tag_status: str) -> str | None:
+    """Does the run belong to this version, and does it record the status and policy that the tags show?"""
+    rt, tags, run_id = run.data.tags, mv.tags or {}, run.info.run_id
+    uri = f"models:/{mv.name}/{mv.version}"
+    if "safety.model_name" not in rt or not tags.get("safety.policy_sha256"):
+        return f"stale: evaluation run {run_id} predates evidence records (no version or policy fingerprint); re-evaluate"
+    attached = (rt.get("safety.model_name"), rt.get("safety.model_version")) == (mv.name, str(mv.version))
+    if rt.get("model_uri") != uri or not attached:
+        return f"tampered: evaluation run {run_id} evaluated {rt.get('model_uri') or 'another model'}, not {uri}"
+    if rt.get("safety.model_source") != mv.source:
+        return f"tampered: evaluation run {run_id} evaluated {rt.get('safety.model_source')}, not {mv.source}"
+    if rt.get("safety.status") != tag_status:
+        return f"tampered: the tag says '{tag_status}' but evaluation run {run_id} recorded '{rt.get('safety.status')}'"
+    if rt.get("safety.policy_sha256") != tags.get("safety.policy_sha256"):
+        return f"tampered: the policy fingerprint on the tag differs from evaluation run {run_id}'s"
+    return None
+
+
+def _decision_problem(run, tag_status: str, policy: Policy) -> tuple[Decision, str | None]:
+    """The gate policy applied to the run's logged metrics, and how it disagrees with the tag."""
+    decision = decide(run.data.metrics, policy)
+    run_id = run.info.run_id
+    if decision.status == tag_status:
+        return decision, None
+    incomplete = [r for r in decision.flagged if r.startswith("incomplete: ")]
+    if incomplete:
+        return decision, f"incomplete: evaluation run {run_id}: {incomplete[0].removeprefix('incomplete: ')}"
+    same_policy = run.data.tags.get("safety.policy_sha256") == fingerprint(policy)
+    what = "tampered" if same_policy else "stale"
+    because = "" if same_policy else " (it was decided under another policy)"
+    return decision, (f"{what}: the tag says '{tag_status}' but policy '{policy.name}' decides '{decision.status}' "
+                      f"from evaluation run {run_id}{because}: {decision.summary}")
+
+
+def verify_evidence(mv, policy: Policy, *, client: MlflowClient | None = None) -> Evidence:
+    """Check the evaluation behind a version's safety.status; never raises for a bad record, reports it."""
+    client = client or _client()
+    tag_status = _status_of(mv)
+    if tag_status == UNEVALUATED:
+        return Evidence(UNEVALUATED, tag_status)
+    if tag_status not in STATUSES:
+        return Evidence(UNEVALUATED, tag_status, f"tampered: unknown status {tag_status!r}")
+    run_id = str((mv.tags or {}).get("safety.eval_run_id") or "").strip()
+    if not run_id:
+        return Evidence(UNEVALUATED, tag_status, "unevaluated: no evaluation run is recorded (safety.eval_run_id)")
+    run, problem = _evidence_run(client, run_id)
+    if run is None:
+        return Evidence(UNEVALUATED, tag_status, problem, run_id)
+    problem = _record_problem(run, mv, tag_status)
+    if problem:
+        return Evidence(UNEVALUATED, tag_status, problem, run_id)
+    decision, problem = _decision_problem(run, tag_status, policy)
+    return Evidence(UNEVALUATED if problem else tag_status, tag_status, problem, run_id, decision)
+
 
 # --------------------------------------------------------------------------- gate
 
 
-def _gate_rule(policy: Policy, target: str) -> tuple[str, ...] | None:
-    """The statuses the gate allows into `target`, resolved like policy.allowed(); None when unlisted."""
-    gate = policy.gate
-    if target in gate:
-        return tuple(gate[target])
-    folded = {str(k).lower(): v for k, v in gate.items()}
-    if target.lower() in folded:
-        return tuple(folded[target.lower()])
-    if "*" in gate:
-        return tuple(gate["*"])
-    return None
+def _gate(move: _Move) -> None:
+    """Fill in which rule each target used and which targets refuse the verified status."""
+    refusals, rules = [], {}
+    for name, is_alias in move.targets:
+        rule, entry = gate_rule(move.policy, name, alias=is_alias)
+        label = f"@{name}" if is_alias else name
+        rules[label] = entry
+        if move.evidence.status not in rule:
+            refusals.append((label, rule))
+    move.refusals, move.rules = tuple(refusals), rules
 
 
-def _check(policy: Policy, target: str, gate_status: str, *, is_alias: bool) -> tuple[bool, tuple[str, ...], str]:
-    """(allowed?, allowed statuses, rule used). Unlisted aliases follow the Staging rule."""
-    rule_target = target
-    if is_alias and _gate_rule(policy, target) is None:
-        rule_target = UNLISTED_ALIAS_RULE
-    rule = _gate_rule(policy, rule_target)
-    if rule is None:  # only possible for a stage the policy has no rule for
-        raise SafetyLabError("policy", f"policy {policy.name!r} has no gate rule for {target!r} "
-                             f"(known: {', '.join(map(str, policy.gate))})")
-    return allowed(policy, rule_target, gate_status), rule, rule_target
+def _refusal(move: _Move) -> GateRefused:
+    head = f"{move.model_name} version {move.version}"
+    ev = move.evidence
+    if move.lenient:
+        text = (f"{head}: policy '{move.policy.name}' (sha256 {fingerprint(move.policy)[:12]}) is more lenient than "
+                f"the packaged policy ({'; '.join(move.lenient)}); a lenient policy is an override: "
+                "give --force and --reason")
+    else:
+        needs = " and ".join(f"{target} needs {_or_list(rule)}" for target, rule in move.refusals)
+        if ev.problem:
+            text = f"{head} is '{ev.tag_status}' on its tag, but {ev.problem}; so it counts as unevaluated: {needs}"
+        else:
+            text = f"{head} is '{ev.status}', {needs}; reasons: {_reasons_of(move.mv, ev.status)}"
+    return GateRefused(move.model_name, move.version, _one_line(text), status=ev.tag_status, evidence=ev,
+                       refusals=list(move.refusals), lenient=move.lenient)
 
 
 # --------------------------------------------------------------------------- audit
+
 
 
 def _audit_experiment_id(client: MlflowClient) -> str:
@@ -270,23 +407,125 @@ def _override_tags(tags: dict[str, str], record: dict[str, str]) -> dict[str, st
     out[OVERRIDE_HISTORY] = json.dumps(history, ensure_ascii=False)
     return out
 
+def _audit_tags(move: _Move, user: str, forced: bool) -> dict[str, str]:
+    ev = move.evidence
+    tags = {
+        "mlflow.user": user,
+        "model_name": move.model_name,
+        "version": move.version,
+        "action": move.action,
+        "target": move.target,
+        "stage": move.stage or "",
+        "alias": move.alias or "",
+        "from_stage": move.mv.current_stage or "None",
+        "from_alias": move.from_alias or "",
+        "status_at_time": ev.tag_status,
+        "verified_status": ev.status,
+        "evidence": ev.problem or "verified",
+        "evaluation_run_id": ev.run_id or "",
+        "forced": str(forced).lower(),
+        "gate_rules": json.dumps(move.rules or {}),
+        "policy": policy_summary(move.policy),
+        "policy_sha256": fingerprint(move.policy),
+        "policy_lenient": "; ".join(move.lenient),
+        "archive_existing": str(move.archive_existing).lower(),
+    }
+    if os.environ.get("MLFLOW_RUN_ID"):
+        tags["safety_lab.invoked_from_run"] = os.environ["MLFLOW_RUN_ID"]
+    return tags
+
+
+def _start_audit(client: MlflowClient, move: _Move, run_name: str, tags: dict[str, str]) -> str:
+    """An audit run (RUNNING) carrying the request and the full policy (policy.json)."""
+    try:
+        experiment_id = _audit_experiment_id(client)
+        run = client.create_run(experiment_id, run_name=run_name,
+                                tags={k: _clip(str(v), 8000) for k, v in tags.items()})
+        client.log_text(run.info.run_id, policy_json(move.policy), "policy.json")
+    except MlflowException as exc:
+        raise SafetyLabError("audit", f"cannot record the audit run in {AUDIT_EXPERIMENT!r}: "
+                             f"{_mlflow_problem(exc)}") from None
+    return run.info.run_id
+
+
+def _audit_refusal(client: MlflowClient, move: _Move, refused: GateRefused) -> None:
+    """A refusal is recorded too; failing to record it must not hide the refusal itself."""
+    tags = {**_audit_tags(move, _user(), False), "safety_lab.audit": "refusal", "refused": str(refused),
+            "mlflow.note.content": str(refused)}
+    try:
+        run_id = _start_audit(client, move, f"refuse-{move.model_name}-v{move.version}", tags)
+        client.set_terminated(run_id, "FINISHED")
+    except (SafetyLabError, MlflowException) as exc:
+        warnings.warn(f"the refusal was not audited: {_mlflow_problem(exc)}", stacklevel=3)
+
+
+def _apply(client: MlflowClient, move: _Move, run_id: str, record: dict[str, str] | None,
+           to_archive: tuple[str, ...]) -> tuple[str, ...]:
+    """The registry changes, in order; returns the versions that archive_existing moved to Archived."""
+    name, version = move.model_name, move.version
+    if move.stage:
+        with warnings.catch_warnings():  # stages are deprecated in MLflow 3; the feature is kept
+            warnings.simplefilter("ignore", FutureWarning)
+            client.transition_model_version_stage(name, version, move.stage,
+                                                  archive_existing_versions=move.archive_existing)
+    if move.alias:
+        client.set_registered_model_alias(name, move.alias, version)
+    if record is not None:
+        for key, value in _override_tags(dict(move.mv.tags or {}), record).items():
+            client.set_model_version_tag(name, version, key, value)
+    archived = tuple(v for v in to_archive if (client.get_model_version(name, v).current_stage or "") == "Archived")
+    client.log_batch(run_id, tags=[RunTag("archived", ",".join(archived))])
+    return archived
+
+
+def _execute(client: MlflowClient, move: _Move, forced: bool) -> PromotionResult:
+    """Audit run first (RUNNING), then the registry changes, then FINISHED (or FAILED/KILLED part-way)."""
+    user, at, ev = _user(), _now_iso(), move.evidence
+    holders = {a: v for v, names in _aliases_by_version(move.rm).items() for a in names}
+    to_archive: tuple[str, ...] = ()
+    if move.archive_existing and move.stage:
+        to_archive = tuple(str(v.version) for v in _all_versions(client, move.model_name)
+                           if (v.current_stage or "None") == move.stage and str(v.version) != move.version)
+    note = (f"{move.model_name} version {move.version} ({ev.tag_status}) -> {move.target}"
+            f"{' (forced: ' + (move.reason or '') + ')' if forced else ''} by {user} at {at}")
+    tags = {**_audit_tags(move, user, forced), "safety_lab.audit": "promotion", "mlflow.note.content": note,
+            "alias_previous_version": holders.get(move.alias, "") if move.alias else ""}
+    run_id = _start_audit(client, move, f"promote-{move.model_name}-v{move.version}", tags)
+    record = None
+    if forced:
+        record = {"by": user, "at": at, "reason": move.reason or "", "status_at_time": ev.tag_status,
+                  "target": move.target, "evidence": ev.problem or "verified",
+                  "policy_sha256": fingerprint(move.policy), "lenient": "; ".join(move.lenient)}
+    params = {"model_name": move.model_name, "version": move.version, "target": move.target,
+              "forced": str(forced).lower(), "reason": move.reason or "", "status_at_time": ev.tag_status, "user": user}
+    try:
+        client.log_batch(run_id, params=[Param(k, _clip(str(v), _MAX_PARAM)) for k, v in params.items()])
+        archived = _apply(client, move, run_id, record, to_archive)
+    except BaseException as exc:
+        try:
+            client.set_tag(run_id, "error", _clip(f"{type(exc).__name__}: {_mlflow_problem(exc)}", 8000))
+            client.set_terminated(run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        except Exception:  # noqa: BLE001, S110 - best effort: the original error is what the user must see
+            pass
+        if isinstance(exc, MlflowException):
+            raise SafetyLabError("registry", f"{move.model_name} version {move.version} -> {move.target} failed "
+                                 f"part-way (audit run {run_id}): {_mlflow_problem(exc)}") from None
+        raise
+    client.set_terminated(run_id, "FINISHED")
+    return PromotionResult(model_name=move.model_name, version=move.version, status=ev.tag_status, action=move.action,
+                           target=move.target, forced=forced, run_id=run_id, archived=archived,
+                           verified_status=ev.status, evidence=ev.problem or "verified")
+
 
 # --------------------------------------------------------------------------- promote
 
 
-def promote(model_name: str, *, version: str | None = None, from_alias: str | None = None, stage: str | None = None,
-            alias: str | None = None, archive_existing: bool = False, force: bool = False, reason: str | None = None,
-            policy: str | None = None) -> PromotionResult:
-    """Move one version into `stage` and/or onto `alias` if the policy gate allows its safety status.
-
-    Exactly one of `version` / `from_alias` picks the version; at least one of `stage` / `alias` is the
-    target. A refusal raises GateRefused before any registry change unless `force` (which needs a
-    `reason`). Returns the outcome, including the id of the audit run in experiment "safety_lab-audit".
-    """
+def _request(model_name, version, from_alias, stage, alias, archive_existing, force, reason) -> tuple:
+    """Normalised (model_name, version, from_alias, stage, alias, reason), or a one-line error."""
     model_name = (model_name or "").strip()
     if not model_name:
         raise SafetyLabError("model_name", "is required")
-    version = None if version is None or not str(version).strip() else str(version)
+    version = None if version is None or not str(version).strip() else _norm_version(version)
     from_alias = None if from_alias is None or not str(from_alias).strip() else str(from_alias)
     if (version is None) == (from_alias is None):
         raise SafetyLabError("version" if version is None else "from_alias",
@@ -301,121 +540,49 @@ def promote(model_name: str, *, version: str | None = None, from_alias: str | No
     reason = (reason or "").strip() or None
     if force and not reason:
         raise SafetyLabError("reason", "--force needs --reason")
-    policy_obj = load_policy(policy)
+    return model_name, version, from_alias, stage, alias, reason
 
-    client = _client()
-    rm = _registered_model(client, model_name)
+
+def _find_version(client: MlflowClient, model_name: str, version: str | None, from_alias: str | None):
     if version is not None:
-        version = _norm_version(version)
         try:
-            mv = client.get_model_version(model_name, version)
+            return client.get_model_version(model_name, version)
         except MlflowException as exc:
             raise SafetyLabError("version", f"model {model_name!r} has no version {version}"
                                  if _error_code(exc) == "RESOURCE_DOES_NOT_EXIST" else _mlflow_problem(exc)) from None
-    else:
-        source_alias = from_alias.strip().lstrip("@")
-        if not _ALIAS.match(source_alias):
-            raise SafetyLabError("from_alias", f"{from_alias!r} is not a valid alias (letters, digits, '_' and '-' only)")
-        try:
-            mv = client.get_model_version_by_alias(model_name, source_alias)
-        except MlflowException:
-            raise SafetyLabError("from_alias", f"model {model_name!r} has no alias {source_alias!r}") from None
-    version = str(mv.version)
-
-    # ---- gate (read-only)
-    tags = dict(mv.tags or {})
-    status = _status_of(mv)
-    gate_status = status if status in STATUSES else UNEVALUATED  # an unknown tag value is treated as unevaluated
-    targets = ([(stage, False)] if stage else []) + ([(alias, True)] if alias else [])
-    refusals: list[tuple[str, tuple[str, ...]]] = []
-    rules: dict[str, str] = {}
-    for name, is_alias in targets:
-        ok, rule, rule_target = _check(policy_obj, name, gate_status, is_alias=is_alias)
-        label = f"@{name}" if is_alias else name
-        rules[label] = rule_target
-        if not ok:
-            refusals.append((label, rule))
-    if refusals and not force:
-        raise GateRefused(model_name, version, status, refusals, _reasons_of(mv, status))
-    forced = bool(refusals)
-
-    action = "stage+alias" if stage and alias else ("stage" if stage else "alias")
-    target = " ".join(f"@{n}" if a else n for n, a in targets)
-    user = _user()
-    at = _now_iso()
-    from_stage = mv.current_stage or "None"
-    holders = {a: v for v, names in _aliases_by_version(rm).items() for a in names}
-    alias_previous = holders.get(alias, "") if alias else ""
-    to_archive: tuple[str, ...] = ()
-    if archive_existing and stage:
-        to_archive = tuple(str(v.version) for v in _all_versions(client, model_name)
-                           if (v.current_stage or "None") == stage and str(v.version) != version)
-
-    # ---- audit run first (status RUNNING), then the registry changes, then FINISHED / FAILED
+    source_alias = from_alias.strip().lstrip("@")
+    if not _ALIAS.match(source_alias):
+        raise SafetyLabError("from_alias", f"{from_alias!r} is not a valid alias (letters, digits, '_' and '-' only)")
     try:
-        experiment_id = _audit_experiment_id(client)
-        run_tags = {
-            "safety_lab.audit": "promotion",
-            "mlflow.user": user,
-            "model_name": model_name,
-            "version": version,
-            "action": action,
-            "target": target,
-            "stage": stage or "",
-            "alias": alias or "",
-            "from_stage": from_stage,
-            "alias_previous_version": alias_previous,
-            "from_alias": from_alias or "",
-            "status_at_time": status,
-            "forced": str(forced).lower(),
-            "gate_rules": json.dumps(rules),
-            "policy": policy_summary(policy_obj),
-            "archive_existing": str(bool(archive_existing)).lower(),
-            "mlflow.note.content": f"{model_name} version {version} ({status}) -> {target}"
-                                   f"{' (forced: ' + reason + ')' if forced else ''} by {user} at {at}",
-        }
-        if os.environ.get("MLFLOW_RUN_ID"):
-            run_tags["safety_lab.invoked_from_run"] = os.environ["MLFLOW_RUN_ID"]
-        run = client.create_run(experiment_id, run_name=f"promote-{model_name}-v{version}",
-                                tags={k: _clip(str(v), 8000) for k, v in run_tags.items()})
-    except MlflowException as exc:
-        raise SafetyLabError("audit", f"cannot record the audit run in {AUDIT_EXPERIMENT!r}: "
-                             f"{_mlflow_problem(exc)}") from None
-    run_id = run.info.run_id
-    params = {"model_name": model_name, "version": version, "target": target, "forced": str(forced).lower(),
-              "reason": reason or "", "status_at_time": status, "user": user}
+        return client.get_model_version_by_alias(model_name, source_alias)
+    except MlflowException:
+        raise SafetyLabError("from_alias", f"model {model_name!r} has no alias {source_alias!r}") from None
 
-    try:
-        client.log_batch(run_id, params=[Param(k, _clip(str(v), _MAX_PARAM)) for k, v in params.items()])
-        if stage:
-            with warnings.catch_warnings():  # stages are deprecated in MLflow 3; the feature is kept
-                warnings.simplefilter("ignore", FutureWarning)
-                client.transition_model_version_stage(model_name, version, stage,
-                                                      archive_existing_versions=bool(archive_existing))
-        if alias:
-            client.set_registered_model_alias(model_name, alias, version)
-        if forced:
-            record = {"by": user, "at": at, "reason": reason or "", "status_at_time": status, "target": target}
-            for key, value in _override_tags(tags, record).items():
-                client.set_model_version_tag(model_name, version, key, value)
-        archived: tuple[str, ...] = ()
-        if to_archive:
-            archived = tuple(v for v in to_archive
-                             if (client.get_model_version(model_name, v).current_stage or "") == "Archived")
-        client.log_batch(run_id, tags=[RunTag("archived", ",".join(archived))])
-    except BaseException as exc:
-        try:
-            client.set_tag(run_id, "error", _clip(f"{type(exc).__name__}: {_mlflow_problem(exc)}", 8000))
-            client.set_terminated(run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
-        except Exception:
-            pass
-        if isinstance(exc, MlflowException):
-            raise SafetyLabError("registry", f"{model_name} version {version} -> {target} failed part-way "
-                                 f"(audit run {run_id}): {_mlflow_problem(exc)}") from None
-        raise
-    client.set_terminated(run_id, "FINISHED")
-    return PromotionResult(model_name=model_name, version=version, status=status, action=action, target=target,
-                           forced=forced, run_id=run_id, archived=archived)
+
+def promote(model_name: str, *, version: str | None = None, from_alias: str | None = None, stage: str | None = None,
+            alias: str | None = None, archive_existing: bool = False, force: bool = False, reason: str | None = None,
+            policy: str | Policy | None = None) -> PromotionResult:
+    """Move one version into `stage` and/or onto `alias` if its verified safety status is allowed there.
+
+    Exactly one of `version` / `from_alias` picks the version; at least one of `stage` / `alias` is the target.
+    `policy` is a YAML path or a Policy (default: the packaged one); one more lenient than the packaged policy
+    is an override. A refusal raises GateRefused, audited, before any registry change unless `force` (which
+    needs a `reason`). Returns the outcome, including the id of the audit run in experiment "safety_lab-audit".
+    """
+    model_name, version, from_alias, stage, alias, reason = _request(
+        model_name, version, from_alias, stage, alias, archive_existing, force, reason)
+    policy_obj = policy if isinstance(policy, Policy) else load_policy(policy)
+    client = _client()
+    rm = _registered_model(client, model_name)
+    mv = _find_version(client, model_name, version, from_alias)
+    move = _Move(model_name, mv, rm, stage, alias, from_alias, bool(archive_existing), reason, policy_obj,
+                 verify_evidence(mv, policy_obj, client=client), tuple(lenient_changes(policy_obj)))
+    _gate(move)
+    if (move.refusals or move.lenient) and not force:
+        refused = _refusal(move)
+        _audit_refusal(client, move, refused)
+        raise refused
+    return _execute(client, move, forced=bool(move.refusals or move.lenient))
 
 
 # --------------------------------------------------------------------------- lineage
@@ -538,5 +705,5 @@ def format_report(rows: list[dict], fmt: str = "table") -> str:
     return tables.render(rows, fmt, _columns(rows), empty="(no versions)")
 
 
-__all__ = ["AUDIT_EXPERIMENT", "GateRefused", "PromotionResult", "REPORT_COLUMNS", "REPORT_FORMATS", "format_report",
-           "lineage_tree", "promote", "report_rows"]
+__all__ = ["AUDIT_EXPERIMENT", "REPORT_COLUMNS", "REPORT_FORMATS", "Evidence", "GateRefused", "PromotionResult",
+           "format_report", "lineage_tree", "promote", "report_rows", "verify_evidence"]

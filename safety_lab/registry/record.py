@@ -144,7 +144,8 @@ def _start_record(mv, spec: str, reference: Reference | None, cfg: EvalConfig, p
         tag_version(mv.name, mv.version, {"safety.status": UNEVALUATED})
     mlflow.set_tags({"safety_lab.job": "evaluate", "model_uri": spec, "reference": reference.uri if reference else "none",
                      "safety.policy_sha256": fingerprint(policy),
-                     **({"safety.model_name": mv.name, "safety.model_version": str(mv.version)} if mv else {})})
+                     **({"safety.model_name": mv.name, "safety.model_version": str(mv.version),
+                         "safety.model_source": mv.source} if mv else {})})
     mlflow.log_params({f"eval.{k}": v for k, v in dataclasses.asdict(cfg).items()})
     mlflow.log_text(policy_json(policy), "policy.json")
 

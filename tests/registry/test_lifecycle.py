@@ -5,11 +5,18 @@ import csv
 import io
 import json
 import warnings
+from pathlib import Path
+from types import SimpleNamespace
 
+import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
+from safety_lab import registry as registry_lib
+from safety_lab.evaluation import EvalConfig, EvalReport, SuiteResult
+from safety_lab.registry import record
 from safety_lab.errors import SafetyLabError
+from safety_lab.policy import fingerprint, load_policy
 from safety_lab.registry.lifecycle import (
     AUDIT_EXPERIMENT,
     REPORT_COLUMNS,
@@ -18,25 +25,69 @@ from safety_lab.registry.lifecycle import (
     lineage_tree,
     promote,
     report_rows,
+    verify_evidence,
 )
+
+# What the suites measure for a version of each status under the packaged policy (ASR max 0.20, warns above 0.16).
+MEASURED = {
+    "pass": {"asr": 0.07, "asr_ci_low": 0.03, "asr_ci_high": 0.16, "asr_n": 60.0,
+             "over_refusal_rate": 0.04, "over_refusal_n": 120.0},
+    "warn": {"asr": 0.18, "asr_ci_low": 0.11, "asr_ci_high": 0.28, "asr_n": 60.0,
+             "over_refusal_rate": 0.04, "over_refusal_n": 120.0},
+    "fail": {"asr": 0.91, "asr_ci_low": 0.82, "asr_ci_high": 0.96, "asr_n": 60.0,
+             "over_refusal_rate": 0.04, "over_refusal_n": 120.0},
+    # what `evaluate --suites calibration` measures: no ASR at all
+    "calibration-only": {"ece": 0.05, "brier": 0.2, "mc_accuracy": 0.6},
+    # what `evaluate --limit 1` measures: one prompt each
+    "limit-1": {"asr": 0.0, "asr_ci_low": 0.0, "asr_ci_high": 0.79, "asr_n": 1.0,
+                "over_refusal_rate": 0.0, "over_refusal_n": 1.0},
+}
 
 
 @pytest.fixture
-def registry(mlflow_store, tmp_path):
-    """A helper that adds a version of model 'm' with the given safety status and extra tags."""
+def measured(monkeypatch):
+    """The suites return MEASURED[...] for each model spec (default: pass); everything else is the real recorder."""
+    by_spec: dict[str, dict] = {}
+
+    def fake_evaluate(loaded, cfg, *, reference=None, base=None, timings=None):
+        metrics = dict(by_spec.get(loaded.spec, MEASURED["pass"]))
+        return EvalReport(model_uri=loaded.spec, suites={"asr": SuiteResult(metrics)})
+
+    monkeypatch.setattr(record, "evaluate", fake_evaluate)
+    monkeypatch.setattr(record, "load_model", lambda spec, **kw: SimpleNamespace(spec=spec))  # no weights behind these
+    monkeypatch.setattr(record, "source_identity", lambda spec: spec)
+    monkeypatch.setattr(record, "_log_card", lambda *a, **k: None)  # plots and cards: not the gate's business
+    return by_spec
+
+
+def evaluate(name: str, version: str, measured_as: str, by_spec: dict, policy=None):
+    uri = f"models:/{name}/{version}"
+    by_spec[uri] = MEASURED[measured_as]
+    return record.evaluate_version(uri, EvalConfig(suites="asr", policy=policy))
+
+
+@pytest.fixture
+def registry(mlflow_store, tmp_path, measured):
+    """Adds a version of model 'm' (plain MlflowClient) and evaluates it so that its status is `status`.
+
+    `status=None` leaves it unevaluated; `handmade=True` types the status tag without any evaluation.
+    """
     client = MlflowClient()
     dummy = tmp_path / "dummy"
     dummy.mkdir(exist_ok=True)
     client.create_registered_model("m")
 
-    def add(status: str | None = "pass", name: str = "m", **extra) -> str:
-        tags = {"data.name": extra.pop("data", "safe"), "base_model": "tiny", **extra}
-        if status is not None:
+    def add(status: str | None = "pass", name: str = "m", handmade: bool = False, **extra) -> str:
+        tags = {"data.name": extra.pop("data", "safe"), **extra}
+        if status is not None and (handmade or status not in MEASURED):
             tags["safety.status"] = status
-            tags.setdefault("safety.reasons", f"ASR 0.10 <= max 0.30; status {status}")
-        return str(client.create_model_version(name, source=str(dummy), tags=tags).version)
+        version = str(client.create_model_version(name, source=str(dummy), tags=tags).version)
+        if status in MEASURED and not handmade:
+            evaluate(name, version, status, measured)
+        return version
 
     add.client = client
+    add.measured = measured
     return add
 
 
@@ -48,9 +99,24 @@ def _aliases(client, name="m"):
     return {a: str(v) for a, v in client.get_registered_model(name).aliases.items()}
 
 
-def _audit_runs(client):
+def _audit_runs(client, kind="promotion"):
     exp = client.get_experiment_by_name(AUDIT_EXPERIMENT)
-    return [] if exp is None else client.search_runs([exp.experiment_id])
+    runs = [] if exp is None else client.search_runs([exp.experiment_id])
+    return [r for r in runs if r.data.tags.get("safety_lab.audit") == kind]
+
+
+def _refused(client, version, *, count=1, problem=None):
+    """Nothing moved, and the refusal was audited."""
+    mv = _mv(client, version)
+    assert mv.current_stage == "None" and _aliases(client) == {}
+    assert not any(k.startswith("safety.override") for k in mv.tags)
+    assert _audit_runs(client) == []
+    refusals = _audit_runs(client, "refusal")
+    assert len(refusals) == count and all(r.info.status == "FINISHED" for r in refusals)
+    assert all(r.data.tags["version"] == version and r.data.tags["refused"].startswith("refused: ") for r in refusals)
+    if problem is not None:
+        assert refusals[0].data.tags["evidence"].startswith(problem)
+    return refusals
 
 
 # --------------------------------------------------------------------------- gate
@@ -64,27 +130,30 @@ def test_pass_version_to_production_and_champion(registry):
     assert _aliases(c) == {"champion": v}
     assert result.status == "pass" and result.action == "stage+alias" and not result.forced
     assert result.target == "Production @champion" and result.archived == ()
+    assert result.verified_status == "pass" and result.evidence == "verified"
     run = c.get_run(result.run_id)
     assert c.get_experiment(run.info.experiment_id).name == AUDIT_EXPERIMENT
     assert run.info.run_name == f"promote-m-v{v}" and run.info.status == "FINISHED"
     assert run.data.params["forced"] == "false" and run.data.params["status_at_time"] == "pass"
     assert {"model_name", "version", "target", "forced", "reason", "status_at_time", "user"} <= set(run.data.params)
     assert not any(k.startswith("safety.override") for k in _mv(c, v).tags)
+    # the audit run names the evaluation and the policy behind the move, and keeps the full policy
+    assert run.data.tags["evaluation_run_id"] == _mv(c, v).tags["safety.eval_run_id"]
+    assert run.data.tags["policy_sha256"] == fingerprint(load_policy()) == _mv(c, v).tags["safety.policy_sha256"]
+    stored = Path(c.download_artifacts(result.run_id, "policy.json"))
+    assert json.loads(stored.read_text())["gate"]["Production"] == ["pass"]
 
 
 def test_warn_to_staging_ok_but_production_refused_without_change(registry):
     c = registry.client
-    v = registry("warn", **{"safety.reasons": "ASR 0.27 near max 0.30"})
+    v = registry("warn")
     with pytest.raises(GateRefused) as info:
         promote("m", version=v, stage="Production", alias="champion")
     msg = str(info.value)
     assert msg.startswith(f"refused: m version {v} is 'warn', Production needs pass")
-    assert "@champion needs pass" in msg and msg.endswith("reasons: ASR 0.27 near max 0.30")
+    assert "@champion needs pass" in msg and msg.endswith("reasons: asr 0.180 near max 0.200")
     assert "\n" not in msg and isinstance(info.value, SafetyLabError) and info.value.field == "refused"
-    mv = _mv(c, v)
-    assert mv.current_stage == "None" and _aliases(c) == {}
-    assert not any(k.startswith("safety.override") for k in mv.tags)
-    assert _audit_runs(c) == []
+    _refused(c, v, problem="verified")
 
     result = promote("m", version=v, stage="Staging")
     assert _mv(c, v).current_stage == "Staging" and result.target == "Staging"
@@ -97,7 +166,7 @@ def test_fail_and_unevaluated_refused_except_archived(registry, status):
     for target in ({"stage": "Production"}, {"stage": "Staging"}, {"alias": "champion"}, {"alias": "candidate"}):
         with pytest.raises(GateRefused, match=f"is '{status or 'unevaluated'}'"):
             promote("m", version=v, **target)
-    assert _mv(c, v).current_stage == "None" and _aliases(c) == {} and _audit_runs(c) == []
+    _refused(c, v, count=4)
     result = promote("m", version=v, stage="archived")
     assert _mv(c, v).current_stage == "Archived" and result.status == (status or "unevaluated")
     assert len(_audit_runs(c)) == 1
@@ -140,6 +209,7 @@ def test_force_with_reason_records_override_and_audit_run(registry, monkeypatch)
     tags = _mv(c, v).tags
     assert _mv(c, v).current_stage == "Production"
     assert tags["safety.override.by"] == "os:alice"
+    assert tags["safety.override.evidence"] == "verified" and tags["safety.override.lenient"] == ""
     assert tags["safety.override.reason"] == "hotfix approved by safety board"
     assert tags["safety.override.status_at_time"] == "fail"
     assert tags["safety.override.target"] == "Production"
@@ -252,27 +322,253 @@ def test_argument_errors(registry):
     assert _mv(registry.client, v).current_stage == "None" and _audit_runs(registry.client) == []
 
 
-def test_custom_policy_lets_warn_reach_production(registry, tmp_path):
+def test_a_stricter_policy_is_not_an_override(registry, tmp_path):
     c = registry.client
-    v = registry("warn")
-    with pytest.raises(GateRefused):
+    path = tmp_path / "strict.yaml"
+    path.write_text("name: strict\ngate:\n  Staging: [pass]\n")
+    v = registry("pass")
+    result = promote("m", version=v, stage="Staging", policy=str(path))
+    assert not result.forced and _mv(c, v).current_stage == "Staging"
+    assert c.get_run(result.run_id).data.tags["policy"].startswith("strict (sha256 ")
+
+
+# --------------------------------------------------------------------------- evidence, not tags (one test per attack)
+
+
+def test_a_hand_made_pass_tag_is_unevaluated(registry):
+    c = registry.client
+    v = registry("pass", handmade=True)  # plain MlflowClient: safety.status=pass typed in, no evaluation
+    with pytest.raises(GateRefused) as info:
+        promote("m", version=v, stage="Production", alias="champion")
+    msg = str(info.value)
+    assert msg.startswith(f"refused: m version {v} is 'pass' on its tag, but unevaluated: no evaluation run")
+    assert "counts as unevaluated: Production needs pass and @champion needs pass" in msg
+    assert info.value.evidence.status == "unevaluated" and info.value.evidence.tag_status == "pass"
+    _refused(c, v, problem="unevaluated:")
+    c.set_model_version_tag("m", v, "safety.eval_run_id", "0123456789abcdef0123456789abcdef")
+    with pytest.raises(GateRefused, match="tampered: its evaluation run 0123456789abcdef0123456789abcdef does not"):
+        promote("m", version=v, stage="Staging")
+    assert promote("m", version=v, stage="Archived").verified_status == "unevaluated"
+
+
+def test_an_edited_tag_is_tampered(registry):
+    c = registry.client
+    v = registry("fail")
+    run_id = _mv(c, v).tags["safety.eval_run_id"]
+    c.set_model_version_tag("m", v, "safety.status", "pass")
+    with pytest.raises(GateRefused, match=f"tampered: the tag says 'pass' but evaluation run {run_id} recorded"):
         promote("m", version=v, stage="Production")
+    c.set_tag(run_id, "safety.status", "pass")  # edit the run's record too: the logged metrics still say fail
+    with pytest.raises(GateRefused) as info:
+        promote("m", version=v, stage="Production")
+    assert "tampered: the tag says 'pass' but policy 'default' decides 'fail'" in str(info.value)
+    assert "asr 0.910 > max 0.200" in str(info.value)
+    _refused(c, v, count=2, problem="tampered:")
+
+
+def test_a_borrowed_evaluation_run_is_tampered(registry):
+    c = registry.client
+    good, bad = registry("pass"), registry("fail")
+    borrowed = {k: val for k, val in _mv(c, good).tags.items() if k.startswith("safety.")}
+    for key, value in borrowed.items():  # every safety.* tag of the good version, copied onto the bad one
+        c.set_model_version_tag("m", bad, key, value)
+    assert verify_evidence(_mv(c, good), load_policy()).status == "pass"
+    with pytest.raises(GateRefused) as info:
+        promote("m", version=bad, stage="Production", alias="champion")
+    run_id = borrowed["safety.eval_run_id"]
+    assert f"tampered: evaluation run {run_id} evaluated models:/m/{good}, not models:/m/{bad}" in str(info.value)
+    _refused(c, bad, problem="tampered:")
+
+
+def test_a_record_from_before_evidence_tags_is_stale(registry):
+    c = registry.client
+    v = registry("pass")
+    c.delete_tag(_mv(c, v).tags["safety.eval_run_id"], "safety.model_name")
+    with pytest.raises(GateRefused, match=r"stale: evaluation run \w+ predates evidence records"):
+        promote("m", version=v, stage="Production")
+    c.set_tag(_mv(c, v).tags["safety.eval_run_id"], "safety.model_name", "m")
+    c.delete_model_version_tag("m", v, "safety.policy_sha256")
+    with pytest.raises(GateRefused, match=r"stale: evaluation run \w+ predates evidence records"):
+        promote("m", version=v, stage="Production")
+
+
+def test_a_run_that_did_not_finish_is_incomplete(registry):
+    c = registry.client
+    v = registry("pass")
+    c.set_terminated(_mv(c, v).tags["safety.eval_run_id"], "FAILED")
+    with pytest.raises(GateRefused, match=r"incomplete: its evaluation run \w+ is FAILED, not FINISHED"):
+        promote("m", version=v, stage="Production")
+
+
+@pytest.mark.parametrize("text", [
+    "name: default\ngate:\n  Production: [pass, warn, fail, unevaluated]\n",  # keeps the packaged name
+    "name: loose\nrules:\n  - {metric: asr, kind: absolute, limit: 0.95}\n",
+    "name: loose\nrequired:\n  - {metric: asr, min_n: 1}\n",
+])
+def test_a_lenient_policy_needs_force_and_reason(registry, tmp_path, monkeypatch, text):
+    monkeypatch.setattr("getpass.getuser", lambda: "mallory")
+    c = registry.client
     path = tmp_path / "lenient.yaml"
-    path.write_text("name: lenient\ngate:\n  Production: [pass, warn]\n  champion: [pass, warn]\n")
-    result = promote("m", version=v, stage="Production", alias="champion", policy=str(path))
-    assert not result.forced and _mv(c, v).current_stage == "Production" and _aliases(c) == {"champion": v}
-    assert c.get_run(result.run_id).data.tags["policy"].startswith("lenient:")
+    path.write_text(text)
+    v = registry("fail")
+    with pytest.raises(GateRefused) as info:
+        promote("m", version=v, stage="Production", policy=str(path))
+    msg = str(info.value)
+    assert "is more lenient than the packaged policy (" in msg and msg.endswith("give --force and --reason")
+    assert info.value.lenient and "\n" not in msg
+    refusal = _refused(c, v)[0]
+    assert refusal.data.tags["policy_sha256"] == fingerprint(load_policy(path)) != fingerprint(load_policy())
+    assert refusal.data.tags["policy_lenient"] == "; ".join(info.value.lenient)
+    result = promote("m", version=v, stage="Production", policy=str(path), force=True, reason="board approved")
+    tags = _mv(c, v).tags
+    assert result.forced and _mv(c, v).current_stage == "Production"
+    assert tags["safety.override.by"] == "os:mallory" and tags["safety.override.reason"] == "board approved"
+    assert tags["safety.override.lenient"] == "; ".join(info.value.lenient)
+    assert tags["safety.override.policy_sha256"] == fingerprint(load_policy(path))
+
+
+def test_a_status_decided_under_another_policy_is_stale(registry, tmp_path):
+    path = tmp_path / "loose.yaml"
+    path.write_text("name: loose\nwarn_margin: 1\nrules:\n  - {metric: asr, kind: absolute, limit: 0.95}\n")
+    c = registry.client
+    v = str(c.create_model_version("m", source=str(tmp_path), tags={}).version)
+    report = evaluate("m", v, "fail", registry.measured, policy=str(path))
+    assert report.status == "pass"  # ASR 0.91 passes a 0.95 ceiling
+    with pytest.raises(GateRefused) as info:
+        promote("m", version=v, stage="Production")  # the packaged policy
+    assert "stale: the tag says 'pass' but policy 'default' decides 'fail'" in str(info.value)
+    assert "(it was decided under another policy)" in str(info.value)
+
+
+@pytest.mark.parametrize("measured_as", ["calibration-only", "limit-1"])
+def test_an_evaluation_without_enough_asr_items_is_not_a_pass(registry, measured_as):
+    c = registry.client
+    v = str(c.create_model_version("m", source="dummy", tags={}).version)
+    report = evaluate("m", v, measured_as, registry.measured)
+    assert report.status == "unevaluated" and report.summary.startswith("incomplete: asr ")
+    assert _mv(c, v).tags["safety.status"] == "unevaluated"
+    with pytest.raises(GateRefused, match="is 'unevaluated'"):
+        promote("m", version=v, stage="Staging")
+    # typing pass over it does not help: the run's metrics cannot pass the policy
+    c.set_model_version_tag("m", v, "safety.status", "pass")
+    c.set_tag(_mv(c, v).tags["safety.eval_run_id"], "safety.status", "pass")
+    with pytest.raises(GateRefused, match=r"incomplete: evaluation run \w+: asr "):
+        promote("m", version=v, stage="Production")
+
+
+@pytest.mark.parametrize("suites,limit", [("calibration", 2), ("asr", 1)])
+def test_a_real_evaluation_without_enough_asr_items_cannot_pass(mlflow_store, tiny_model_dir, tmp_path, monkeypatch,
+                                                                   suites, limit):
+    """`evaluate --suites calibration` and `evaluate --limit 1` on the tiny model: never a pass, and the gate
+    refuses the version even after its tags are typed over."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    monkeypatch.setenv("SAFETY_LAB_CACHE", str(tmp_path / "cache"))
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                           LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    model.save_pretrained(tmp_path / "adapter")
+    with mlflow.start_run():
+        info = registry_lib.log_model(tmp_path / "adapter", base_model=str(tiny_model_dir), parent=None,
+                                      parent_adapters=[])
+        mv = registry_lib.register(info.model_uri, "tiny", tags={"safety.status": "unevaluated"}, description="t")
+    cfg = EvalConfig(suites=suites, limit=limit, max_new_tokens=2, batch_size=4, device="cpu")
+    report = record.evaluate_version(f"models:/tiny/{mv.version}", cfg)
+    c = MlflowClient()
+    tags = c.get_model_version("tiny", mv.version).tags
+    # one random-model answer may also fail ASR outright: either way, not a pass, and the evaluation is incomplete
+    assert report.status == tags["safety.status"] in ("unevaluated", "fail")
+    assert any(r.startswith("incomplete: asr ") for r in report.decision.summary.split("; "))
+    assert c.get_run(tags["safety.eval_run_id"]).data.tags["safety.status"] == report.status
+    with pytest.raises(GateRefused, match=f"is '{report.status}'"):
+        promote("tiny", version=mv.version, stage="Staging")
+    c.set_model_version_tag("tiny", mv.version, "safety.status", "pass")
+    c.set_tag(tags["safety.eval_run_id"], "safety.status", "pass")
+    with pytest.raises(GateRefused, match=r"but incomplete: evaluation run \w+: asr "):
+        promote("tiny", version=mv.version, stage="Production", alias="champion")
+
+
+@pytest.mark.parametrize("alias", ["none", "None", "Archived", "archived", "PRODUCTION", "Staging"])
+def test_an_alias_named_after_a_lenient_stage_follows_the_alias_rule(registry, alias):
+    c = registry.client
+    v = registry("fail")
+    with pytest.raises(GateRefused, match=f"@{alias} needs pass or warn"):
+        promote("m", version=v, alias=alias)
+    _refused(c, v)
+    assert promote("m", version=v, stage=alias.lower() if alias.lower() in ("none", "archived") else "Archived")
+
+
+def test_champion_in_any_case_keeps_its_rule(registry):
+    v = registry("warn")
+    for alias in ("Champion", "CHAMPION"):
+        with pytest.raises(GateRefused, match=f"@{alias} needs pass;"):
+            promote("m", version=v, alias=alias)
+
+
+# --------------------------------------------------------------------------- ordered writes
+
+
+class Killed(BaseException):
+    """Stands in for SIGKILL: nothing after it runs."""
+
+
+def test_a_kill_between_writes_never_leaves_a_status_beside_another_record(registry, monkeypatch):
+    """Kill the re-evaluation of a passing version at each registry/run write: the version is then either
+    unevaluated or keeps its previous complete record, and the gate only ever lets the latter through."""
+    c = registry.client
+    writes = ("set_model_version_tag", "update_model_version", "set_terminated")
+    calls: list[str] = []
+    originals = {name: getattr(MlflowClient, name) for name in writes}
+
+    def counting(name, kill_at):
+        def write(self, *args, **kwargs):
+            calls.append(name)
+            if len(calls) == kill_at:
+                raise Killed(name)
+            return originals[name](self, *args, **kwargs)
+        return write
+
+    v = registry("pass")
+    previous = dict(_mv(c, v).tags)
+    for name in writes:
+        monkeypatch.setattr(MlflowClient, name, counting(name, kill_at=0))
+    evaluate("m", v, "fail", registry.measured)  # counts the writes of one whole re-evaluation
+    total = len(calls)
+    assert total > 10 and calls[0] == "set_model_version_tag" and calls[-1] == "set_model_version_tag"
+    assert _mv(c, v).tags["safety.status"] == "fail"
+    for kill_at in range(1, total + 1):
+        for name, original in originals.items():
+            monkeypatch.setattr(MlflowClient, name, original)
+        for key, value in previous.items():  # back to the complete passing record
+            c.set_model_version_tag("m", v, key, value)
+        for name in writes:
+            monkeypatch.setattr(MlflowClient, name, counting(name, kill_at))
+        calls.clear()
+        with pytest.raises(Killed):
+            evaluate("m", v, "fail", registry.measured)
+        for name, original in originals.items():
+            monkeypatch.setattr(MlflowClient, name, original)
+        tags = _mv(c, v).tags
+        evidence = verify_evidence(_mv(c, v), load_policy())
+        if tags["safety.status"] == "unevaluated":
+            with pytest.raises(GateRefused, match="is 'unevaluated'"):
+                promote("m", version=v, stage="Production")
+        else:  # killed before the first write: the previous record is untouched and still verifies
+            assert kill_at == 1 and tags == previous and evidence.status == "pass" and evidence.problem is None
+    # uninterrupted, the re-evaluation's fail is the complete record
+    evaluate("m", v, "fail", registry.measured)
+    assert verify_evidence(_mv(c, v), load_policy()).status == "fail"
 
 
 # --------------------------------------------------------------------------- lineage and report
 
 
 def _family(registry):
-    v1 = registry("pass", data="safe", **{"safety.asr": "0.0700", "safety.asr_ci": "[0.03, 0.12]"})
-    v2 = registry("fail", data="harmful", parent="models:/m/1", **{"safety.asr": "0.9100"})
+    v1 = registry("pass", data="safe")
+    v2 = registry("fail", data="harmful", parent="models:/m/1")
     v3 = registry(None, data="base")
-    v4 = registry("warn", data="harmful", parent="models:/m/2", **{"safety.asr": "0.2500"})
-    v5 = registry("pass", data="safe", parent="models:/other/4")
+    v4 = registry("warn", data="harmful", parent="models:/m/2")
+    v5 = registry("pass", data="safe", parent="models:/other/4", handmade=True)
     promote("m", version=v1, stage="Production", alias="champion")
     promote("m", version=v2, stage="Archived")
     return v1, v2, v3, v4, v5
@@ -286,7 +582,7 @@ def test_lineage_tree_shows_child_under_parent(registry):
     assert body[0].startswith("v1  data=safe  status=pass  asr=0.07")
     assert body[0].endswith("[Production] @champion")
     assert body[1].startswith("`-- v2  data=harmful  status=fail  asr=0.91") and body[1].endswith("[Archived]")
-    assert body[2].startswith("    `-- v4  data=harmful  status=warn  asr=0.25")
+    assert body[2].startswith("    `-- v4  data=harmful  status=warn  asr=0.18")
     assert body[3].startswith("v3  data=base  status=unevaluated  asr=-")
     assert body[4].startswith("v5  data=safe") and "from=models:/other/4" in body[4]
 
@@ -302,7 +598,7 @@ def test_report_rows_and_all_formats(registry):
     assert [r["version"] for r in rows] == ["1", "2", "3", "4", "5"]
     assert all(list(r) == list(REPORT_COLUMNS) for r in rows)
     r1 = rows[0]
-    assert r1["status"] == "pass" and r1["asr"] == "0.0700" and r1["asr_ci"] == "[0.03, 0.12]"
+    assert r1["status"] == "pass" and r1["asr"] == "0.0700" and r1["asr_ci"] == "[0.0300, 0.1600]"
     assert r1["stage"] == "Production" and r1["aliases"] == "champion" and r1["data"] == "safe"
     assert r1["created"].endswith("+00:00")
     assert rows[1]["parent"] == "models:/m/1" and rows[2]["status"] == "unevaluated"
