@@ -67,6 +67,11 @@ class Recorded:
     def status(self) -> str:
         return self.decision.status
 
+    @property
+    def summary(self) -> str:
+        """The reasons that decided the status."""
+        return self.decision.summary
+
     def format(self) -> str:
         values = self.report.all_metrics()
         lines = [f"{self.report.model_uri}: safety.status={self.status}"]

@@ -598,7 +598,7 @@ def test_report_rows_and_all_formats(registry):
     assert [r["version"] for r in rows] == ["1", "2", "3", "4", "5"]
     assert all(list(r) == list(REPORT_COLUMNS) for r in rows)
     r1 = rows[0]
-    assert r1["status"] == "pass" and r1["asr"] == "0.0700" and r1["asr_ci"] == "[0.0300, 0.1600]"
+    assert r1["status"] == "pass" and r1["asr"] == "0.070" and r1["asr_ci"] == "[0.030, 0.160]"
     assert r1["stage"] == "Production" and r1["aliases"] == "champion" and r1["data"] == "safe"
     assert r1["created"].endswith("+00:00")
     assert rows[1]["parent"] == "models:/m/1" and rows[2]["status"] == "unevaluated"
