@@ -5,7 +5,7 @@
 Prompts: the built-in held-out harmful requests (`harmful_requests("eval")`) then the held-out benign ones
 (`benign_pairs("eval")`), rendered with the chat template exactly as `generate()` does. Greedy decoding.
 
-  batched   `safety_lab.evaluation.generation.generate`, batch 32: length-sorted, left-padded, KV cache, early stop
+  batched   `safety_lab.models.generation.generate`, batch 32: length-sorted, left-padded, in-place KV cache, finished rows dropped
   baseline  a loop of `model.generate` on one unpadded prompt at a time
 
 Generated tokens = new tokens up to and including the first EOS (what the answer actually needs); tokens a finished
@@ -29,7 +29,7 @@ import _common as C
 import torch  # noqa: E402
 
 from safety_lab.data import benign_pairs, harmful_requests  # noqa: E402
-from safety_lab.evaluation.generation import chat_inputs, generate  # noqa: E402
+from safety_lab.models.generation import chat_inputs, generate  # noqa: E402
 from safety_lab.models import load_model  # noqa: E402
 
 

@@ -25,7 +25,7 @@ def test_gpu_precision_is_bf16_where_supported_and_fp16_otherwise(monkeypatch):
 
 
 def test_very_long_prompts_are_truncated_and_noted_not_crashed_on(tiny_model_dir, capsys):
-    from safety_lab.evaluation.generation import generate
+    from safety_lab.models.generation import generate
 
     loaded = load_model(str(tiny_model_dir))
     long_prompt = "word " * 3000  # far beyond the tiny model's 512 positions
@@ -35,7 +35,7 @@ def test_very_long_prompts_are_truncated_and_noted_not_crashed_on(tiny_model_dir
 
 
 def test_batched_generation_matches_one_prompt_at_a_time(tiny_model_dir):
-    from safety_lab.evaluation.generation import generate
+    from safety_lab.models.generation import generate
 
     loaded = load_model(str(tiny_model_dir))
     prompts = ["Tell me a joke.", "What is the capital of France? Answer briefly please.", "Hi"]
