@@ -47,6 +47,54 @@ def resolve_device(device: str | None = None) -> tuple[str, torch.dtype]:
     return device, torch.float32
 
 
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def bf16_native(device: str) -> bool:
+    """Whether `device` runs bf16 matmuls natively: a CUDA GPU with bf16, or a CPU where oneDNN has bf16 kernels
+    (AVX512-BF16 / AMX). Elsewhere bf16 is emulated: about 500x slower than fp32 on an AVX2-only CPU."""
+    if device.startswith("cuda"):
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The training precision chosen for a device: fp32, bf16 (autocast, fp32 master weights) or fp16 (a GPU
+    without bf16)."""
+
+    requested: str  # auto, fp32 or bf16
+    chosen: str  # fp32, bf16 or fp16
+    bf16_native: bool  # the detection result
+    reason: str
+
+    def params(self) -> dict[str, str]:
+        return {"precision": self.chosen, "precision.bf16_native": str(self.bf16_native).lower(),
+                "precision.reason": self.reason}
+
+
+def resolve_precision(precision: str = "auto", device: str | None = None) -> Precision:
+    """auto: bf16 autocast where the hardware runs bf16 natively, else what the device does today (fp32 on a CPU,
+    fp16 on a GPU without bf16). Only training follows it: evaluation loads fp32 on a CPU whatever it says."""
+    if precision not in PRECISIONS:
+        raise SafetyLabError("precision", f"must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    device, dtype = resolve_device(device)
+    native = bf16_native(device)
+    where = "GPU" if device.startswith("cuda") else "CPU"
+    if precision == "auto":
+        chosen = "bf16" if native else "fp16" if dtype == torch.float16 else "fp32"
+        reason = f"auto: {where} {'runs' if native else 'has no native'} bf16"
+    elif precision == "bf16" and device.startswith("cuda") and not native:
+        raise SafetyLabError("precision", f"bf16 requested but {device} does not support bf16")
+    else:
+        chosen = precision
+        reason = f"asked for {precision}" + ("" if native or precision == "fp32" else f" (emulated on this {where}: slow)")
+    return Precision(requested=precision, chosen=chosen, bf16_native=native, reason=reason)
+
+
 # ---------------------------------------------------------------- the embedded default
 def cache_dir() -> Path:
     return Path(os.environ.get("SAFETY_LAB_CACHE", Path.home() / ".cache" / "safety_lab"))
