@@ -154,6 +154,7 @@ class RunConfig(_Coerce):
     evaluate: bool = field(default=True, **_help("evaluate the registered version (sets its safety status)"))
     register: bool = field(default=True, **_help("register the best model; false = a tuning worker (run register-best after)"))
     trust_remote_code: bool = field(default=False, **_help("allow model code from the hub (off unless you ask)"))
+    verify_cache: bool = field(default=False, **_help("re-hash the cached embedded model even when its sizes and mtimes match"))
 
     def __post_init__(self):
         self._coerce()
