@@ -91,7 +91,8 @@ def resolve_precision(precision: str = "auto", device: str | None = None) -> Pre
         raise SafetyLabError("precision", f"bf16 requested but {device} does not support bf16")
     else:
         chosen = precision
-        reason = f"asked for {precision}" + ("" if native or precision == "fp32" else f" (emulated on this {where}: slow)")
+        emulated = not native and precision == "bf16"
+        reason = f"asked for {precision}" + (f" (emulated on this {where}: slow)" if emulated else "")
     return Precision(requested=precision, chosen=chosen, bf16_native=native, reason=reason)
 
 

@@ -70,7 +70,8 @@ class _InPlaceLayer(StaticLayer):
 
 def _step(model, cache: Cache, input_ids, mask, position_ids, keep_one: bool) -> torch.Tensor:
     extra = {"logits_to_keep": 1} if keep_one else {}
-    out = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, cache=cache, use_cache=True, **extra)
+    out = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, cache=cache, use_cache=True,
+                **extra)
     return out.logits[:, -1].float()
 
 

@@ -1,4 +1,4 @@
-"""LoRA supervised fine-tuning with TRL's SFTTrainer: precision from the hardware, padding-free batches, no checkpointing."""
+"""LoRA supervised fine-tuning with TRL's SFTTrainer: precision from the hardware, padding-free batches."""
 from __future__ import annotations
 
 import copy

@@ -61,7 +61,8 @@ def _small_cache(tmp_path, *, stats: bool = True):
     return target
 
 
-def test_a_cached_model_is_checked_by_size_and_mtime_and_hashed_only_when_they_differ_or_on_demand(tmp_path, monkeypatch):
+def test_a_cached_model_is_checked_by_size_and_mtime_and_hashed_only_when_they_differ_or_on_demand(tmp_path,
+                                                                                                  monkeypatch):
     import os
 
     from safety_lab import models
@@ -90,7 +91,8 @@ def test_an_older_cache_without_stats_is_hashed_once_then_checked_by_stats(tmp_p
 
     target = _small_cache(tmp_path, stats=False)
     assert models._cache_is_valid(target)  # hashed: the digests match
-    assert set(json.loads((target / models._MANIFEST).read_text())["stats"]) == {"model.safetensors", "tokenizer_config.json"}
+    stats = json.loads((target / models._MANIFEST).read_text())["stats"]
+    assert set(stats) == {"model.safetensors", "tokenizer_config.json"}
     monkeypatch.setattr(models, "_sha256", lambda p: pytest.fail("hashed again"))
     assert models._cache_is_valid(target)
     assert [p.name for p in target.iterdir() if p.name.startswith(".manifest-")] == []

@@ -1,7 +1,6 @@
 import pytest
 import torch
 
-from safety_lab import models
 from safety_lab.config import DataConfig, TrainConfig
 from safety_lab.data import load_dataset
 from safety_lab.errors import SafetyLabError
@@ -35,7 +34,8 @@ def test_precision_auto_follows_the_hardware(monkeypatch):
         monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda native=native: native)
         precision = resolve_precision("auto", "cpu")
         assert (precision.chosen, precision.bf16_native) == (chosen, native)
-        assert precision.params()["precision"] == chosen and precision.params()["precision.bf16_native"] == str(native).lower()
+        params = precision.params()
+        assert params["precision"] == chosen and params["precision.bf16_native"] == str(native).lower()
         args = sft_config(TrainConfig(device="cpu"), "/tmp/unused", n_val=1)
         assert args.bf16 is native and args.fp16 is False
         assert args.gradient_checkpointing is False and args.completion_only_loss is True
