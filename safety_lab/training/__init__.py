@@ -155,5 +155,7 @@ def train_lora(model: torch.nn.Module, tokenizer, train_rows: list[dict], val_ro
                 result.final_eval_loss = result.eval_losses[-1][1]
             else:
                 result.final_eval_loss = float(trainer.evaluate()["eval_loss"])
-        result.model = trainer.model.eval()
+        # Mixed precision patches the model's forward with bf16 autocast; without unwrapping, every later use of the
+        # trained model (the reload check, in-loop evaluations) would run in bf16 too. Evaluation stays fp32.
+        result.model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False).eval()
     return result

@@ -72,6 +72,11 @@ def test_bf16_autocast_training_reaches_the_fp32_validation_loss(tiny_model_dir)
     assert fp32.final_eval_loss < fp32.initial_eval_loss and bf16.final_eval_loss < bf16.initial_eval_loss
     diff = abs(bf16.final_eval_loss - fp32.final_eval_loss)
     assert 0 < diff < BF16_LOSS_TOLERANCE, (fp32.final_eval_loss, bf16.final_eval_loss)  # > 0: autocast really ran
+    # the trained model is handed back without the autocast wrapper: what uses it next (reload check, evaluation) is fp32
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6]])
+    with torch.inference_mode():
+        plain = type(bf16.model).forward(bf16.model, input_ids=ids).logits
+        assert torch.equal(bf16.model(input_ids=ids).logits, plain) and plain.dtype == torch.float32
 
 
 def test_padding_free_training_gives_the_padded_losses_and_counts_the_same_tokens(tiny_model_dir):
