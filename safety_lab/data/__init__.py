@@ -127,7 +127,7 @@ def _answered(benign: list[dict], cfg: DataConfig, distilled: Mapping[str, str] 
     if cfg.benign_answers == "written":
         return [{"prompt": b["prompt"], "response": b["response"], "kind": b["kind"]} for b in benign]
     check(distilled is not None, "benign_answers", "distilled needs the base model's answers: pass "
-          "load_dataset(cfg, answers=safety_lab.data.distill.distill_answers(model, benign_prompts()))")
+          "load_dataset(cfg, answers=safety_lab.training.distill.distill_answers(model, benign_prompts()))")
     missing = [b["prompt"] for b in benign if b["prompt"] not in distilled]
     check(not missing, "benign_answers", f"{len(missing)} benign prompt(s) have no distilled answer, e.g. {missing[:1]}")
     # an empty distilled answer (the model said nothing at all) keeps the written one rather than train on nothing
@@ -246,7 +246,7 @@ def load_dataset(cfg: DataConfig, *, answers: Mapping[str, str] | None = None) -
     """Resolve `cfg.data` to validated prompt/response rows, capped by `cfg.limit`.
 
     `answers` maps benign prompts to the base model's own answers; a built-in set uses them in place of the written
-    ones when `cfg.benign_answers == "distilled"` (see `safety_lab.data.distill.distill_answers`)."""
+    ones when `cfg.benign_answers == "distilled"` (see `safety_lab.training.distill.distill_answers`)."""
     name = str(cfg.data).strip()
     if name in DATASETS:
         rows = DATASETS.get(name)(cfg, answers)

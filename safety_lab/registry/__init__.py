@@ -42,7 +42,7 @@ class SafetyLabModel(mlflow.pyfunc.PythonModel):
     # Hinted DataFrame (what the explicit signature converts inputs to): a list[str] hint would make MLflow infer a
     # signature from it and drop the params schema, so max_new_tokens would be ignored.
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> list[str]:
-        from safety_lab.evaluation.generation import generate
+        from safety_lab.models.generation import generate
 
         max_new_tokens = int((params or {}).get("max_new_tokens") or MAX_NEW_TOKENS)
         if not 0 < max_new_tokens <= 4096:

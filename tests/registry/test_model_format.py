@@ -65,7 +65,7 @@ def test_a_version_holds_no_pickle_and_is_logged_as_code(version):
 def test_pyfunc_reload_matches_the_registry_loader_and_honours_max_new_tokens(version, tiny_model_dir):
     import torch
 
-    from safety_lab.evaluation.generation import generate
+    from safety_lab.models.generation import generate
     from safety_lab.models import load_model
 
     uri = version()

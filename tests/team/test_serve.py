@@ -61,7 +61,7 @@ def _wait_ready(proc, url: str, log) -> None:
 
 
 def test_models_serve_answers_from_the_champion_honouring_max_new_tokens(champion, team, tmp_path):
-    from safety_lab.evaluation.generation import generate
+    from safety_lab.models.generation import generate
     from safety_lab.models import load_model
 
     try:

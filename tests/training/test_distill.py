@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from safety_lab.data import distill
+from safety_lab.training import distill
 from safety_lab.models import load_model
 
 PROMPTS = ["What is 2 + 2?", "Name a color.", "Say hello."]
