@@ -66,7 +66,7 @@ def _checkout_files() -> dict[str, float]:
 
 def _session_cache(real: Path, scratch: Path) -> None:
     """Link the converted default model of the real cache into the session's cache (read only: links, no copy)."""
-    from safety_lab.models import _MANIFEST
+    from safety_lab.models.base import _MANIFEST
 
     model = real / "smollm2-135m-instruct"
     if not (model / _MANIFEST).is_file():  # then converted into the scratch cache, never into the real one

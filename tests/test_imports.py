@@ -139,13 +139,11 @@ def test_the_walk_sees_the_real_package():
     assert "safety_lab.config" in graph["safety_lab.cli"] and "safety_lab.errors" in graph["safety_lab.config"]
 
 
-@pytest.mark.xfail(strict=True, reason="cycles removed by the integrator")
 def test_no_import_cycle_between_parts_of_safety_lab():
     found = cycles(layers(import_graph(PACKAGE)))
     assert found == [], f"import cycles between parts of safety_lab: {found}"
 
 
-@pytest.mark.xfail(strict=True, reason="cycles removed by the integrator")
 def test_no_import_cycle_between_modules_of_safety_lab():
     found = cycles(import_graph(PACKAGE))
     assert found == [], f"import cycles between modules of safety_lab: {found}"

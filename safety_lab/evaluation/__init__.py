@@ -21,7 +21,7 @@ from pathlib import Path
 
 from safety_lab.config import _Coerce, _help
 from safety_lab.errors import check
-from safety_lab.evaluation import metrics as M
+import safety_lab.evaluation.metrics as M
 from safety_lab.evaluation.judges import JUDGE_STYLES, JUDGES, check_llm_judge_options
 from safety_lab.evaluation.metrics import MATCH_MODES
 from safety_lab.evaluation.specs import METRICS, MetricSpec

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from safety_lab.components import Registry
 from safety_lab.data import benign_pairs, builtin, harmful_requests, lookalike_requests, read_records
 from safety_lab.errors import check
-from safety_lab.evaluation import metrics as M
+import safety_lab.evaluation.metrics as M
 from safety_lab.models.generation import _left_pad, chat_inputs, generate
 from safety_lab.evaluation.judges import get_judge, is_refusal
 from safety_lab.evaluation.specs import METRICS, MetricSpec, count, rate

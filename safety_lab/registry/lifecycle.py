@@ -42,7 +42,8 @@ from safety_lab.policy import (
     policy_json,
     policy_summary,
 )
-from safety_lab.registry import UNEVALUATED, parse_uri
+from safety_lab.models import parse_uri
+from safety_lab.registry import UNEVALUATED
 from safety_lab.reporting import tables
 from safety_lab.reporting.tables import tagged_columns
 from safety_lab.tracking import actor

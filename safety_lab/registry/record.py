@@ -16,9 +16,9 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from safety_lab.evaluation import METRICS, EvalConfig, EvalReport, Reference, evaluate
-from safety_lab.models import DEFAULT_MODEL, load_model, weights_sha256
+from safety_lab.models import DEFAULT_MODEL, chain_sha256, load_model, resolve_version, weights_sha256
 from safety_lab.policy import Decision, Policy, decide, fingerprint, load_policy, policy_json, policy_summary
-from safety_lab.registry import UNEVALUATED, chain_sha256, resolve_version, tag_version
+from safety_lab.registry import UNEVALUATED, tag_version
 from safety_lab.reporting import plots
 from safety_lab.reporting.cards import safety_card
 from safety_lab.tracking import start_experiment

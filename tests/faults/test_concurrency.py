@@ -28,7 +28,7 @@ def test_two_finetunes_at_once_give_two_complete_versions(tiny_model_dir, mlflow
 
 def test_two_processes_converting_the_model_cache_at_once_leave_a_valid_cache(tmp_path):
     env = {**os.environ, "SAFETY_LAB_CACHE": str(tmp_path / "cache")}
-    code = "from safety_lab.models import ensure_default_model, _cache_is_valid; p = ensure_default_model(); print(_cache_is_valid(p))"
+    code = "from safety_lab.models.base import ensure_default_model, _cache_is_valid; p = ensure_default_model(); print(_cache_is_valid(p))"
     procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
     outs = [p.communicate(timeout=600) for p in procs]

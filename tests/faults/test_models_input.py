@@ -48,7 +48,7 @@ def _small_cache(tmp_path, *, stats: bool = True):
     """A cache folder laid out as ensure_default_model writes it, with small files instead of the model."""
     import json
 
-    from safety_lab import models
+    from safety_lab.models import base as models
 
     target = tmp_path / "cache"
     target.mkdir()
@@ -65,7 +65,7 @@ def test_a_cached_model_is_checked_by_size_and_mtime_and_hashed_only_when_they_d
                                                                                                   monkeypatch):
     import os
 
-    from safety_lab import models
+    from safety_lab.models import base as models
 
     target = _small_cache(tmp_path)
     real_sha = models._sha256
@@ -87,7 +87,7 @@ def test_a_cached_model_is_checked_by_size_and_mtime_and_hashed_only_when_they_d
 def test_an_older_cache_without_stats_is_hashed_once_then_checked_by_stats(tmp_path, monkeypatch):
     import json
 
-    from safety_lab import models
+    from safety_lab.models import base as models
 
     target = _small_cache(tmp_path, stats=False)
     assert models._cache_is_valid(target)  # hashed: the digests match

@@ -36,7 +36,7 @@ def test_an_adapter_for_another_architecture_fails_in_one_line(tiny_model_dir, t
 def test_a_corrupt_model_cache_is_detected_and_rebuilt(tmp_path, monkeypatch):
     import shutil
 
-    from safety_lab import models
+    from safety_lab.models import base as models
 
     real = models.ensure_default_model()
     monkeypatch.setenv("SAFETY_LAB_CACHE", str(tmp_path))

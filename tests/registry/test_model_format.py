@@ -10,6 +10,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from safety_lab import registry
+from safety_lab.models.registered import LINEAGE_FILE, resolve_version
 from safety_lab.errors import SafetyLabError
 
 
@@ -40,13 +41,13 @@ def version(mlflow_store, tiny_model_dir, tmp_path):
 
 def _artifacts(uri: str) -> Path:
     """The version's own folder in the (local) artifact store: what an attacker with write access edits."""
-    root = Path(mlflow.artifacts.download_artifacts(artifact_uri=registry.resolve_version(uri).source))
+    root = Path(mlflow.artifacts.download_artifacts(artifact_uri=resolve_version(uri).source))
     assert (root / "MLmodel").is_file()
     return root
 
 
 def _tamper(uri: str, **changes) -> None:
-    path = _artifacts(uri) / "artifacts" / registry.LINEAGE_FILE
+    path = _artifacts(uri) / "artifacts" / LINEAGE_FILE
     path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
 
 
@@ -82,7 +83,7 @@ def test_pyfunc_reload_matches_the_registry_loader_and_honours_max_new_tokens(ve
 
 
 def test_a_lineage_cannot_turn_on_trust_remote_code(version, monkeypatch):
-    from safety_lab import models
+    from safety_lab.models import base as models
 
     seen = []
     real = models._load_hf
