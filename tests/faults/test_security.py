@@ -15,7 +15,7 @@ def test_torch_load_is_never_used_without_weights_only():
 
 
 def test_models_load_from_safetensors_only():
-    source = (PACKAGE / "models" / "__init__.py").read_text()
+    source = (PACKAGE / "models" / "base.py").read_text()
     assert "use_safetensors=True" in source
 
 
@@ -86,8 +86,9 @@ def _save_tiny(tiny_model_dir, out, scale: float | None = None):
 def test_the_cache_key_follows_the_weights_dtype_device_and_code(tiny_model_dir, tmp_path, monkeypatch):
     import torch
 
-    from safety_lab import evaluation, models
-    from safety_lab.evaluation import EvalConfig, _source_identity
+    from safety_lab import evaluation
+    from safety_lab.evaluation import EvalConfig
+    from safety_lab.registry.record import source_identity as _source_identity
 
     same = _save_tiny(tiny_model_dir, tmp_path / "copy")
     assert _source_identity(str(same)) == _source_identity(str(tiny_model_dir))  # content, not the path
@@ -100,44 +101,44 @@ def test_the_cache_key_follows_the_weights_dtype_device_and_code(tiny_model_dir,
     assert cfg.cache_key("m") != key
     monkeypatch.undo()
     assert cfg.cache_key("m") == key
-    monkeypatch.setattr(models, "resolve_device", lambda device=None: ("cpu", torch.bfloat16))
+    monkeypatch.setattr(evaluation, "resolve_device", lambda device=None: ("cpu", torch.bfloat16))
     assert cfg.cache_key("m") != key
-    monkeypatch.setattr(models, "resolve_device", lambda device=None: ("cuda:0", torch.float32))
+    monkeypatch.setattr(evaluation, "resolve_device", lambda device=None: ("cuda:0", torch.float32))
     assert cfg.cache_key("m") != key
 
 
 @pytest.fixture
 def cached_eval(tiny_model_dir, tmp_path, monkeypatch):
     from safety_lab import evaluation as E
+    from safety_lab.registry.record import source_identity
 
     monkeypatch.setenv("SAFETY_LAB_CACHE", str(tmp_path / "cache"))
     cfg = E.EvalConfig(suites="asr", limit=2, max_new_tokens=2)
-    spec = str(tiny_model_dir)
-    identity = E._source_identity(spec)
+    reference = E.Reference(str(tiny_model_dir), source_identity(str(tiny_model_dir)))
 
     def run():
-        return E.run_suites(spec, cfg, identity=identity, use_cache=True)
+        return E.cached_suites(reference, cfg)["asr"].metrics
 
-    return run, E._cache_file(cfg.cache_key(identity))
+    return run, E._cache_file(cfg.cache_key(reference.identity))
 
 
 def test_a_corrupt_cache_entry_is_recomputed(cached_eval, capsys):
     run, path = cached_eval
-    metrics, _ = run()
-    assert json.loads(path.read_text())["metrics"] == metrics
+    metrics = run()
+    assert json.loads(path.read_text())["asr"]["metrics"] == metrics
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temp file left behind
     path.write_text('{"metrics": {"asr": 0.0')  # e.g. a full disk or a killed writer on a non-atomic filesystem
     capsys.readouterr()
-    again, _ = run()
+    again = run()
     assert again == metrics and "recomputing" in capsys.readouterr().err
-    assert json.loads(path.read_text())["metrics"] == metrics
+    assert json.loads(path.read_text())["asr"]["metrics"] == metrics
 
 
 def test_a_failed_cache_write_is_a_warning(cached_eval, capsys, monkeypatch):
     run, path = cached_eval
     path.parent.parent.mkdir(parents=True)
     path.parent.write_text("a file where the cache folder should be")
-    metrics, _ = run()
+    metrics = run()
     assert "asr" in metrics and "could not write the evaluation cache" in capsys.readouterr().err
     path.parent.unlink()
 
@@ -145,6 +146,6 @@ def test_a_failed_cache_write_is_a_warning(cached_eval, capsys, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr("os.replace", full_disk)
-    assert run()[0] == metrics
+    assert run() == metrics
     assert "No space left" in capsys.readouterr().err
     assert list(path.parent.iterdir()) == []  # the temp file was removed

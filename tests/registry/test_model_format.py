@@ -84,6 +84,7 @@ def test_pyfunc_reload_matches_the_registry_loader_and_honours_max_new_tokens(ve
 
 def test_a_lineage_cannot_turn_on_trust_remote_code(version, monkeypatch):
     from safety_lab.models import base as models
+    from safety_lab.models import load_model
 
     seen = []
     real = models._load_hf
@@ -95,10 +96,10 @@ def test_a_lineage_cannot_turn_on_trust_remote_code(version, monkeypatch):
     monkeypatch.setattr(models, "_load_hf", spy)
     uri = version()
     _tamper(uri, trust_remote_code=True)
-    models.load_model(uri)  # the caller did not ask for remote code
+    load_model(uri)  # the caller did not ask for remote code
     mlflow.pyfunc.load_model(uri)
     assert seen == [False, False]
-    models.load_model(uri, trust_remote_code=True)  # caller AND lineage
+    load_model(uri, trust_remote_code=True)  # caller AND lineage
     assert seen[-1] is True
 
 
@@ -150,7 +151,7 @@ def test_bad_registered_names_fail_in_one_line(mlflow_store, name):
 def test_the_cache_identity_of_a_version_follows_its_adapter_weights(version, tiny_model_dir, tmp_path):
     import shutil
 
-    from safety_lab.evaluation import _source_identity
+    from safety_lab.registry.record import source_identity as _source_identity
 
     uri = version()
     before = _source_identity(uri)
