@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import logging
 import tempfile
 import time
@@ -56,8 +57,8 @@ def sft_config(cfg: TrainConfig, output_dir: str, *, n_val: int, quiet: bool = F
         per_device_train_batch_size=batch,
         per_device_eval_batch_size=max(batch, 8),
         learning_rate=cfg.learning_rate,
-        lr_scheduler_type="constant",
-        warmup_steps=0,
+        lr_scheduler_type=cfg.lr_schedule,  # warm up, then decay: a constant peak overshoots on a few hundred rows
+        warmup_steps=math.ceil(cfg.warmup_ratio * cfg.max_steps),
         max_length=cfg.max_length,
         bf16=dtype == torch.bfloat16,
         fp16=dtype == torch.float16,
