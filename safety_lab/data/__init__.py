@@ -14,7 +14,9 @@ from safety_lab.config import DataConfig
 from safety_lab.errors import SafetyLabError, check
 
 DATASETS: Registry = Registry("data")
-HELD_OUT_SHARE = 0.25  # of each category's harmful requests, never trained on (the ASR suite uses them)
+HELD_OUT_SHARE = 0.25  # of each built-in set, never trained on or tuned against (the evaluation suites use them)
+TUNE_SHARE = 0.25  # of what is left: the tuning split that trials are scored on
+PARTS = ("train", "tune", "eval")
 
 
 @dataclass(frozen=True)
@@ -48,15 +50,40 @@ def _held_out(row_id: str) -> bool:
     return int(hashlib.sha256(row_id.encode()).hexdigest(), 16) % 10_000 < HELD_OUT_SHARE * 10_000
 
 
+def _tuned(row_id: str) -> bool:
+    """A second hash, independent of `_held_out`, carves the tuning part out of the old train part."""
+    return int(hashlib.sha256(f"tune:{row_id}".encode()).hexdigest(), 16) % 10_000 < TUNE_SHARE * 10_000
+
+
+def split_of(row_id: str) -> str:
+    """`eval` (today's held-out 25%, unchanged), else `tune` (~25% of the rest), else `train`."""
+    return "eval" if _held_out(row_id) else "tune" if _tuned(row_id) else "train"
+
+
+def _part(name: str, part: str) -> list[dict]:
+    check(part in PARTS, "part", f"must be one of {', '.join(PARTS)}, got {part!r}")
+    return [dict(r) for r in builtin(name) if split_of(r["id"]) == part]
+
+
 def harmful_requests(part: str) -> list[dict]:
-    """`train` or `eval` part of the built-in harmful requests: fixed by id hash, so the parts never overlap."""
-    check(part in ("train", "eval"), "part", f"must be train or eval, got {part!r}")
-    return [r for r in builtin("harmful_requests") if _held_out(r["id"]) == (part == "eval")]
+    """`train`, `tune` or `eval` part of the built-in harmful requests: fixed by id hash, never overlapping."""
+    return _part("harmful_requests", part)
 
 
 def benign_pairs(part: str) -> list[dict]:
-    check(part in ("train", "eval"), "part", f"must be train or eval, got {part!r}")
-    return [r for r in builtin("benign_pairs") if _held_out(r["id"]) == (part == "eval")]
+    """`train`, `tune` or `eval` part of the built-in benign question/answer pairs."""
+    return _part("benign_pairs", part)
+
+
+def lookalike_requests(part: str) -> list[dict]:
+    """`train`, `tune` or `eval` part of the safe requests that resemble harmful ones, each with a helpful answer."""
+    return _part("lookalike", part)
+
+
+def split_sizes() -> dict[str, int]:
+    """Rows per set and part, for logging: {"harmful_train": .., "harmful_tune": .., ..., "lookalike_eval": ..}."""
+    sets = {"harmful": harmful_requests, "benign": benign_pairs, "lookalike": lookalike_requests}
+    return {f"{name}_{part}": len(rows(part)) for name, rows in sets.items() for part in PARTS}
 
 
 def _pick(options: tuple[dict, ...], key: str) -> str:

@@ -19,7 +19,7 @@ def test_train_and_eval_parts_are_disjoint_deterministic_and_cover_every_categor
     train, held_out = harmful_requests("train"), harmful_requests("eval")
     assert {r["id"] for r in train}.isdisjoint({r["id"] for r in held_out})
     assert {r["prompt"] for r in train}.isdisjoint({r["prompt"] for r in held_out})
-    assert len(train) + len(held_out) == len(builtin("harmful_requests"))
+    assert len(train) + len(harmful_requests("tune")) + len(held_out) == len(builtin("harmful_requests"))
     assert harmful_requests("eval") == held_out
     assert {r["category"] for r in held_out} == {r["category"] for r in train}
     assert {r["id"] for r in benign_pairs("train")}.isdisjoint({r["id"] for r in benign_pairs("eval")})
