@@ -147,7 +147,7 @@ class TuneConfig(_Coerce):
         check(1 <= self.probe_prompts <= 1000, "probe_prompts", f"must be in [1, 1000], got {self.probe_prompts}")
         check(1 <= self.probe_tokens <= 512, "probe_tokens", f"must be in [1, 512], got {self.probe_tokens}")
 
-    def resolved(self, data_name: str) -> "TuneConfig":
+    def resolved(self, data_name: str) -> TuneConfig:
         """The objective made explicit: `loss` for the harmful set (the attack replication is not tuned for safety)."""
         return self if self.objective else dataclasses.replace(self, objective="loss" if data_name == "harmful" else "safety")
 

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import copy
-import math
 import logging
+import math
 import tempfile
 import time
 from dataclasses import dataclass, field

@@ -9,8 +9,8 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Sequence
 
 import torch
 
@@ -51,7 +51,7 @@ class Probe:
 
     @classmethod
     def sample(cls, harmful: Sequence[dict], benign: Sequence[dict], lookalike: Sequence[dict], *, per_kind: int = 16,
-               seed: int = 0) -> "Probe":
+               seed: int = 0) -> Probe:
         """A seeded sample of `per_kind` prompts of each kind, stratified by category (round-robin over categories)."""
         return cls(harmful=_stratified(harmful, per_kind, seed), benign=_stratified(benign, per_kind, seed),
                    lookalike=_stratified(lookalike, per_kind, seed))

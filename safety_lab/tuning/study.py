@@ -55,6 +55,7 @@ def open_study(cfg: TuneConfig, study_name: str, pruner: optuna.pruners.BasePrun
     Retried, because workers starting together race to create the schema."""
     import sqlalchemy.exc
 
+    study, error = None, None
     for attempt in range(6):
         try:
             if create:
@@ -71,8 +72,6 @@ def open_study(cfg: TuneConfig, study_name: str, pruner: optuna.pruners.BasePrun
         except (ValueError, ImportError, optuna.exceptions.StorageInternalError) as exc:
             error = exc
             break
-    else:
-        study = None
     if study is None:
         first = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
         raise SafetyLabError("storage", f"cannot open Optuna storage {redact(cfg.storage)} ({redact(first)})") from None
