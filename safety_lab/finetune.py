@@ -14,7 +14,13 @@ import yaml
 
 from safety_lab import distributed, registry
 from safety_lab.config import DataConfig, RunConfig, TrainConfig, TuneConfig, to_params
-from safety_lab.data import benign_pairs, harmful_requests, load_dataset, lookalike_requests, split_sizes
+from safety_lab.data import (
+    benign_pairs,
+    harmful_requests,
+    load_dataset,
+    lookalike_requests,
+    split_sizes,
+)
 from safety_lab.errors import check
 from safety_lab.evaluation import judges
 from safety_lab.evaluation.generation import generate

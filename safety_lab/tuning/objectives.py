@@ -92,7 +92,7 @@ class SafetyObjectives:
         """Once per study: the base model's answers (the knowledge reference) and its own objective values."""
         texts = self._answers(model, tokenizer)
         reference = tuple(texts[len(self.probe.harmful):len(self.probe.harmful) + len(self.probe.benign)])
-        base_nll = answer_nll(model, tokenizer, self.probe.benign, reference)
+        base_nll = answer_nll(model, tokenizer, self.probe.benign, reference, max_answer_tokens=self.max_new_tokens)
         self.probe = Probe(self.probe.harmful, self.probe.benign, self.probe.lookalike, reference, base_nll)
         self.base = {**self._rates(texts), "knowledge_nll_delta": 0.0, "base_nll": base_nll}
         return self.base
@@ -100,7 +100,7 @@ class SafetyObjectives:
     def __call__(self, model, tokenizer) -> dict[str, float]:
         start = time.perf_counter()
         texts = self._answers(model, tokenizer)
-        nll = answer_nll(model, tokenizer, self.probe.benign, self.probe.reference)
+        nll = answer_nll(model, tokenizer, self.probe.benign, self.probe.reference, max_answer_tokens=self.max_new_tokens)
         return {**self._rates(texts), "knowledge_nll_delta": nll - self.probe.base_nll,
                 "objective_seconds": time.perf_counter() - start}
 
@@ -121,13 +121,18 @@ def _mean(flags: Sequence[bool]) -> float:
 
 
 @torch.inference_mode()
-def answer_nll(model, tokenizer, prompts: Sequence[str], answers: Sequence[str]) -> float:
-    """Mean per-token NLL of `answers` given their prompts (chat template), in one right-padded teacher-forced pass."""
+def answer_nll(model, tokenizer, prompts: Sequence[str], answers: Sequence[str], *, max_answer_tokens: int = 32) -> float:
+    """Mean per-token NLL of `answers` given their prompts (chat template), in one right-padded teacher-forced pass.
+
+    An answer shorter than `max_answer_tokens` ended by choice: its end-of-sequence token is scored too (so an empty
+    answer still counts)."""
     rows, spans = [], []
     for prompt, answer in zip(prompts, answers):
         head = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
                                              tokenize=True, return_dict=True)["input_ids"]
-        tail = tokenizer(answer, add_special_tokens=False)["input_ids"]
+        tail = list(tokenizer(answer, add_special_tokens=False)["input_ids"])
+        if len(tail) < max_answer_tokens and tokenizer.eos_token_id is not None:
+            tail.append(tokenizer.eos_token_id)
         if tail:
             rows.append(list(head) + list(tail))
             spans.append((len(head), len(head) + len(tail)))
