@@ -98,3 +98,21 @@ def test_a_changed_file_with_the_same_name_starts_a_new_study(tiny_model_dir, ml
     assert _finetune(tiny_model_dir, storage, "--data", str(data), "--study-name", v1.tags["optuna.study"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]  # (above it: progress bars of the model load)
     assert err.startswith("error: study_name:") and "data_sha256" in err and "Traceback" not in err
+
+
+def test_register_best_picks_from_every_worker_with_the_same_rule_and_registers_once(tiny_model_dir, mlflow_store, tmp_path):
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    worker = ["--data", "harmful", "--register", "false", "--study-name", "shared"]
+    assert _finetune(tiny_model_dir, storage, *worker) == 0
+    assert _finetune(tiny_model_dir, storage, *worker) == 0  # another worker joins the same keyed study
+    study = optuna.load_study(study_name="shared", storage=storage)
+    assert len(study.trials) == 2 and len({t.user_attrs["tune_run_id"] for t in study.trials}) == 2
+    register = ["register-best", "--study-name", "shared", "--storage", storage, "--model-name", "keyed",
+                "--evaluate", "false"]
+    assert main(register) == 0
+    mv, trial_run = _version(1)
+    best = min(study.trials, key=lambda t: t.value)
+    assert mv.tags["tuning.best_trial"] == str(best.number) and mv.tags["tuning.selection"] == "loss"
+    assert trial_run.info.run_id == best.user_attrs["mlflow_run_id"]
+    assert mv.tags["data.sha256"] == best.user_attrs["data_sha256"]
+    assert main(register) == 0 and len(MlflowClient().search_model_versions("name='keyed'")) == 1
