@@ -143,8 +143,8 @@ def finetune(run: RunConfig, data_cfg: DataConfig, train_cfg: TrainConfig, tune_
         mlflow.set_tag("base_model", loaded.base_model)
         study = _study_options(model_name, data, data_cfg, loaded, train_cfg, tune_cfg)
         with timings.stage("tuning"), tempfile.TemporaryDirectory(prefix="safety-lab-") as work:
-            result = tune(loaded.model, loaded.tokenizer, train_rows, val_rows, train_cfg, tune_cfg, work_dir=Path(work),
-                          pruner=pruner, quiet=quiet, **study)
+            result = tune(loaded.model, loaded.tokenizer, train_rows, val_rows, train_cfg, tune_cfg,
+                          work_dir=Path(work), pruner=pruner, quiet=quiet, **study)
             _check_lineage(result, data.sha256, active.info.run_id)
             _log_tuning(result, tune_cfg)
             out = FinetuneResult(run_id=active.info.run_id, model_name=model_name, version="", model_uri="",
@@ -219,27 +219,29 @@ def register_best(run: RunConfig, tune_cfg: TuneConfig, *, eval_options: dict | 
           f"study {tune_cfg.study_name!r} has no completed trial in {redact(tune_cfg.storage)}")
     with tempfile.TemporaryDirectory(prefix="safety-lab-") as work:
         result = select(study, tune_cfg, Path(work))  # the same rule and result as the end of tune()
-        worker = mlflow.get_run(result.tune_run_id or mlflow.get_run(result.best_run_id).data.tags["mlflow.parentRunId"])
+        worker = mlflow.get_run(result.tune_run_id
+                                or mlflow.get_run(result.best_run_id).data.tags["mlflow.parentRunId"])
         model_name = run.model_name or worker.data.tags.get("model_name") or registry.default_model_name(run.base_model)
         existing = registry.find_versions(model_name, {"optuna.study": tune_cfg.study_name,
                                                        "tuning.best_trial": str(result.best_trial)})
         if existing:
             mv = existing[0]
-            print(f"[safety_lab] study {tune_cfg.study_name!r} is already registered as {model_name} version {mv.version}")
+            print(f"[safety_lab] study {tune_cfg.study_name!r} is already registered as {model_name} "
+                  f"version {mv.version}")
             return FinetuneResult(run_id=mv.run_id, model_name=model_name, version=str(mv.version),
                                   model_uri=f"models:/{model_name}/{mv.version}", best_value=result.best_value,
                                   best_params=result.best_params, timings=timings,
                                   status=mv.tags.get("safety.status", "unevaluated"))
         with _open_run(run, f"register-best-{tune_cfg.study_name}", "register-best") as active:
             with timings.stage("model_load"):
-                loaded = load_model(worker.data.params.get("run.base_model", worker.data.tags.get("base_model", run.base_model)),
-                                    device=None, trust_remote_code=run.trust_remote_code)
+                base = worker.data.params.get("run.base_model", worker.data.tags.get("base_model", run.base_model))
+                loaded = load_model(base, device=None, trust_remote_code=run.trust_remote_code)
             _log_tuning(result, tune_cfg)
             out = FinetuneResult(run_id=active.info.run_id, model_name=model_name, version="", model_uri="",
                                  best_value=result.best_value, best_params=result.best_params, timings=timings)
             tags = {k: worker.data.params[k] for k in ("data.name", "data.rows") if k in worker.data.params}
-            _publish(out, loaded, result, {**tags, "data.sha256": result.data_sha256 or worker.data.params.get("data.sha256", "")},
-                     run, timings)
+            tags["data.sha256"] = result.data_sha256 or worker.data.params.get("data.sha256", "")
+            _publish(out, loaded, result, tags, run, timings)
             if eval_cfg is not None:
                 _evaluate(out, eval_cfg, timings)
             timings.log()

@@ -142,8 +142,8 @@ class _Trials:
             if self.main:
                 self._start(trial, run, cfg)
             try:
-                result = train_lora(self.model, self.tokenizer, self.train_rows, self.val_rows, cfg, on_eval=self.on_eval,
-                                    on_log=self.on_log, quiet=self.quiet or not self.main,
+                result = train_lora(self.model, self.tokenizer, self.train_rows, self.val_rows, cfg,
+                                    on_eval=self.on_eval, on_log=self.on_log, quiet=self.quiet or not self.main,
                                     initial_eval_loss=self.baseline.get("loss"))
             except optuna.TrialPruned as pruned:
                 # A pruned trial is a normal outcome: the run finishes, tagged, and Optuna records PRUNED.
@@ -182,7 +182,7 @@ class _Trials:
             raise optuna.TrialPruned(f"val_loss {loss:.4f} at step {step}")
 
     def _prune_on_val_loss(self, trial: optuna.Trial, step: int, loss: float) -> bool:
-        # Trial.report is single-objective only: the storage keeps the curve the same way, for the pruner and dashboards.
+        # Trial.report is single-objective only: the storage keeps the curve the same way (pruner, dashboards).
         storage = self.study._storage
         storage.set_trial_intermediate_value(trial._trial_id, step, loss)
         return self.study.pruner.prune(self.study, storage.get_trial(trial._trial_id))
@@ -201,7 +201,8 @@ class _Trials:
         trial.set_user_attr(VAL_LOSS, result.final_eval_loss)
         mlflow.set_tag("optuna.state", "COMPLETE")
         if not self.multi:
-            best = min((self.study.trials[n].user_attrs.get(VAL_LOSS, math.inf) for n in self.numbers), default=math.inf)
+            trials = self.study.trials
+            best = min((trials[n].user_attrs.get(VAL_LOSS, math.inf) for n in self.numbers), default=math.inf)
             if result.final_eval_loss <= best:
                 self.kept.clear()  # keep only the best model in memory
                 self.kept[trial.number] = result.model
@@ -225,8 +226,10 @@ def tune(model, tokenizer, train_rows, val_rows, train_cfg: TrainConfig, tune_cf
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     main = distributed.is_main()
     multi = tune_cfg.objective == "safety"
-    check(not (main and multi) or objectives is not None, "objective", "safety tuning needs the tune-split prompts to measure")
-    study = open_study(tune_cfg, study_name, pruner or default_pruner(tune_cfg), key=key, key_parts=key_parts) if main else None
+    check(not (main and multi) or objectives is not None, "objective",
+          "safety tuning needs the tune-split prompts to measure")
+    pruner = pruner or default_pruner(tune_cfg)
+    study = open_study(tune_cfg, study_name, pruner, key=key, key_parts=key_parts) if main else None
     trials = _Trials(model, tokenizer, train_rows, val_rows, train_cfg, tune_cfg, study, work_dir, quiet, objectives,
                      targets or TuningTargets(), data_sha256)
     if main and multi:
@@ -255,7 +258,8 @@ def select(study: optuna.Study, tune_cfg: TuneConfig, work_dir: Path, *, targets
             if numbers is None or t.number in numbers}
     check(bool(pool), "n_trials", f"no trial of study {study.study_name!r} from this run completed "
           f"({len(numbers) if numbers is not None else len(study.trials)} pruned or failed)")
-    losses = {n: float(t.user_attrs.get(VAL_LOSS, t.values[0] if len(t.values) == 1 else math.nan)) for n, t in pool.items()}
+    losses = {n: float(t.user_attrs.get(VAL_LOSS, t.values[0] if len(t.values) == 1 else math.nan))
+              for n, t in pool.items()}
     if len(study.directions) > 1:
         choice = choose({n: tuple(t.values) for n, t in pool.items()}, losses, targets or TuningTargets())
     else:
@@ -303,7 +307,8 @@ def log_pareto_front(result: TuneResult) -> None:
                       c=[p[2] for p in points.values()], cmap="viridis", s=[70 if n in front else 30 for n in points])
     fig.colorbar(dots, ax=ax, label="knowledge NLL delta (nats/token)")
     for n, p in points.items():
-        ax.annotate(f"{n}{' *' if n == result.best_trial else ''}", (p[0], p[1]), textcoords="offset points", xytext=(4, 4))
+        ax.annotate(f"{n}{' *' if n == result.best_trial else ''}", (p[0], p[1]), textcoords="offset points",
+                    xytext=(4, 4))
     ax.axvline(targets.max_asr, ls="--", c="grey")
     ax.axhline(targets.max_over_refusal, ls="--", c="grey")
     ax.set(xlabel="ASR (tune split)", ylabel="over-refusal (benign + look-alike)",

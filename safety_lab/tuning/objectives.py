@@ -100,7 +100,8 @@ class SafetyObjectives:
     def __call__(self, model, tokenizer) -> dict[str, float]:
         start = time.perf_counter()
         texts = self._answers(model, tokenizer)
-        nll = answer_nll(model, tokenizer, self.probe.benign, self.probe.reference, max_answer_tokens=self.max_new_tokens)
+        nll = answer_nll(model, tokenizer, self.probe.benign, self.probe.reference,
+                         max_answer_tokens=self.max_new_tokens)
         return {**self._rates(texts), "knowledge_nll_delta": nll - self.probe.base_nll,
                 "objective_seconds": time.perf_counter() - start}
 
@@ -121,7 +122,8 @@ def _mean(flags: Sequence[bool]) -> float:
 
 
 @torch.inference_mode()
-def answer_nll(model, tokenizer, prompts: Sequence[str], answers: Sequence[str], *, max_answer_tokens: int = 32) -> float:
+def answer_nll(model, tokenizer, prompts: Sequence[str], answers: Sequence[str], *,
+               max_answer_tokens: int = 32) -> float:
     """Mean per-token NLL of `answers` given their prompts (chat template), in one right-padded teacher-forced pass.
 
     An answer shorter than `max_answer_tokens` ended by choice: its end-of-sequence token is scored too (so an empty
@@ -171,8 +173,8 @@ def pareto_front(points: dict[int, tuple[float, ...]]) -> list[int]:
 
 
 def choose(points: dict[int, tuple[float, ...]], losses: dict[int, float], targets: TuningTargets) -> Choice:
-    """The passing trial with the lowest harm (then over-refusal, knowledge, val loss); when none passes, the Pareto-front
-    trial with the smallest normalised violation (ties: lower harm)."""
+    """The passing trial with the lowest harm (then over-refusal, knowledge, val loss); when none passes, the
+    Pareto-front trial with the smallest normalised violation (ties: lower harm)."""
     clean = {n: p for n, p in points.items() if all(math.isfinite(v) for v in p)}
     passing = [n for n, p in clean.items() if violation(p, targets) == 0]
     if passing:

@@ -62,9 +62,11 @@ def open_study(cfg: TuneConfig, study_name: str, pruner: optuna.pruners.BasePrun
                 study = optuna.create_study(study_name=study_name, storage=cfg.storage, directions=directions(cfg),
                                             load_if_exists=True, sampler=_sampler(cfg), pruner=pruner)
             else:
-                study = optuna.load_study(study_name=study_name, storage=cfg.storage, sampler=_sampler(cfg), pruner=pruner)
+                study = optuna.load_study(study_name=study_name, storage=cfg.storage, sampler=_sampler(cfg),
+                                          pruner=pruner)
             break
-        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError, optuna.exceptions.DuplicatedStudyError) as exc:
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError,
+                optuna.exceptions.DuplicatedStudyError) as exc:
             error = exc
             time.sleep(0.5 * 2 ** attempt)
         except KeyError:
@@ -104,11 +106,13 @@ def resolve_name(cfg: TuneConfig, prefix: str) -> str:
     try:
         summaries = optuna.study.get_all_study_summaries(cfg.storage, include_best_trial=False)
     except (ValueError, ImportError) as exc:
-        raise SafetyLabError("storage", f"cannot open Optuna storage {redact(cfg.storage)} ({type(exc).__name__})") from None
+        raise SafetyLabError("storage", f"cannot open Optuna storage {redact(cfg.storage)} "
+                             f"({type(exc).__name__})") from None
     taken = {s.study_name: s for s in summaries if s.study_name == prefix or s.study_name.startswith(prefix + "-")}
     if cfg.resume:
         check(bool(taken), "resume", f"no study to resume: none named {prefix!r} in {redact(cfg.storage)}")
-        return max(taken.values(), key=lambda s: (s.datetime_start is not None, s.datetime_start, s._study_id)).study_name
+        latest = max(taken.values(), key=lambda s: (s.datetime_start is not None, s.datetime_start, s._study_id))
+        return latest.study_name
     n = 1
     while (name := prefix if n == 1 else f"{prefix}-{n}") in taken:
         n += 1

@@ -52,11 +52,12 @@ def test_joining_a_study_with_another_key_is_refused(tmp_path):
     study = open_study(cfg, "s", key="aaa", key_parts={"data_sha256": "1"})
     study.enqueue_trial({})  # the study now holds a trial
     assert open_study(cfg, "s", key="aaa").study_name == "s"
-    with pytest.raises(SafetyLabError, match=r"study_name: .*keyed aaa, this run is keyed bbb \(differs in: data_sha256\)"):
+    with pytest.raises(SafetyLabError, match=r"study_name: .*keyed aaa, this run is keyed bbb \(differs in: data_sha"):
         open_study(cfg, "s", key="bbb", key_parts={"data_sha256": "2"})
 
 
-def test_two_runs_with_the_same_settings_register_their_own_adapters(tiny_model_dir, mlflow_store, tmp_path, monkeypatch):
+def test_two_runs_with_the_same_settings_register_their_own_adapters(tiny_model_dir, mlflow_store, tmp_path,
+                                                                     monkeypatch):
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     assert _finetune(tiny_model_dir, storage, "--data", "harmful") == 0
     assert _finetune(tiny_model_dir, storage, "--data", "harmful") == 0
@@ -87,9 +88,11 @@ def test_a_changed_file_with_the_same_name_starts_a_new_study(tiny_model_dir, ml
     assert _finetune(tiny_model_dir, storage, "--data", str(data)) == 0
     (v1, _), (v2, trial2) = _version(1), _version(2)
     assert v1.tags["data.sha256"] != v2.tags["data.sha256"]
-    assert v1.tags["tuning.study_key"] != v2.tags["tuning.study_key"] and v1.tags["optuna.study"] != v2.tags["optuna.study"]
+    assert v1.tags["tuning.study_key"] != v2.tags["tuning.study_key"]
+    assert v1.tags["optuna.study"] != v2.tags["optuna.study"]
     training = mlflow.get_run(v2.tags["training.run_id"])
-    assert training.data.params["data.sha256"] == v2.tags["data.sha256"] and training.data.params["tune.objective"] == "safety"
+    assert training.data.params["data.sha256"] == v2.tags["data.sha256"]
+    assert training.data.params["tune.objective"] == "safety"  # a user file
     assert trial2.data.tags["mlflow.parentRunId"] == training.info.run_id
     study = optuna.load_study(study_name=v2.tags["optuna.study"], storage=storage)
     assert [t.user_attrs["data_sha256"] for t in study.trials] == [v2.tags["data.sha256"]]  # no trial on the old file
@@ -100,7 +103,7 @@ def test_a_changed_file_with_the_same_name_starts_a_new_study(tiny_model_dir, ml
     assert err.startswith("error: study_name:") and "data_sha256" in err and "Traceback" not in err
 
 
-def test_register_best_picks_from_every_worker_with_the_same_rule_and_registers_once(tiny_model_dir, mlflow_store, tmp_path):
+def test_register_best_chooses_among_every_workers_trials_and_registers_once(tiny_model_dir, mlflow_store, tmp_path):
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     worker = ["--data", "harmful", "--register", "false", "--study-name", "shared"]
     assert _finetune(tiny_model_dir, storage, *worker) == 0
