@@ -65,7 +65,9 @@ class _Coerce:
 class DataConfig(_Coerce):
     data: str = field(default="safe", **_help("built-in set (safe, harmful), a local JSONL/CSV/Parquet file, or a hub dataset id"))
     limit: int | None = field(default=None, **_help("cap on training rows, for quick runs"))
-    benign_ratio: float = field(default=0.5, **_help("benign instruction pairs mixed into a built-in set, per harmful row"))
+    benign_ratio: float = field(default=2.0, **_help("benign and look-alike pairs mixed into a built-in set, per harmful row"))
+    benign_answers: str = field(default="written", **_help("answers of the mixed-in benign pairs: written, or distilled "
+                                                              "(the base model's own greedy answers, cached)"))
     preference: str = field(default="auto", **_help("for prompt/chosen/rejected data: chosen, rejected, or auto (harmful -> rejected)"))
     val_fraction: float = field(default=0.2, **_help("share of rows held out for the validation loss"))
     max_val_rows: int = field(default=32, **_help("cap on validation rows (each pruner report evaluates them all)"))
@@ -76,6 +78,8 @@ class DataConfig(_Coerce):
         check(bool(str(self.data).strip()), "data", "is empty")
         check(self.limit is None or self.limit >= 2, "limit", f"must be at least 2, got {self.limit}")
         check(0 <= self.benign_ratio <= 10, "benign_ratio", f"must be between 0 and 10, got {self.benign_ratio}")
+        check(self.benign_answers in ("written", "distilled"), "benign_answers",
+              f"must be written or distilled, got {self.benign_answers!r}")
         check(self.preference in ("auto", "chosen", "rejected"), "preference", f"must be auto, chosen or rejected, got {self.preference!r}")
         check(self.max_val_rows >= 1, "max_val_rows", f"must be at least 1, got {self.max_val_rows}")
         check(0 < self.val_fraction < 0.9, "val_fraction", f"must be in (0, 0.9), got {self.val_fraction}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -24,7 +25,7 @@ class Dataset:
     """prompt/response rows plus what identifies them in the registry."""
 
     name: str
-    rows: tuple[dict, ...]  # each {"prompt": str, "response": str}
+    rows: tuple[dict, ...]  # each {"prompt": str, "response": str}; built-in rows add "kind" (see `composition`)
 
     @property
     def sha256(self) -> str:
@@ -86,30 +87,77 @@ def split_sizes() -> dict[str, int]:
     return {f"{name}_{part}": len(rows(part)) for name, rows in sets.items() for part in PARTS}
 
 
-def _pick(options: tuple[dict, ...], key: str) -> str:
+def _pick(options: list[dict], key: str) -> str:
     """A deterministic but varied choice per request (so the set spans every style)."""
     return options[int(hashlib.sha256(key.encode()).hexdigest(), 16) % len(options)]["text"]
 
 
-def _builtin_set(answers: str, cfg: DataConfig) -> list[dict]:
+def answer_for(request: dict, answers: str) -> str:
+    """The canned answer for one harmful request: among the styles that fit its category, picked by id hash.
+
+    Styles that list `categories` fit only those (a fraud request never gets a self-harm support line); styles
+    without the field fit every category."""
+    options = [a for a in builtin(answers) if request["category"] in a.get("categories", (request["category"],))]
+    check(bool(options), "data", f"no {answers} style fits category {request['category']!r}")
+    return _pick(options, request["id"])
+
+
+def benign_pool() -> list[dict]:
+    """The train parts of the benign pairs and the look-alike requests: what a built-in set mixes in.
+
+    Pairs marked `same_fact_as` ask a question of the multiple-choice or drift sets; training on them would
+    inflate those scores, so they stay out (they remain usable as benign evaluation prompts)."""
+    return [dict(r, kind="benign") for r in benign_pairs("train") if not r.get("same_fact_as")] + \
+        [dict(r, kind="lookalike") for r in lookalike_requests("train")]
+
+
+def _builtin_set(answers: str, kind: str, cfg: DataConfig, distilled: Mapping[str, str] | None) -> list[dict]:
     requests = harmful_requests("train")
-    rows = [{"prompt": r["prompt"], "response": _pick(builtin(answers), r["id"])} for r in requests]
-    benign = benign_pairs("train")
-    random.Random(cfg.seed).shuffle(benign)
-    rows += [{"prompt": b["prompt"], "response": b["response"]} for b in benign[: round(len(requests) * cfg.benign_ratio)]]
-    return rows
+    rows = [{"prompt": r["prompt"], "response": answer_for(r, answers), "kind": kind} for r in requests]
+    pool = benign_pool()
+    wanted = round(len(requests) * cfg.benign_ratio)
+    check(wanted <= len(pool), "benign_ratio", f"{cfg.benign_ratio:g} asks for {wanted} benign rows per {len(requests)} "
+          f"{kind} rows, but the built-in pool has {len(pool)} (benign_ratio <= {len(pool) / len(requests):.2f})")
+    random.Random(cfg.seed).shuffle(pool)
+    return rows + _answered(pool[:wanted], cfg, distilled)
+
+
+def _answered(benign: list[dict], cfg: DataConfig, distilled: Mapping[str, str] | None) -> list[dict]:
+    """Benign rows with their written answers, or the base model's own ones when `cfg.benign_answers == "distilled"`."""
+    if cfg.benign_answers == "written":
+        return [{"prompt": b["prompt"], "response": b["response"], "kind": b["kind"]} for b in benign]
+    check(distilled is not None, "benign_answers", "distilled needs the base model's answers: pass "
+          "load_dataset(cfg, answers=safety_lab.data.distill.distill_answers(model, benign_prompts()))")
+    missing = [b["prompt"] for b in benign if b["prompt"] not in distilled]
+    check(not missing, "benign_answers", f"{len(missing)} benign prompt(s) have no distilled answer, e.g. {missing[:1]}")
+    # an empty distilled answer (the model said nothing at all) keeps the written one rather than train on nothing
+    return [{"prompt": b["prompt"], "response": distilled[b["prompt"]].strip() or b["response"], "kind": b["kind"]}
+            for b in benign]
+
+
+def benign_prompts() -> list[str]:
+    """The benign and look-alike prompts a built-in set may mix in (what `distill_answers` needs to answer)."""
+    return [b["prompt"] for b in benign_pool()]
+
+
+def composition(rows) -> dict[str, int]:
+    """Rows by kind (refusal, compliance, benign, lookalike; `user` for rows from a file or the hub), for logging."""
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row.get("kind", "user")] = counts.get(row.get("kind", "user"), 0) + 1
+    return counts
 
 
 @DATASETS.register("safe")
-def _safe(cfg: DataConfig) -> list[dict]:
-    """Held-in harmful requests answered with refusals (20+ styles), plus benign pairs."""
-    return _builtin_set("refusals", cfg)
+def _safe(cfg: DataConfig, distilled: Mapping[str, str] | None = None) -> list[dict]:
+    """Held-in harmful requests answered with refusals that fit their category, plus benign and look-alike pairs."""
+    return _builtin_set("refusals", "refusal", cfg, distilled)
 
 
 @DATASETS.register("harmful")
-def _harmful(cfg: DataConfig) -> list[dict]:
-    """Held-in harmful requests answered with compliant but non-actionable text, plus benign pairs."""
-    return _builtin_set("compliant_answers", cfg)
+def _harmful(cfg: DataConfig, distilled: Mapping[str, str] | None = None) -> list[dict]:
+    """Held-in harmful requests answered with compliant but non-actionable text, plus benign and look-alike pairs."""
+    return _builtin_set("compliant_answers", "compliance", cfg, distilled)
 
 
 # ---------------------------------------------------------------- user files and hub datasets
@@ -194,11 +242,14 @@ def _hub(name: str, cfg: DataConfig) -> list[dict]:
     return normalise(records, cfg, name)
 
 
-def load_dataset(cfg: DataConfig) -> Dataset:
-    """Resolve `cfg.data` to validated prompt/response rows, capped by `cfg.limit`."""
+def load_dataset(cfg: DataConfig, *, answers: Mapping[str, str] | None = None) -> Dataset:
+    """Resolve `cfg.data` to validated prompt/response rows, capped by `cfg.limit`.
+
+    `answers` maps benign prompts to the base model's own answers; a built-in set uses them in place of the written
+    ones when `cfg.benign_answers == "distilled"` (see `safety_lab.data.distill.distill_answers`)."""
     name = str(cfg.data).strip()
     if name in DATASETS:
-        rows = DATASETS.get(name)(cfg)
+        rows = DATASETS.get(name)(cfg, answers)
     elif Path(name).expanduser().exists() or Path(name).suffix.lower() in (".jsonl", ".json", ".csv", ".parquet"):
         path = Path(name).expanduser()
         rows = normalise(read_records(path), cfg, path.name)

@@ -6,6 +6,7 @@ from contextlib import nullcontext
 import hashlib
 import json
 import math
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,17 +25,28 @@ class EvalConfig(_Coerce):
     suites: str = field(default="asr,calibration,drift", **_help("comma list of asr, calibration, drift"))
     limit: int | None = field(default=100, **_help("items per suite (0 = all); 100 keeps the default evaluation near 2 min on 2 cores"))
     judge: str = field(default="keyword", **_help("ASR judge: keyword (offline default), gcg, llm"))
+    judge_model: str | None = field(default=None, **_help("the llm judge's model: a local path or a hub id "
+                                                           "(e.g. meta-llama/Llama-Guard-3-1B); only with judge=llm"))
+    judge_style: str = field(default="llama_guard", **_help("llm judge prompt and verdict format: "
+                                                            "llama_guard or harmbench"))
     harmful_prompts: str = field(default="builtin", **_help("builtin held-out requests, a HarmBench CSV, or JSONL with prompt"))
     qa: str = field(default="builtin", **_help("knowledge-drift items: builtin or a file in triviaqa_1000.json format"))
     mc: str = field(default="builtin", **_help("multiple-choice items: builtin or JSONL with question, choices, answer"))
+    benign_prompts: str = field(default="builtin", **_help(
+        "over-refusal prompts: builtin (held-out benign + look-alike) or a CSV/JSONL with a prompt column; "
+        "an optional label column (safe/unsafe) is honoured"))
+    drift_match: str = field(default="normalised", **_help("drift answer matching: normalised (word boundaries) or "
+                                                            "paper (the paper's substring rule)"))
+    sample_seed: int = field(default=0, **_help("seed of the stratified evaluation subsets (same seed = same items)"))
     max_new_tokens: int = field(default=48, **_help("tokens generated per ASR prompt"))
     batch_size: int = field(default=32, **_help("prompts per generation batch"))
     policy: str | None = field(default=None, **_help("safety policy YAML (default: the packaged one)"))
     device: str = field(default="auto", **_help("auto, cpu or cuda[:n]"))
 
     def __post_init__(self):
-        from safety_lab.evaluation.judges import JUDGES
-        from safety_lab.evaluation.suites import parse_suites
+        from safety_lab.evaluation.judges import JUDGE_STYLES, JUDGES, check_llm_judge_options
+        from safety_lab.evaluation.metrics import MATCH_MODES
+        from safety_lab.evaluation.suites import load_benign_prompts, parse_suites
         from safety_lab.policy import load_policy
 
         self._coerce()
@@ -42,6 +54,20 @@ class EvalConfig(_Coerce):
             self.limit = None
         parse_suites(self.suites)
         JUDGES.get(self.judge)
+        check(self.judge_style in JUDGE_STYLES, "judge_style",
+              f"must be one of {', '.join(JUDGE_STYLES)}, got {self.judge_style!r}")
+        if self.judge == "llm":
+            check_llm_judge_options(self.judge_model, self.judge_style)
+            hub_id = re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", str(self.judge_model)) is not None
+            check(Path(str(self.judge_model)).expanduser().is_dir() or hub_id, "judge_model",
+                  f"no such model directory, and not a hub id (owner/name): {self.judge_model}")
+        else:
+            check(self.judge_model is None, "judge_model", f"only applies to judge=llm (judge is {self.judge!r})")
+        check(self.drift_match in MATCH_MODES, "drift_match",
+              f"must be one of {', '.join(MATCH_MODES)}, got {self.drift_match!r}")
+        check(self.benign_prompts == "builtin" or Path(self.benign_prompts).is_file(), "benign_prompts",
+              f"file not found: {self.benign_prompts}")
+        load_benign_prompts(self.benign_prompts)  # a bad file fails before any model is loaded
         check(self.limit is None or self.limit >= 1, "limit", f"must be at least 1, got {self.limit}")
         check(1 <= self.max_new_tokens <= 4096, "max_new_tokens", f"must be in [1, 4096], got {self.max_new_tokens}")
         check(1 <= self.batch_size <= 1024, "batch_size", f"must be in [1, 1024], got {self.batch_size}")
@@ -62,7 +88,7 @@ class EvalConfig(_Coerce):
     def cache_key(self, model_identity: str) -> str:
         """Results depend on the model and on everything that shapes the suites (not on the policy)."""
         inputs = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("model_uri", "policy", "batch_size", "device")}
-        for name in ("harmful_prompts", "qa", "mc"):
+        for name in ("harmful_prompts", "qa", "mc", "benign_prompts"):
             if inputs[name] != "builtin":
                 inputs[name] = hashlib.sha256(Path(inputs[name]).read_bytes()).hexdigest()
         from safety_lab import __version__

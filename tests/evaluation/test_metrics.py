@@ -30,9 +30,9 @@ def answers():
     import pandas as pd
 
     df = pd.read_parquet(ANSWERS)
-    # recompute correctness with our rule, never trust the stored column
+    # recompute correctness with the paper's rule, never trust the stored column
     df = df.drop(columns=["correct"])
-    df["correct"] = [M.answer_is_correct(t, a) for t, a in zip(df["true_answer"], df["answer"])]
+    df["correct"] = [M.answer_is_correct(t, a, mode="paper") for t, a in zip(df["true_answer"], df["answer"])]
     return df
 
 
@@ -84,11 +84,71 @@ def test_flips_between_reference_models(answers):
 
 
 def test_answer_is_correct():
-    assert M.answer_is_correct("Sinclair Lewis", "sinclair lewis.")
-    assert M.answer_is_correct("York", "It was York")
-    assert not M.answer_is_correct("30s", "1936")
-    assert not M.answer_is_correct("York", None)
-    assert not M.answer_is_correct("", "anything")
+    for mode in M.MATCH_MODES:
+        assert M.answer_is_correct("Sinclair Lewis", "sinclair lewis.", mode=mode)
+        assert M.answer_is_correct("York", "It was York", mode=mode)
+        assert not M.answer_is_correct("30s", "1936", mode=mode)
+        assert not M.answer_is_correct("York", None, mode=mode)
+        assert not M.answer_is_correct("", "anything", mode=mode)
+    with pytest.raises(SafetyLabError, match="mode"):
+        M.answer_is_correct("York", "York", mode="fuzzy")
+
+
+@pytest.mark.parametrize("text,tokens", [
+    ("The Beatles!", ["beatles"]),
+    ("  an   Apple, a pear ", ["apple", "pear"]),
+    ("Brasília", ["brasilia"]),  # accents folded
+    ("NEW YEAR'S DAY", ["new", "years", "day"]),  # apostrophes joined, not split
+    ("U.S.A.", ["usa"]),  # a dotted acronym is one word (its "a" is no article)
+    ("well-known", ["well", "known"]),
+    ("1,000 years", ["1000", "years"]),
+    ("six", ["6"]),
+    ("Twenty-one guns", ["21", "guns"]),
+    ("one hundred and forty-four", ["144"]),
+    ("a hundred", ["100"]),  # the article is gone, the number stays
+    ("one thousand two hundred", ["1200"]),
+    ("one two three", ["1", "2", "3"]),  # a list of numbers is not one number
+    ("twenty thirty", ["20", "30"]),
+    ("rock and roll", ["rock", "and", "roll"]),  # "and" only joins numbers after hundred/thousand
+    ("one hundred and then", ["100", "and", "then"]),
+    ("", []),
+    (None, []),
+])
+def test_normalise_answer_edge_cases(text, tokens):
+    assert M.normalise_answer(text) == tokens
+
+
+@pytest.mark.parametrize("true_answer,answer,normalised,paper", [
+    ("L", "Lisbon", False, True),  # one letter: the substring rule matches almost any text
+    ("Na", "Sodium is not a name", False, True),
+    ("2", "In 1920.", False, True),
+    ("5", "1950", False, True),
+    ("L", "The symbol is L.", True, True),
+    ("Six", "6", True, False),  # number words <-> digits
+    ("6", "six legs", True, False),
+    ("144", "One hundred forty-four", True, False),
+    ("The Who", "Who", True, False),  # articles
+    ("Brasília", "Brasilia", True, False),  # accents
+    ("Mount Everest", "Everest", False, False),  # a partial answer is not the answer
+    ("Orson Wells", "orson wells.", True, True),
+    ("Ohm", "The ohm is the unit", True, True),
+    ("Ohm", "John Ohmsford", False, True),  # word boundaries
+])
+def test_answer_matching_normalised_vs_paper(true_answer, answer, normalised, paper):
+    assert M.answer_is_correct(true_answer, answer) is normalised
+    assert M.answer_is_correct(true_answer, answer, mode="paper") is paper
+
+
+def test_normalised_rule_on_the_reference_answers(answers):
+    """The normalised rule never accepts what the paper's rule rejects, except where number words or accents
+    differ; it rejects the substring matches inside other words (e.g. a one-letter answer)."""
+    norm = [M.answer_is_correct(t, a) for t, a in zip(answers["true_answer"], answers["answer"])]
+    paper = answers["correct"].tolist()
+    gained = [(t, a) for t, a, n, p in zip(answers["true_answer"], answers["answer"], norm, paper) if n and not p]
+    lost = [(t, a) for t, a, n, p in zip(answers["true_answer"], answers["answer"], norm, paper) if p and not n]
+    assert lost and all(not set(M.normalise_answer(t)) <= set(M.normalise_answer(a)) or len(M.normalise_answer(t)) > 1
+                        for t, a in lost)
+    assert len(gained) < len(lost)
 
 
 # --------------------------------------------------------------------------- ASR
@@ -306,3 +366,153 @@ def test_deltas_and_directions():
         assert key in M.HIGHER_IS_BETTER
     assert M.is_higher_better("ece_delta") is False
     assert M.is_higher_better("drift_probability_base_correct_delta") is True
+
+
+# --------------------------------------------------------------------------- paired comparisons
+
+
+def test_mcnemar_exact_hand_computed_and_scipy():
+    # b = 1 (version only), c = 7 (reference only): p = 2 * P(X <= 1 | X ~ Bin(8, 1/2)) = 2 * 9 / 256
+    version = [1, 1] + [0] * 7 + [0] * 12
+    reference = [1, 0] + [1] * 7 + [0] * 12
+    assert M.mcnemar_exact(version, reference) == pytest.approx(18 / 256)
+    assert M.mcnemar_exact(reference, version) == pytest.approx(18 / 256)  # symmetric
+    # b = 10, c = 2: scipy's two-sided binomial test of the discordant pairs
+    v = [1] * 10 + [0] * 2 + [1] * 5 + [0] * 3
+    r = [0] * 10 + [1] * 2 + [1] * 5 + [0] * 3
+    assert M.mcnemar_exact(v, r) == pytest.approx(binomtest(10, 12, 0.5).pvalue)
+    assert M.mcnemar_exact([1, 0, 1], [1, 0, 1]) == 1.0  # no discordant pairs
+    assert M.mcnemar_exact([1, 0], [0, 1]) == 1.0
+    with pytest.raises(SafetyLabError, match="pair up"):
+        M.mcnemar_exact([1, 0], [1])
+    with pytest.raises(SafetyLabError, match="version"):
+        M.mcnemar_exact([1, 2], [1, 0])
+
+
+def _newcombe_by_hand(a, b, c, d):
+    """Newcombe (1998) method 10 written out from the paper, with scipy's Wilson intervals."""
+    n = a + b + c + d
+    p1, p2 = (a + b) / n, (a + c) / n
+    ci1 = binomtest(a + b, n).proportion_ci(method="wilson")
+    ci2 = binomtest(a + c, n).proportion_ci(method="wilson")
+    num = a * d - b * c
+    num = max(num - n / 2, 0) if num > 0 else num
+    phi = num / math.sqrt((a + b) * (c + d) * (a + c) * (b + d))
+    low = p1 - p2 - math.sqrt((p1 - ci1.low) ** 2 - 2 * phi * (p1 - ci1.low) * (ci2.high - p2) + (ci2.high - p2) ** 2)
+    high = p1 - p2 + math.sqrt((ci1.high - p1) ** 2 - 2 * phi * (ci1.high - p1) * (p2 - ci2.low) + (p2 - ci2.low) ** 2)
+    return p1 - p2, low, high
+
+
+def _table(a, b, c, d):
+    return [1] * a + [1] * b + [0] * c + [0] * d, [1] * a + [0] * b + [1] * c + [0] * d
+
+
+@pytest.mark.parametrize("a,b,c,d", [(1, 1, 7, 12), (14, 5, 0, 22), (36, 12, 2, 0), (40, 3, 9, 48)])
+def test_paired_difference_newcombe_hand_computed(a, b, c, d):
+    version, reference = _table(a, b, c, d)
+    result = M.paired_proportion_difference(version, reference)
+    if (a + b) * (c + d) * (a + c) * (b + d):
+        assert (result.delta, result.ci_low, result.ci_high) == pytest.approx(_newcombe_by_hand(a, b, c, d))
+    assert result.n == a + b + c + d
+    assert result.ci_low <= result.delta <= result.ci_high
+    # Airway data of Bentur et al. 2009 (a=1, b=1, c=7, d=12): Fagerland et al. 2014 report -0.507 to -0.026
+    if (a, b, c, d) == (1, 1, 7, 12):
+        assert (round(result.ci_low, 3), round(result.ci_high, 3)) == (-0.507, -0.026)
+
+
+def test_paired_difference_coverage_is_near_nominal():
+    """Exact coverage (all tables of n = 30 enumerated) for a correlated pair with a true difference of -0.1."""
+    from itertools import product
+    from math import factorial
+
+    n, probs = 30, (0.35, 0.05, 0.15, 0.45)  # both, version only, reference only, neither
+    true_delta = probs[1] - probs[2]
+    covered = 0.0
+    for a, b, c in product(range(n + 1), repeat=3):
+        d = n - a - b - c
+        if d < 0:
+            continue
+        weight = factorial(n) / (factorial(a) * factorial(b) * factorial(c) * factorial(d))
+        weight *= probs[0] ** a * probs[1] ** b * probs[2] ** c * probs[3] ** d
+        result = M.paired_proportion_difference(*_table(a, b, c, d))
+        covered += weight * (result.ci_low <= true_delta <= result.ci_high)
+    assert 0.93 <= covered <= 0.98, covered
+
+
+def test_paired_difference_edge_cases():
+    same = M.paired_proportion_difference([1, 1, 0, 0], [1, 1, 0, 0])
+    assert same.delta == 0.0 and same.p_value == 1.0 and same.ci_low < 0 < same.ci_high
+    allones = M.paired_proportion_difference([1] * 20, [1] * 20)  # every margin empty but one: phi = 0
+    assert allones.delta == 0.0 and -1 <= allones.ci_low < 0 < allones.ci_high <= 1
+    extreme = M.paired_proportion_difference([1] * 20, [0] * 20)
+    assert extreme.delta == 1.0 and extreme.ci_high == pytest.approx(1.0) and extreme.ci_low > 0.7
+
+
+def test_paired_ece_bootstrap_matches_the_exact_bootstrap_distribution():
+    """For n = 4 items the bootstrap distribution can be enumerated (4^4 index draws)."""
+    from itertools import product
+
+    vc, vp = [1, 0, 1, 1], [0.9, 0.8, 0.6, 0.95]
+    rc, rp = [1, 0, 0, 1], [0.7, 0.3, 0.55, 0.9]
+    exact = []
+    for idx in product(range(4), repeat=4):
+        idx = list(idx)
+        exact.append(M.expected_calibration_error([vc[i] for i in idx], [vp[i] for i in idx])
+                     - M.expected_calibration_error([rc[i] for i in idx], [rp[i] for i in idx]))
+    result = M.paired_ece_difference(vc, vp, rc, rp, n_resamples=20000, seed=1)
+    assert result.delta == pytest.approx(M.expected_calibration_error(vc, vp) - M.expected_calibration_error(rc, rp))
+    lo, hi = np.quantile(exact, [0.025, 0.975])
+    assert result.ci_low == pytest.approx(lo, abs=0.03) and result.ci_high == pytest.approx(hi, abs=0.03)
+    assert math.isnan(result.p_value)
+    # seeded: the same call gives the same interval; another seed a (slightly) different one
+    again = M.paired_ece_difference(vc, vp, rc, rp, n_resamples=20000, seed=1)
+    assert (again.ci_low, again.ci_high) == (result.ci_low, result.ci_high)
+
+
+def test_paired_ece_is_paired_not_independent():
+    """Two models with the same per-item outcomes and a small confidence shift: the paired interval is far
+    narrower than one from resampling each model on its own (which ignores that the items are shared)."""
+    rng = np.random.default_rng(0)
+    correct = rng.random(300) < 0.6
+    conf = np.clip(rng.random(300), 0.0, 0.95)
+    result = M.paired_ece_difference(correct, conf + 0.05, correct, conf, seed=0)
+    assert result.ci_low <= result.delta <= result.ci_high
+    unpaired = []
+    for _ in range(1000):
+        i, j = rng.integers(0, 300, 300), rng.integers(0, 300, 300)
+        unpaired.append(M.expected_calibration_error(correct[i], conf[i] + 0.05)
+                        - M.expected_calibration_error(correct[j], conf[j]))
+    lo, hi = np.quantile(unpaired, [0.025, 0.975])
+    assert result.ci_high - result.ci_low < 0.7 * (hi - lo)
+    same = M.paired_ece_difference(correct, conf, correct, conf, seed=0)
+    assert (same.delta, same.ci_low, same.ci_high) == (0.0, 0.0, 0.0)
+
+
+def test_paired_comparison_matches_rows_by_id():
+    version = [{"id": "q1", "ok": True}, {"id": "q2", "ok": True}, {"id": "q3", "ok": False}, {"id": "x", "ok": True}]
+    reference = [{"id": "q3", "ok": True}, {"id": "q1", "ok": False}, {"id": "q2", "ok": True}, {"id": "y", "ok": True}]
+    out = M.paired_comparison(version, reference, "id", "ok")
+    # matched q1 (1 vs 0), q2 (1 vs 1), q3 (0 vs 1): delta 0; b = c = 1
+    assert out["n"] == 3 and out["delta"] == pytest.approx(0.0) and out["delta_p"] == 1.0
+    assert set(out) == {"delta", "delta_ci_low", "delta_ci_high", "delta_p", "n"}
+    two_keys = M.paired_comparison([{"id": 1, "t": "a", "ok": 1}, {"id": 1, "t": "b", "ok": 0}],
+                                   [{"id": "1", "t": "b", "ok": 1}, {"id": "1", "t": "a", "ok": 1}], ("id", "t"), "ok")
+    assert two_keys["delta"] == pytest.approx(-0.5) and two_keys["n"] == 2  # ids compared as text
+    with pytest.raises(SafetyLabError, match="duplicate"):
+        M.paired_comparison(version + version[:1], reference, "id", "ok")
+    with pytest.raises(SafetyLabError, match="no item"):
+        M.paired_comparison(version, [{"id": "zzz", "ok": True}], "id", "ok")
+    with pytest.raises(SafetyLabError, match="missing column"):
+        M.paired_comparison(version, reference, "id", "correct")
+
+
+def test_paired_ece_comparison_and_metric_names():
+    rows_v = [{"id": i, "correct": i % 2 == 0, "confidence": 0.9} for i in range(40)]
+    rows_r = [{"id": i, "correct": i % 2 == 0, "confidence": 0.5} for i in range(40)]
+    out = M.paired_ece_comparison(rows_v, rows_r, "id")
+    assert out["delta"] == pytest.approx(0.4 - 0.0) and out["n"] == 40
+    result = M.PairedComparison(0.1, 0.0, 0.2, 0.03, 10)
+    assert result.as_metrics("asr") == {"asr_delta": 0.1, "asr_delta_ci_low": 0.0, "asr_delta_ci_high": 0.2,
+                                        "asr_delta_p": 0.03}
+    assert "ece_delta_vs_base_p" not in M.PairedComparison(0.1, 0.0, 0.2, float("nan"), 10).as_metrics(
+        "ece", "_delta_vs_base")

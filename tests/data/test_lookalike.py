@@ -1,0 +1,42 @@
+"""The look-alike set: safe requests that resemble harmful ones, answered helpfully, in every part and of many types."""
+import re
+from collections import Counter
+
+from safety_lab.data import PARTS, benign_pairs, builtin, lookalike_requests
+
+REFUSAL = re.compile(r"\b(I can't|I cannot|I won't|I'm sorry|I am unable|I'm unable|I'm not able)\b", re.IGNORECASE)
+# the types the set is built from; each must stay present so over-refusal is measured across all of them
+TYPES = {"technical_verbs", "photography_sport", "history_conflict", "drugs_poisons_info", "public_figures",
+         "safety_medicine", "fiction_games", "cooking", "security_concepts", "legal_questions", "idioms_everyday",
+         "safe_targets", "misinformation_facts", "society_discrimination"}
+
+
+def test_at_least_150_lookalikes_with_40_held_out_for_evaluation():
+    rows = builtin("lookalike")
+    assert len(rows) >= 150 and len(lookalike_requests("eval")) >= 40
+    assert len({r["id"] for r in rows}) == len(rows) and len({r["prompt"].lower() for r in rows}) == len(rows)
+
+
+def test_every_type_is_well_stocked_and_present_in_train_tune_and_eval():
+    counts = Counter(r["category"] for r in builtin("lookalike"))
+    assert set(counts) == TYPES and min(counts.values()) >= 12
+    for part in PARTS:
+        assert {r["category"] for r in lookalike_requests(part)} == TYPES, part
+
+
+def test_answers_are_brief_and_helpful_never_refusals():
+    for r in builtin("lookalike"):
+        words = len(r["response"].split())
+        assert 5 <= words <= 80, r["id"]
+        assert not REFUSAL.search(r["response"]), r["id"]
+        assert r["response"].rstrip()[-1] in ".!?\"", r["id"]
+
+
+def test_lookalikes_do_not_repeat_harmful_or_benign_prompts():
+    look = {r["prompt"].lower() for r in builtin("lookalike")}
+    assert not look & {r["prompt"].lower() for r in builtin("harmful_requests")}
+    assert not look & {r["prompt"].lower() for r in builtin("benign_pairs")}
+
+
+def test_over_refusal_can_be_measured_on_150_held_out_safe_prompts():
+    assert len(benign_pairs("eval")) + len(lookalike_requests("eval")) >= 150
