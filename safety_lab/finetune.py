@@ -22,15 +22,16 @@ from safety_lab.data import (
     split_sizes,
 )
 from safety_lab.errors import check
-from safety_lab.evaluation import judges
 from safety_lab.evaluation.generation import generate
-from safety_lab.evaluation.judges import keyword_attack_success
+from safety_lab.evaluation.judges import is_refusal, keyword_attack_success
 from safety_lab.models import load_model, resolve_device
+from safety_lab.policy import load_policy
 from safety_lab.tracking import redact, start_experiment
 from safety_lab.tuning import (
     Probe,
     SafetyObjectives,
     TuneResult,
+    TuningTargets,
     default_name,
     log_pareto_front,
     log_study_plots,
@@ -141,7 +142,8 @@ def finetune(run: RunConfig, data_cfg: DataConfig, train_cfg: TrainConfig, tune_
         with timings.stage("model_load"):
             loaded = load_model(run.base_model, device=train_cfg.device, trust_remote_code=run.trust_remote_code)
         mlflow.set_tag("base_model", loaded.base_model)
-        study = _study_options(model_name, data, data_cfg, loaded, train_cfg, tune_cfg)
+        policy = getattr(eval_cfg, "policy", None)
+        study = _study_options(model_name, data, data_cfg, loaded, train_cfg, tune_cfg, policy)
         with timings.stage("tuning"), tempfile.TemporaryDirectory(prefix="safety-lab-") as work:
             result = tune(loaded.model, loaded.tokenizer, train_rows, val_rows, train_cfg, tune_cfg,
                           work_dir=Path(work), pruner=pruner, quiet=quiet, **study)
@@ -160,7 +162,7 @@ def finetune(run: RunConfig, data_cfg: DataConfig, train_cfg: TrainConfig, tune_
 
 
 def _study_options(model_name: str, data, data_cfg: DataConfig, loaded, train_cfg: TrainConfig,
-                   tune_cfg: TuneConfig) -> dict:
+                   tune_cfg: TuneConfig, policy_path: str | None = None) -> dict:
     """The study's key (what makes its trials comparable), its name, and the per-trial safety measurement."""
     split = {k: getattr(data_cfg, k) for k in ("val_fraction", "seed", "max_val_rows")}
     key, parts = study_key(base_model=f"{loaded.base_model}|{loaded.parent or ''}", data_sha256=data.sha256,
@@ -170,6 +172,8 @@ def _study_options(model_name: str, data, data_cfg: DataConfig, loaded, train_cf
     options = {"study_name": study_name, "key": key, "key_parts": parts, "data_sha256": data.sha256}
     if tune_cfg.objective == "safety":
         options["objectives"] = safety_objectives(tune_cfg)
+        options["targets"] = TuningTargets.from_policy(load_policy(policy_path))
+        mlflow.log_params({f"tune.target_{k}": v for k, v in dataclasses.asdict(options["targets"]).items()})
         mlflow.log_params({f"tune.probe_{k}": v for k, v in options["objectives"].probe.sizes().items()})
     return options
 
@@ -178,15 +182,9 @@ def safety_objectives(tune_cfg: TuneConfig) -> SafetyObjectives:
     """The per-trial measurement on the tune split: one batched generation, keyword ASR judge, refusal detector."""
     probe = Probe.sample(harmful_requests("tune"), benign_pairs("tune"), lookalike_requests("tune"),
                          per_kind=tune_cfg.probe_prompts, seed=tune_cfg.seed)
-    return SafetyObjectives(probe, generate=generate, attack_success=keyword_attack_success, refused=refused,
+    # The same judges the evaluation uses: keyword ASR, and over-refusal by the refusal detector (not "no attack").
+    return SafetyObjectives(probe, generate=generate, attack_success=keyword_attack_success, refused=is_refusal,
                             max_new_tokens=tune_cfg.probe_tokens)
-
-
-def refused(text: str) -> bool:
-    """THE refusal rule of the tuning objectives (the one place to swap): the shared detector when it exists, else
-    the keyword rule's "not an attack success"."""
-    detector = getattr(judges, "is_refusal", None)
-    return bool(detector(text)) if detector is not None else not keyword_attack_success(text)
 
 
 def _check_lineage(result: TuneResult, data_sha256: str, run_id: str) -> None:
@@ -218,7 +216,8 @@ def register_best(run: RunConfig, tune_cfg: TuneConfig, *, eval_options: dict | 
     check(any(t.state.name == "COMPLETE" for t in study.trials), "study_name",
           f"study {tune_cfg.study_name!r} has no completed trial in {redact(tune_cfg.storage)}")
     with tempfile.TemporaryDirectory(prefix="safety-lab-") as work:
-        result = select(study, tune_cfg, Path(work))  # the same rule and result as the end of tune()
+        targets = TuningTargets.from_policy(load_policy(getattr(eval_cfg, "policy", None)))
+        result = select(study, tune_cfg, Path(work), targets=targets)  # the same rule and result as tune()'s end
         worker = mlflow.get_run(result.tune_run_id
                                 or mlflow.get_run(result.best_run_id).data.tags["mlflow.parentRunId"])
         model_name = run.model_name or worker.data.tags.get("model_name") or registry.default_model_name(run.base_model)

@@ -38,6 +38,16 @@ class TuningTargets:
     def limits(self) -> tuple[float, float, float]:
         return (self.max_asr, self.max_over_refusal, self.max_knowledge_nll_delta)
 
+    @classmethod
+    def from_policy(cls, policy) -> TuningTargets:
+        """The policy's absolute ASR and over-refusal limits, where the policy is data (rules with metric, kind and
+        limit); these defaults otherwise. Knowledge has no absolute rule there (it is non-inferiority to the base)."""
+        rules = getattr(policy, "rules", ())
+        limits = {r.metric: float(r.limit) for r in rules if getattr(r, "kind", "") == "absolute"}
+        default = cls()
+        return cls(max_asr=limits.get("asr", default.max_asr),
+                   max_over_refusal=limits.get("over_refusal_rate", default.max_over_refusal))
+
 
 @dataclass(frozen=True)
 class Probe:

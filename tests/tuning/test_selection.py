@@ -1,5 +1,6 @@
 """Safety-objective tuning: the Pareto-front choice by the tuning targets, and the per-trial measurement."""
 import math
+from types import SimpleNamespace as Rule
 
 import mlflow
 import optuna
@@ -107,3 +108,12 @@ def test_probe_sample_is_seeded_and_spreads_over_categories():
     rows = [{"prompt": f"{c}{i}", "category": c} for c in "abc" for i in range(5)]
     one, two = Probe.sample(rows, rows, rows, per_kind=3, seed=1), Probe.sample(rows, rows, rows, per_kind=3, seed=1)
     assert one == two and {p[0] for p in one.harmful} == {"a", "b", "c"}
+
+
+def test_targets_come_from_a_policy_that_is_data_and_default_otherwise():
+    policy = Rule(rules=(Rule(metric="asr", kind="absolute", limit=0.15),
+                         Rule(metric="asr", kind="increase", limit=0.05),
+                         Rule(metric="over_refusal_rate", kind="absolute", limit=0.08)))
+    targets = TuningTargets.from_policy(policy)
+    assert (targets.max_asr, targets.max_over_refusal) == (0.15, 0.08)
+    assert TuningTargets.from_policy(object()) == TuningTargets()  # no rules: the documented defaults
