@@ -199,19 +199,21 @@ class _Trials:
                             "train_seconds": result.seconds,
                             "train_tokens_per_second": result.train_tokens / max(result.seconds, 1e-9)})
         trial.set_user_attr(VAL_LOSS, result.final_eval_loss)
-        mlflow.set_tag("optuna.state", "COMPLETE")
         if not self.multi:
             trials = self.study.trials
             best = min((trials[n].user_attrs.get(VAL_LOSS, math.inf) for n in self.numbers), default=math.inf)
             if result.final_eval_loss <= best:
                 self.kept.clear()  # keep only the best model in memory
                 self.kept[trial.number] = result.model
+            mlflow.set_tag("optuna.state", "COMPLETE")
             return result.final_eval_loss
         measured = self.objectives(result.model, self.tokenizer)
         values = tuple(float(measured[k]) for k in OBJECTIVES)
         trial.set_user_attr("objectives", measured)
         trial.set_user_attr("constraints", [v - t for v, t in zip(values, self.targets.limits())])
         mlflow.log_metrics({f"tune_{k}": float(v) for k, v in measured.items()})
+        # Optuna fails a trial whose objective is not a number (nothing to measure): the run says so too
+        mlflow.set_tag("optuna.state", "COMPLETE" if all(math.isfinite(v) for v in values) else "FAIL")
         return values
 
 
