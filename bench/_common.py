@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "bench" / "out"
+OUT = Path(os.environ.get("SAFETY_LAB_BENCH_OUT") or ROOT / "bench" / "out")  # tests point it at a tmp folder
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
@@ -60,7 +60,7 @@ def matmul_peak_gflops(n: int = 2048, seconds: float = 2.0, dtype=None) -> float
 
 
 def save(bench: str, quick: bool, results: dict) -> None:
-    """Append one JSON line to bench/out/results.jsonl (git-ignored)."""
+    """Append one JSON line to bench/out/results.jsonl (git-ignored; $SAFETY_LAB_BENCH_OUT moves it)."""
     OUT.mkdir(parents=True, exist_ok=True)
     line = {"bench": bench, "quick": quick, **machine(), **results}
     with open(OUT / "results.jsonl", "a") as f:

@@ -5,7 +5,8 @@
 Prompts: the built-in held-out harmful requests (`harmful_requests("eval")`) then the held-out benign ones
 (`benign_pairs("eval")`), rendered with the chat template exactly as `generate()` does. Greedy decoding.
 
-  batched   `safety_lab.evaluation.generation.generate`, batch 32: length-sorted, left-padded, KV cache, early stop
+  batched   `safety_lab.models.generation.generate`, batch 32: length-sorted, left-padded, KV cache
+            pre-allocated and written in place, finished rows dropped from the batch
   baseline  a loop of `model.generate` on one unpadded prompt at a time
 
 Generated tokens = new tokens up to and including the first EOS (what the answer actually needs); tokens a finished
@@ -17,7 +18,7 @@ Exactness: batched greedy text is compared with the one-at-a-time text. Left pad
 matmuls and of the attention softmax (masked pad columns), so the fp32 reductions run in a different order and
 logits differ in the last bits (~1e-6 relative); where two candidate tokens are nearly tied, argmax can flip and
 the continuation diverges from that token on. Mismatches are listed with where they first differ.
-Target: >= 8x generated tokens/s (stretch 15x).
+Target (issue 14): >= 10x generated tokens/s (stretch 15x), with the count of outputs identical to the loop's.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ import _common as C
 import torch  # noqa: E402
 
 from safety_lab.data import benign_pairs, harmful_requests  # noqa: E402
-from safety_lab.evaluation.generation import chat_inputs, generate  # noqa: E402
+from safety_lab.models.generation import chat_inputs, generate_tokens  # noqa: E402
 from safety_lab.models import load_model  # noqa: E402
 
 
@@ -76,23 +77,13 @@ def main() -> None:
     print(f"{len(prompts)} prompts ({min(lengths)}-{max(lengths)} prompt tokens), greedy, {max_new} new tokens; "
           f"batched: batch {args.batch_size}; baseline: {n_base} prompts one at a time")
 
-    # batched: the project's generate(); capture the raw sequences to count the tokens it produced
-    generate(model, tok, prompts[:4], max_new_tokens=4, batch_size=4)  # warm-up
-    produced = []
-    real_generate = model.generate
-
-    def capturing_generate(*a, **kw):
-        out = real_generate(*a, **kw)
-        width = kw["input_ids"].shape[1]
-        produced.extend(useful_tokens(row[width:].tolist(), tok.eos_token_id) for row in out.sequences)
-        return out
-
-    model.generate = capturing_generate
+    # batched: the project's generate() (generate_tokens, then the same decode generate() does)
+    generate_tokens(model, tok, prompts[:4], max_new_tokens=4, batch_size=4)  # warm-up
     start, cpu = time.perf_counter(), time.process_time()
-    batched = generate(model, tok, prompts, max_new_tokens=max_new, batch_size=args.batch_size)
+    outs = generate_tokens(model, tok, prompts, max_new_tokens=max_new, batch_size=args.batch_size)
+    batched = [tok.decode(o.ids, skip_special_tokens=True).strip() for o in outs]
     b_secs, b_cpu = time.perf_counter() - start, time.process_time() - cpu
-    del model.generate
-    b_tokens = sum(produced)
+    b_tokens = sum(len(o.ids) + o.stopped for o in outs)  # up to and including EOS
 
     one_at_a_time(model, tok, prompts[:1], 4)  # warm-up
     start, cpu = time.perf_counter(), time.process_time()
@@ -102,10 +93,11 @@ def main() -> None:
 
     b_rate, s_rate = b_tokens / b_secs, s_tokens / s_secs
     speedup, speedup_cpu = b_rate / s_rate, (b_tokens / b_cpu) / (s_tokens / s_cpu)
-    print(f"\nbatched   {b_tokens:6d} tokens in {b_secs:7.1f} s = {b_rate:7.1f} tok/s  ({len(prompts) / b_secs:.2f} prompts/s)")
+    print(f"\nbatched   {b_tokens:6d} tokens in {b_secs:7.1f} s = {b_rate:7.1f} tok/s  "
+          f"({len(prompts) / b_secs:.2f} prompts/s)")
     print(f"baseline  {s_tokens:6d} tokens in {s_secs:7.1f} s = {s_rate:7.1f} tok/s  ({n_base / s_secs:.2f} prompts/s)")
-    print(f"{C.verdict(speedup >= 8)}  speed-up {speedup:.1f}x wall ({speedup_cpu:.1f}x by CPU time)  "
-          f"(target >= 8x; stretch 15x: {C.verdict(speedup >= 15)})")
+    print(f"{C.verdict(speedup >= 10)}  speed-up {speedup:.1f}x wall ({speedup_cpu:.1f}x by CPU time)  "
+          f"(target >= 10x; stretch 15x: {C.verdict(speedup >= 15)})")
 
     matches, diffs = 0, []
     for i in range(n_base):
@@ -126,15 +118,13 @@ def main() -> None:
     bf16 = {}
     if args.bf16:
         model.to(torch.bfloat16)
-        generate(model, tok, prompts[:4], max_new_tokens=4, batch_size=4)  # warm-up
-        produced.clear()
-        model.generate = capturing_generate
+        generate_tokens(model, tok, prompts[:4], max_new_tokens=4, batch_size=4)  # warm-up
         start = time.perf_counter()
-        texts = generate(model, tok, prompts, max_new_tokens=max_new, batch_size=args.batch_size)
+        outs16 = generate_tokens(model, tok, prompts, max_new_tokens=max_new, batch_size=args.batch_size)
         secs = time.perf_counter() - start
-        del model.generate
-        same = sum(a == b for a, b in zip(texts, batched))
-        bf16 = {"bf16_tok_per_s": sum(produced) / secs, "bf16_vs_fp32_batched": sum(produced) / secs / b_rate,
+        produced = sum(len(o.ids) + o.stopped for o in outs16)
+        same = sum(a.ids == b.ids for a, b in zip(outs16, outs))
+        bf16 = {"bf16_tok_per_s": produced / secs, "bf16_vs_fp32_batched": produced / secs / b_rate,
                 "bf16_same_as_fp32": same}
         print(f"candidate bf16: batched {bf16['bf16_tok_per_s']:.1f} tok/s = {bf16['bf16_vs_fp32_batched']:.2f}x fp32 "
               f"batched, {bf16['bf16_tok_per_s'] / s_rate:.1f}x the fp32 baseline; {same}/{len(prompts)} outputs "
@@ -145,7 +135,7 @@ def main() -> None:
         "batched_tokens": b_tokens, "batched_seconds": b_secs, "batched_tok_per_s": b_rate,
         "baseline_tokens": s_tokens, "baseline_seconds": s_secs, "baseline_tok_per_s": s_rate,
         "speedup": speedup, "speedup_cpu": speedup_cpu, "exact_matches": matches, "compared": n_base,
-        "mismatches": diffs, "pass": {"speedup_8x": speedup >= 8, "stretch_15x": speedup >= 15}})
+        "mismatches": diffs, "pass": {"speedup_10x": speedup >= 10, "stretch_15x": speedup >= 15}})
 
 
 if __name__ == "__main__":

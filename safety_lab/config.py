@@ -100,6 +100,8 @@ class TrainConfig(_Coerce):
     eval_every: int = field(default=4, **_help("steps between validation losses (these feed the pruner)"))
     seed: int = field(default=0, **_help("seed for LoRA init and data order"))
     device: str = field(default="auto", **_help("auto, cpu or cuda[:n]; precision follows the device"))
+    precision: str = field(default="auto", **_help("training precision: auto (bf16 autocast where the device runs bf16 "
+                                                   "natively, else fp32), fp32 or bf16; evaluation stays fp32"))
 
     def __post_init__(self):
         self._coerce()
@@ -115,6 +117,7 @@ class TrainConfig(_Coerce):
         check(16 <= self.max_length <= 32768, "max_length", f"must be in [16, 32768], got {self.max_length}")
         check(self.eval_every >= 1, "eval_every", f"must be at least 1, got {self.eval_every}")
         check(bool(self.target_modules.strip()), "target_modules", "is empty")
+        check(self.precision in ("auto", "fp32", "bf16"), "precision", f"must be auto, fp32 or bf16, got {self.precision!r}")
 
     def modules(self) -> list[str] | str:
         return "all-linear" if self.target_modules == "all-linear" else [m.strip() for m in self.target_modules.split(",") if m.strip()]
@@ -173,6 +176,7 @@ class RunConfig(_Coerce):
     evaluate: bool = field(default=True, **_help("evaluate the registered version (sets its safety status)"))
     register: bool = field(default=True, **_help("register the best model; false = a tuning worker (run register-best after)"))
     trust_remote_code: bool = field(default=False, **_help("allow model code from the hub (off unless you ask)"))
+    verify_cache: bool = field(default=False, **_help("re-hash the cached embedded model even when its sizes and mtimes match"))
 
     def __post_init__(self):
         self._coerce()

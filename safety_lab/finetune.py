@@ -22,9 +22,9 @@ from safety_lab.data import (
     split_sizes,
 )
 from safety_lab.errors import check
-from safety_lab.evaluation.generation import generate
 from safety_lab.evaluation.judges import is_refusal, keyword_attack_success
-from safety_lab.models import load_model, resolve_device
+from safety_lab.models import load_model, resolve_device, resolve_precision
+from safety_lab.models.generation import generate
 from safety_lab.policy import load_policy
 from safety_lab.tracking import redact, start_experiment
 from safety_lab.tuning import (
@@ -50,9 +50,11 @@ RELOAD_TOLERANCE = 1e-3
 
 @dataclass
 class Timings:
-    """Wall time per stage; logged as timing.<stage> metrics and printed at the end."""
+    """Wall time per stage; logged as timing.<stage> metrics and printed at the end, with the total since creation
+    (stages nest, e.g. eval_asr inside evaluation, so the total is not their sum)."""
 
     stages: dict[str, float] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
 
     @contextmanager
     def stage(self, name: str):
@@ -63,10 +65,13 @@ class Timings:
             self.stages[name] = self.stages.get(name, 0.0) + time.perf_counter() - start
 
     def log(self) -> None:
-        mlflow.log_metrics({f"timing.{k}": round(v, 3) for k, v in self.stages.items()})
+        mlflow.log_metrics({f"timing.{k}": round(v, 3) for k, v in {**self.stages, "total": self.total()}.items()})
+
+    def total(self) -> float:
+        return time.perf_counter() - self.started
 
     def format(self) -> str:
-        return "  ".join(f"{k}={v:.1f}s" for k, v in self.stages.items())
+        return "  ".join(f"{k}={v:.1f}s" for k, v in self.stages.items()) + f"  total={self.total():.1f}s"
 
 
 @dataclass
@@ -129,7 +134,8 @@ def finetune(run: RunConfig, data_cfg: DataConfig, train_cfg: TrainConfig, tune_
         mlflow.set_tags({"model_name": model_name, "tuning.objective": tune_cfg.objective})
         params = to_params(run, data_cfg, train_cfg, tune_cfg)
         params["tune.storage"] = redact(params["tune.storage"])
-        mlflow.log_params({**params, "device": device, "dtype": str(dtype), "world_size": distributed.world_size()})
+        mlflow.log_params({**params, "device": device, "dtype": str(dtype), "world_size": distributed.world_size(),
+                           **resolve_precision(train_cfg.precision, train_cfg.device).params()})
         snapshot = {type(c).__name__: dataclasses.asdict(c) for c in (run, data_cfg, train_cfg, tune_cfg)}
         snapshot["TuneConfig"]["storage"] = redact(tune_cfg.storage)
         mlflow.log_text(yaml.safe_dump(snapshot, sort_keys=False), "config.yaml")
@@ -140,7 +146,8 @@ def finetune(run: RunConfig, data_cfg: DataConfig, train_cfg: TrainConfig, tune_
                            "data.train_rows": len(train_rows), "data.val_rows": len(val_rows),
                            **{f"split.{k}": v for k, v in split_sizes().items()}})
         with timings.stage("model_load"):
-            loaded = load_model(run.base_model, device=train_cfg.device, trust_remote_code=run.trust_remote_code)
+            loaded = load_model(run.base_model, device=train_cfg.device, trust_remote_code=run.trust_remote_code,
+                                verify_cache=run.verify_cache)
         mlflow.set_tag("base_model", loaded.base_model)
         policy = getattr(eval_cfg, "policy", None)
         study = _study_options(model_name, data, data_cfg, loaded, train_cfg, tune_cfg, policy)
@@ -198,7 +205,8 @@ def _follow(run: RunConfig, data_cfg: DataConfig, train_cfg: TrainConfig, tune_c
     """A rank other than 0: the same data, model and trials as rank 0, trained in lockstep; nothing is logged."""
     data = load_dataset(data_cfg)
     train_rows, val_rows = data.split(data_cfg.val_fraction, data_cfg.seed, data_cfg.max_val_rows)
-    loaded = load_model(run.base_model, device=train_cfg.device, trust_remote_code=run.trust_remote_code)
+    loaded = load_model(run.base_model, device=train_cfg.device, trust_remote_code=run.trust_remote_code,
+                        verify_cache=run.verify_cache)
     with tempfile.TemporaryDirectory(prefix="safety-lab-") as work:
         tune(loaded.model, loaded.tokenizer, train_rows, val_rows, train_cfg, tune_cfg, study_name="",
              work_dir=Path(work), pruner=pruner, quiet=True)

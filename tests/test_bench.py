@@ -18,8 +18,15 @@ def test_benchmark_runs_in_quick_mode(script, tmp_path):
         if not reference.is_dir():
             pytest.skip("the labelled completions (../shared/reference or SAFETY_LAB_REFERENCE) are not here")
         extra = ["--reference-dir", str(reference / "harmbench_llama_guard")]
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+           "SAFETY_LAB_BENCH_OUT": str(tmp_path / "out"), "PYTHONDONTWRITEBYTECODE": "1"}
+    before = _files(BENCH)
     done = subprocess.run([sys.executable, str(BENCH / script), "--quick", *extra], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
     assert any(ch.isdigit() for ch in done.stdout)
+    assert _files(BENCH) <= before, "the bench wrote into the repository"
+
+
+def _files(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*") if "__pycache__" not in p.parts}

@@ -16,8 +16,8 @@ from safety_lab.components import Registry
 from safety_lab.data import benign_pairs, builtin, harmful_requests, lookalike_requests, read_records
 from safety_lab.errors import check
 from safety_lab.evaluation import metrics as M
-from safety_lab.evaluation.generation import _left_pad, chat_inputs, generate
 from safety_lab.evaluation.judges import get_judge, is_refusal
+from safety_lab.models.generation import _left_pad, chat_inputs, generate
 
 SUITES: Registry = Registry("suite")
 MC_BATCH = 16  # items per scoring batch

@@ -47,6 +47,55 @@ def resolve_device(device: str | None = None) -> tuple[str, torch.dtype]:
     return device, torch.float32
 
 
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def bf16_native(device: str) -> bool:
+    """Whether `device` runs bf16 matmuls natively: a CUDA GPU with bf16, or a CPU where oneDNN has bf16 kernels
+    (AVX512-BF16 / AMX). Elsewhere bf16 is emulated: about 500x slower than fp32 on an AVX2-only CPU."""
+    if device.startswith("cuda"):
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The training precision chosen for a device: fp32, bf16 (autocast, fp32 master weights) or fp16 (a GPU
+    without bf16)."""
+
+    requested: str  # auto, fp32 or bf16
+    chosen: str  # fp32, bf16 or fp16
+    bf16_native: bool  # the detection result
+    reason: str
+
+    def params(self) -> dict[str, str]:
+        return {"precision": self.chosen, "precision.bf16_native": str(self.bf16_native).lower(),
+                "precision.reason": self.reason}
+
+
+def resolve_precision(precision: str = "auto", device: str | None = None) -> Precision:
+    """auto: bf16 autocast where the hardware runs bf16 natively, else what the device does today (fp32 on a CPU,
+    fp16 on a GPU without bf16). Only training follows it: evaluation loads fp32 on a CPU whatever it says."""
+    if precision not in PRECISIONS:
+        raise SafetyLabError("precision", f"must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    device, dtype = resolve_device(device)
+    native = bf16_native(device)
+    where = "GPU" if device.startswith("cuda") else "CPU"
+    if precision == "auto":
+        chosen = "bf16" if native else "fp16" if dtype == torch.float16 else "fp32"
+        reason = f"auto: {where} {'runs' if native else 'has no native'} bf16"
+    elif precision == "bf16" and device.startswith("cuda") and not native:
+        raise SafetyLabError("precision", f"bf16 requested but {device} does not support bf16")
+    else:
+        chosen = precision
+        emulated = not native and precision == "bf16"
+        reason = f"asked for {precision}" + (f" (emulated on this {where}: slow)" if emulated else "")
+    return Precision(requested=precision, chosen=chosen, bf16_native=native, reason=reason)
+
+
 # ---------------------------------------------------------------- the embedded default
 def cache_dir() -> Path:
     return Path(os.environ.get("SAFETY_LAB_CACHE", Path.home() / ".cache" / "safety_lab"))
@@ -67,21 +116,53 @@ def _gguf_path() -> Path:
     return Path(spec.submodule_search_locations[0]) / _GGUF_FILE
 
 
-def _cache_is_valid(target: Path) -> bool:
-    manifest = target / _MANIFEST
-    if not manifest.is_file():
+def _stat(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _write_manifest(target: Path, manifest: dict) -> None:
+    """Atomically, so that a reader never sees half a manifest."""
+    fd, tmp = tempfile.mkstemp(prefix=".manifest-", dir=target)
+    with os.fdopen(fd, "w") as f:
+        json.dump(manifest, f, indent=1)
+    os.replace(tmp, target / _MANIFEST)
+
+
+def _cache_is_valid(target: Path, *, verify: bool = False) -> bool:
+    """Every file has the size and mtime recorded at conversion, or else (or with `verify`) its recorded sha256.
+
+    Hashing the 542 MB on every load took 0.29 s of a 0.66 s load (bench/RESULTS.md); a size/mtime check takes
+    microseconds and catches a truncated, appended or rewritten file. An in-place edit that restores the mtime is
+    caught only by `--verify-cache`. A manifest without stats (older caches) is hashed once, then gets them."""
+    manifest_path = target / _MANIFEST
+    if not manifest_path.is_file():
         return False
     try:
-        expected = json.loads(manifest.read_text())["files"]
-        return all((target / name).is_file() and _sha256(target / name) == digest for name, digest in expected.items())
-    except (ValueError, KeyError, OSError):
+        manifest = json.loads(manifest_path.read_text())
+        expected, stats = manifest["files"], manifest.get("stats", {})
+        if not all((target / name).is_file() for name in expected):
+            return False
+        if not verify and all(stats.get(name) == _stat(target / name) for name in expected):
+            return True
+        if not all(_sha256(target / name) == digest for name, digest in expected.items()):
+            return False
+        fresh = {name: _stat(target / name) for name in expected}
+        if fresh != stats:  # hashes match: record the stats, so the next load is a stat check again
+            try:
+                _write_manifest(target, {**manifest, "stats": fresh})
+            except OSError:  # a read-only cache still loads; it is just hashed each time
+                pass
+        return True
+    except (ValueError, KeyError, OSError, TypeError):
         return False
 
 
-def ensure_default_model() -> Path:
-    """Convert the GGUF once to safetensors in the cache; verify it by checksum on every use."""
+def ensure_default_model(*, verify: bool = False) -> Path:
+    """Convert the GGUF once to safetensors in the cache; check it by size and mtime on every use, by sha256 when
+    those differ or with `verify` (--verify-cache)."""
     target = cache_dir() / "smollm2-135m-instruct"
-    if _cache_is_valid(target):
+    if _cache_is_valid(target, verify=verify):
         return target
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -101,8 +182,10 @@ def ensure_default_model() -> Path:
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        files = {p.name: _sha256(p) for p in tmp.iterdir() if p.is_file()}
-        (tmp / _MANIFEST).write_text(json.dumps({"source": gguf.name, "gguf_sha256": _sha256(gguf), "files": files}, indent=1))
+        written = [p for p in tmp.iterdir() if p.is_file()]
+        files, stats = {p.name: _sha256(p) for p in written}, {p.name: _stat(p) for p in written}  # rename keeps mtimes
+        (tmp / _MANIFEST).write_text(json.dumps({"source": gguf.name, "gguf_sha256": _sha256(gguf), "files": files,
+                                                 "stats": stats}, indent=1))
         if _cache_is_valid(target):  # another process finished first: keep its copy
             return target
         if target.exists():  # corrupt or partial: replace it
@@ -151,8 +234,11 @@ def _hub_snapshot(repo_id: str) -> str:
         raise SafetyLabError("base_model", f"cannot fetch {repo_id!r} from the Hugging Face hub ({type(exc).__name__}: {first[:160]})") from None
 
 
-def load_model(spec: str = DEFAULT_MODEL, *, device: str | None = None, trust_remote_code: bool = False) -> LoadedModel:
-    """Load any supported `base_model` spec in eval mode on the chosen device and precision."""
+def load_model(spec: str = DEFAULT_MODEL, *, device: str | None = None, trust_remote_code: bool = False,
+               verify_cache: bool = False) -> LoadedModel:
+    """Load any supported `base_model` spec in eval mode on the chosen device and precision.
+
+    verify_cache: re-hash the embedded model's cache even when its sizes and mtimes match (--verify-cache)."""
     device, dtype = resolve_device(device)
     spec = (spec or "").strip()
     if not spec:
@@ -162,7 +248,7 @@ def load_model(spec: str = DEFAULT_MODEL, *, device: str | None = None, trust_re
 
         return load_registered(spec, device=device, trust_remote_code=trust_remote_code)
     if spec in (DEFAULT_MODEL, "base"):
-        model, tok = _load_hf(str(ensure_default_model()), device=device, dtype=dtype, trust_remote_code=False, local_only=True)
+        model, tok = _load_hf(str(ensure_default_model(verify=verify_cache)), device=device, dtype=dtype, trust_remote_code=False, local_only=True)
         spec = DEFAULT_MODEL
     elif Path(spec).expanduser().is_dir():
         model, tok = _load_hf(str(Path(spec).expanduser()), device=device, dtype=dtype, trust_remote_code=trust_remote_code, local_only=True)

@@ -26,7 +26,7 @@ class SafetyLabModel(mlflow.pyfunc.PythonModel):
         self.loaded = load_chain(lineage, context.artifacts, device=None)
 
     def predict(self, context, model_input: list[str], params: dict | None = None) -> list[str]:
-        from safety_lab.evaluation.generation import generate
+        from safety_lab.models.generation import generate
 
         prompts = [str(p) for p in model_input]
         max_new_tokens = int((params or {}).get("max_new_tokens", 128))

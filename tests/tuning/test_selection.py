@@ -8,9 +8,9 @@ import pytest
 
 from safety_lab.config import DataConfig, TrainConfig, TuneConfig
 from safety_lab.data import load_dataset
-from safety_lab.evaluation.generation import generate
 from safety_lab.evaluation.judges import keyword_attack_success
 from safety_lab.models import load_model
+from safety_lab.models.generation import generate
 from safety_lab.tuning import Probe, SafetyObjectives, TuningTargets, tune
 from safety_lab.tuning.objectives import answer_nll, choose, pareto_front, violation
 

@@ -1,0 +1,155 @@
+"""Batched greedy generation with the chat template: length-sorted batches, a pre-allocated KV cache written in
+place, finished rows dropped from the batch."""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+from transformers.cache_utils import Cache, StaticLayer
+
+DROP_SHARE = 8  # drop finished rows once they are >= 1/8 of the batch (each drop copies the cache once)
+
+
+@dataclass
+class Generated:
+    """One prompt's greedy continuation: new token ids (EOS left out) and, when asked, per-step log-probs."""
+
+    ids: list[int] = field(default_factory=list)
+    stopped: bool = False  # ended with EOS (not at the token budget)
+    top: list[list[float]] = field(default_factory=list)  # per step: the 10 best log-probs
+    chosen: list[float] = field(default_factory=list)  # per step: log-prob of the chosen token
+
+
+def chat_inputs(tokenizer, prompts: list[str], *, system: str | None = None, max_prompt_tokens: int | None = None) -> list[list[int]]:
+    """Token ids of each prompt rendered with the chat template (ready for the assistant's turn)."""
+    out, truncated = [], 0
+    for prompt in prompts:
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        if isinstance(ids, dict) or hasattr(ids, "keys"):
+            ids = ids["input_ids"]
+        ids = list(ids)
+        if max_prompt_tokens and len(ids) > max_prompt_tokens:
+            ids = ids[-max_prompt_tokens:]  # keep the end: the question and the assistant header
+            truncated += 1
+        out.append(ids)
+    if truncated:
+        print(f"[safety_lab] note: {truncated} prompt(s) longer than the model's context were truncated to "
+              f"their last {max_prompt_tokens} tokens", file=sys.stderr, flush=True)
+    return out
+
+
+def _left_pad(batch: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(ids) for ids in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, ids in enumerate(batch):
+        input_ids[i, width - len(ids):] = torch.tensor(ids)
+        mask[i, width - len(ids):] = 1
+    return input_ids.to(device), mask.to(device)
+
+
+class _InPlaceLayer(StaticLayer):
+    """K/V allocated once for prompt + budget and written in place (DynamicCache concatenates every step);
+    attention reads only the filled part, as with a growing cache, so no empty slot is computed or masked."""
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        keys, values = super().update(key_states, value_states, *args, **kwargs)
+        filled = int(self.cumulative_length)
+        return keys[:, :, :filled], values[:, :, :filled]
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return int(self.cumulative_length) + query_length, 0
+
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        if self.is_initialized:
+            self.keys, self.values = self.keys[rows], self.values[rows]
+
+
+def _step(model, cache: Cache, input_ids, mask, position_ids, keep_one: bool) -> torch.Tensor:
+    extra = {"logits_to_keep": 1} if keep_one else {}
+    out = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, cache=cache, use_cache=True,
+                **extra)
+    return out.logits[:, -1].float()
+
+
+def _record(outs: list[Generated], rows: list[int], logits: torch.Tensor, chosen: torch.Tensor, eos: int,
+            scores: bool) -> list[bool]:
+    """Append this step's token (and log-probs) to each live row; return which rows just ended."""
+    ended = (chosen == eos).tolist()
+    if scores:
+        logp = torch.log_softmax(logits, dim=-1)
+        top, picked = logp.topk(10).values.tolist(), logp.gather(1, chosen[:, None])[:, 0].tolist()
+    for j, (i, token) in enumerate(zip(rows, chosen.tolist())):
+        if i < 0:  # finished earlier, not dropped yet
+            continue
+        if ended[j]:
+            outs[i].stopped = True
+            continue
+        outs[i].ids.append(token)
+        if scores:
+            outs[i].top.append(top[j])
+            outs[i].chosen.append(picked[j])
+    return ended
+
+
+def _decode(model, input_ids, mask, *, max_new_tokens: int, eos: int, scores: bool) -> list[Generated]:
+    """Greedy decoding of one left-padded batch; rows that reach EOS leave the batch (in groups: see DROP_SHARE)."""
+    n, width = input_ids.shape
+    outs = [Generated() for _ in range(n)]
+    layers = model.config.get_text_config().num_hidden_layers
+    cache = Cache(layers=[_InPlaceLayer(max_cache_len=width + max_new_tokens) for _ in range(layers)])
+    full_mask = torch.cat([mask, mask.new_ones(n, max_new_tokens)], dim=1)
+    positions = mask.long().cumsum(-1) - 1
+    positions.masked_fill_(mask == 0, 1)  # as transformers' generate() does for left padding
+    rows = list(range(n))  # batch row -> prompt index (-1: finished, still in the batch)
+    logits = _step(model, cache, input_ids, mask, positions, keep_one=True)
+    next_pos = positions[:, -1:] + 1
+    for step in range(max_new_tokens):
+        chosen = logits.argmax(dim=-1)
+        for j, ended in enumerate(_record(outs, rows, logits, chosen, eos, scores)):
+            rows[j] = -1 if ended else rows[j]
+        finished = sum(i < 0 for i in rows)
+        if finished == len(rows) or step == max_new_tokens - 1:
+            break
+        if finished and finished * DROP_SHARE >= len(rows):
+            keep = torch.tensor([i >= 0 for i in rows], device=chosen.device)
+            for layer in cache.layers:
+                layer.keep_rows(keep)
+            rows = [i for i in rows if i >= 0]
+            chosen, full_mask, next_pos = chosen[keep], full_mask[keep], next_pos[keep]
+        filled = width + step + 1
+        logits = _step(model, cache, chosen[:, None], full_mask[:, :filled], next_pos, keep_one=False)
+        next_pos = next_pos + 1
+    return outs
+
+
+@torch.inference_mode()
+def generate_tokens(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 64, batch_size: int = 32,
+                    system: str | None = None, return_scores: bool = False, progress: bool = False,
+                    desc: str = "generate") -> list[Generated]:
+    """Greedy continuations in input order; batches hold prompts of similar length (sorted), so padding is small."""
+    encoded = chat_inputs(tokenizer, prompts, system=system,
+                          max_prompt_tokens=getattr(model.config, "max_position_embeddings", 4096) - max_new_tokens)
+    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = next(model.parameters()).device
+    results: list[Generated] = [Generated() for _ in prompts]
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    for batch in tqdm(batches, desc=desc, disable=not progress, unit="batch"):
+        input_ids, mask = _left_pad([encoded[i] for i in batch], pad_id, device)
+        for i, out in zip(batch, _decode(model, input_ids, mask, max_new_tokens=max_new_tokens,
+                                          eos=tokenizer.eos_token_id, scores=return_scores)):
+            results[i] = out
+    return results
+
+
+def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 64, batch_size: int = 32,
+             system: str | None = None, return_scores: bool = False, progress: bool = False, desc: str = "generate"):
+    """Greedy answers in input order. With return_scores, also per-step top-10 log-probs and chosen-token log-probs."""
+    outs = generate_tokens(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                           system=system, return_scores=return_scores, progress=progress, desc=desc)
+    texts = [tokenizer.decode(o.ids, skip_special_tokens=True).strip() for o in outs]
+    return (texts, [(o.top, o.chosen) for o in outs]) if return_scores else texts
