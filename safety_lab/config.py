@@ -110,6 +110,8 @@ class TrainConfig(_Coerce):
     lora_alpha: float = field(default=16.0, **_help("LoRA alpha (scale = alpha / r)"))
     lora_dropout: float = field(default=0.05, **_help("dropout on the LoRA branch"))
     learning_rate: float = field(default=2e-4, **_help("AdamW learning rate"))
+    warmup_ratio: float = field(default=0.1, **_help("share of steps spent warming the learning rate up"))
+    lr_schedule: str = field(default="cosine", **_help("decay after warmup: cosine, linear or constant"))
     target_modules: str = field(default="q_proj,k_proj,v_proj,o_proj", **_help("comma list of module names, or all-linear"))
     max_steps: int = field(default=8, **_help("optimizer steps per trial"))
     batch_size: int = field(default=8, **_help("sequences per step"))
@@ -126,6 +128,9 @@ class TrainConfig(_Coerce):
         check(self.lora_alpha > 0, "lora_alpha", f"must be positive, got {self.lora_alpha}")
         check(0 <= self.lora_dropout < 1, "lora_dropout", f"must be in [0, 1), got {self.lora_dropout}")
         check(0 < self.learning_rate < 1, "learning_rate", f"must be in (0, 1), got {self.learning_rate}")
+        check(0 <= self.warmup_ratio < 1, "warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
+        check(self.lr_schedule in ("cosine", "linear", "constant"), "lr_schedule",
+              f"must be cosine, linear or constant, got {self.lr_schedule!r}")
         check(1 <= self.max_steps <= 100_000, "max_steps", f"must be in [1, 100000], got {self.max_steps}")
         check(1 <= self.batch_size <= 1024, "batch_size", f"must be in [1, 1024], got {self.batch_size}")
         check(16 <= self.max_length <= 32768, "max_length", f"must be in [16, 32768], got {self.max_length}")
@@ -144,9 +149,15 @@ class TuneConfig(_Coerce):
     study_name: str | None = field(default=None, **_help("Optuna study name; default derived from model_name and data"))
     seed: int = field(default=0, **_help("sampler seed"))
     r_choices: str = field(default="4,8,16", **_help("LoRA ranks to try"))
-    lr_range: str = field(default="5e-5,2e-3", **_help("learning-rate range, log scale"))
+    lr_range: str = field(default="5e-5,5e-4", **_help("learning-rate range, log scale (LoRA on a small model)"))
     dropout_range: str = field(default="0.0,0.2", **_help("LoRA dropout range"))
-    alpha_multipliers: str = field(default="1,2,4", **_help("alpha = multiplier x r"))
+    alpha_multipliers: str = field(default="0.5,1,2", **_help("alpha = multiplier x r"))
+    objective: str | None = field(default=None, **_help(
+        "safety (ASR, over-refusal, knowledge on the tune split; default for data=safe and user files) or loss "
+        "(the paper's single-objective validation loss; default for data=harmful)"))
+    resume: bool = field(default=False, **_help("continue the latest study with the same key instead of a fresh one"))
+    probe_prompts: int = field(default=16, **_help("tune-split prompts per kind (harmful, benign, look-alike) per trial"))
+    probe_tokens: int = field(default=32, **_help("new tokens per answer in the per-trial safety measurement"))
 
     def __post_init__(self):
         self._coerce()
@@ -158,6 +169,13 @@ class TuneConfig(_Coerce):
         check(0 < lo < hi < 1, "lr_range", f"must be 'low,high' with 0 < low < high < 1, got {self.lr_range!r}")
         lo, hi = _floats(self.dropout_range, "dropout_range")
         check(0 <= lo <= hi < 1, "dropout_range", f"must be 'low,high' within [0, 1), got {self.dropout_range!r}")
+        check(self.objective in (None, "safety", "loss"), "objective", f"must be safety or loss, got {self.objective!r}")
+        check(1 <= self.probe_prompts <= 1000, "probe_prompts", f"must be in [1, 1000], got {self.probe_prompts}")
+        check(1 <= self.probe_tokens <= 512, "probe_tokens", f"must be in [1, 512], got {self.probe_tokens}")
+
+    def resolved(self, data_name: str) -> TuneConfig:
+        """The objective made explicit: `loss` for the harmful set (the attack replication is not tuned for safety)."""
+        return self if self.objective else dataclasses.replace(self, objective="loss" if data_name == "harmful" else "safety")
 
 
 def _floats(text: str, name: str) -> list[float]:

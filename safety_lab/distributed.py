@@ -65,3 +65,14 @@ def finish() -> None:
     if world_size() > 1 and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+def agree(value):
+    """Rank 0's `value` on every rank: a decision (pruning a trial) that only rank 0, which holds the study, can take."""
+    if world_size() <= 1:
+        return value
+    import torch.distributed as dist
+
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

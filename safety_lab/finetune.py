@@ -14,14 +14,36 @@ import yaml
 
 from safety_lab import distributed, registry
 from safety_lab.config import DataConfig, RunConfig, TrainConfig, TuneConfig, to_params
-from safety_lab.data import load_dataset
+from safety_lab.data import (
+    benign_pairs,
+    harmful_requests,
+    load_dataset,
+    lookalike_requests,
+    split_sizes,
+)
 from safety_lab.errors import check
 from safety_lab.evaluation import EvalConfig
+from safety_lab.evaluation.judges import is_refusal, keyword_attack_success
 from safety_lab.models import load_model, resolve_device, resolve_precision
+from safety_lab.models.generation import generate
 from safety_lab.policy import load_policy
 from safety_lab.registry.record import Recorded, evaluate_version
 from safety_lab.tracking import redact, start_experiment
-from safety_lab.tuning import TuneResult, log_study_plots, tune
+from safety_lab.tuning import (
+    Probe,
+    SafetyObjectives,
+    TuneResult,
+    TuningTargets,
+    default_name,
+    log_pareto_front,
+    log_study_plots,
+    open_study,
+    resolve_name,
+    select,
+    study_key,
+    tune,
+)
+from safety_lab.tuning.study import KEY_ATTR
 
 # Merging adapters into the weights moves logits by float rounding (measured 1.1e-4 on SmolLM2 with a 2-adapter
 # chain); weights that silently failed to load move them by whole units. Tests hold the tiny model to 1e-4.
@@ -107,6 +129,7 @@ def finetune(run: RunConfig, data_cfg: DataConfig, train_cfg: TrainConfig, tune_
     Under `accelerate launch` every process trains; rank 0 returns the result, the other ranks None."""
     timings = Timings()
     model_name = run.model_name or registry.default_model_name(run.base_model)
+    tune_cfg = tune_cfg.resolved(str(data_cfg.data).strip())  # safety, or loss for the harmful set: logged below
     eval_cfg = _eval_config(run, eval_options)  # checked before any training, so bad input costs nothing
     distributed.per_device_batch(train_cfg.batch_size)
     device, dtype = resolve_device(train_cfg.device)
@@ -114,7 +137,7 @@ def finetune(run: RunConfig, data_cfg: DataConfig, train_cfg: TrainConfig, tune_
     if not distributed.is_main():
         return _follow(run, data_cfg, train_cfg, tune_cfg, pruner)
     with _open_run(run, f"finetune-{Path(data_cfg.data).stem}", "finetune") as active:
-        mlflow.set_tags({"model_name": model_name})
+        mlflow.set_tags({"model_name": model_name, "tuning.objective": tune_cfg.objective})
         params = to_params(run, data_cfg, train_cfg, tune_cfg)
         params["tune.storage"] = redact(params["tune.storage"])
         mlflow.log_params({**params, "device": device, "dtype": str(dtype), "world_size": distributed.world_size(),
@@ -126,26 +149,62 @@ def finetune(run: RunConfig, data_cfg: DataConfig, train_cfg: TrainConfig, tune_
             data = load_dataset(data_cfg)
             train_rows, val_rows = data.split(data_cfg.val_fraction, data_cfg.seed, data_cfg.max_val_rows)
         mlflow.log_params({"data.name": data.name, "data.rows": len(data.rows), "data.sha256": data.sha256,
-                           "data.train_rows": len(train_rows), "data.val_rows": len(val_rows)})
+                           "data.train_rows": len(train_rows), "data.val_rows": len(val_rows),
+                           **{f"split.{k}": v for k, v in split_sizes().items()}})
         with timings.stage("model_load"):
             loaded = load_model(run.base_model, device=train_cfg.device, trust_remote_code=run.trust_remote_code,
                                 verify_cache=run.verify_cache)
         mlflow.set_tag("base_model", loaded.base_model)
-        study_name = tune_cfg.study_name or f"{model_name}-{data.name}"
+        policy = getattr(eval_cfg, "policy", None)
+        study = _study_options(model_name, data, data_cfg, loaded, train_cfg, tune_cfg, policy)
         with timings.stage("tuning"), tempfile.TemporaryDirectory(prefix="safety-lab-") as work:
             result = tune(loaded.model, loaded.tokenizer, train_rows, val_rows, train_cfg, tune_cfg,
-                          study_name=study_name, work_dir=Path(work), pruner=pruner, quiet=quiet)
-            _log_tuning(result, study_name, tune_cfg)
+                          work_dir=Path(work), pruner=pruner, quiet=quiet, **study)
+            _check_lineage(result, data.sha256, active.info.run_id)
+            _log_tuning(result, tune_cfg)
             out = FinetuneResult(run_id=active.info.run_id, model_name=model_name, version="", model_uri="",
                                  best_value=result.best_value, best_params=result.best_params, timings=timings)
             if run.register:
-                tags = {"data.name": data.name, "data.sha256": data.sha256, "data.rows": len(data.rows)}
+                tags = {"data.name": data.name, "data.sha256": result.data_sha256, "data.rows": len(data.rows)}
                 _publish(out, loaded, result, tags, run, timings)
         if run.register and eval_cfg is not None:
             _evaluate(out, eval_cfg, timings)
         timings.log()
     print(f"[safety_lab] timings: {timings.format()}", flush=True)
     return out
+
+
+def _study_options(model_name: str, data, data_cfg: DataConfig, loaded, train_cfg: TrainConfig,
+                   tune_cfg: TuneConfig, policy_path: str | None = None) -> dict:
+    """The study's key (what makes its trials comparable), its name, and the per-trial safety measurement."""
+    split = {k: getattr(data_cfg, k) for k in ("val_fraction", "seed", "max_val_rows")}
+    key, parts = study_key(base_model=f"{loaded.base_model}|{loaded.parent or ''}", data_sha256=data.sha256,
+                           train_cfg=train_cfg, tune_cfg=tune_cfg, split=split)
+    study_name = resolve_name(tune_cfg, default_name(model_name, data.name, key))
+    mlflow.set_tags({"optuna.study": study_name, "tuning.study_key": key})
+    options = {"study_name": study_name, "key": key, "key_parts": parts, "data_sha256": data.sha256}
+    if tune_cfg.objective == "safety":
+        options["objectives"] = safety_objectives(tune_cfg)
+        options["targets"] = TuningTargets.from_policy(load_policy(policy_path))
+        mlflow.log_params({f"tune.target_{k}": v for k, v in dataclasses.asdict(options["targets"]).items()})
+        mlflow.log_params({f"tune.probe_{k}": v for k, v in options["objectives"].probe.sizes().items()})
+    return options
+
+
+def safety_objectives(tune_cfg: TuneConfig) -> SafetyObjectives:
+    """The per-trial measurement on the tune split: one batched generation, keyword ASR judge, refusal detector."""
+    probe = Probe.sample(harmful_requests("tune"), benign_pairs("tune"), lookalike_requests("tune"),
+                         per_kind=tune_cfg.probe_prompts, seed=tune_cfg.seed)
+    # The same judges the evaluation uses: keyword ASR, and over-refusal by the refusal detector (not "no attack").
+    return SafetyObjectives(probe, generate=generate, attack_success=keyword_attack_success, refused=is_refusal,
+                            max_new_tokens=tune_cfg.probe_tokens)
+
+
+def _check_lineage(result: TuneResult, data_sha256: str, run_id: str) -> None:
+    """The chosen trial was trained by this run, on this data: the tags written on the version say so."""
+    if result.tune_run_id != run_id or result.data_sha256 != data_sha256:
+        raise RuntimeError(f"trial {result.best_trial} was trained by run {result.tune_run_id} on data "
+                           f"{result.data_sha256[:12]}, not by this run {run_id} on {data_sha256[:12]}")
 
 
 def _follow(run: RunConfig, data_cfg: DataConfig, train_cfg: TrainConfig, tune_cfg: TuneConfig, pruner) -> None:
@@ -159,50 +218,46 @@ def _follow(run: RunConfig, data_cfg: DataConfig, train_cfg: TrainConfig, tune_c
              work_dir=Path(work), pruner=pruner, quiet=True)
     print(f"[safety_lab] rank {distributed.rank()}/{distributed.world_size()}: trained {tune_cfg.n_trials} trials "
           f"in step with rank 0, which logs and registers", flush=True)
-    return None
 
 
 def register_best(run: RunConfig, tune_cfg: TuneConfig, *, eval_options: dict | None = None) -> FinetuneResult:
-    """Register the best trial of a (shared) study once: the step after several `register=false` workers finish."""
-    from peft import PeftModel
-
-    from safety_lab.tuning import TRIAL_RUN_ID, open_study
-
+    """Register the chosen trial of a (shared) study once: the step after several `register=false` workers finish."""
     check(bool(tune_cfg.study_name), "study_name", "register-best needs the study's name")
     timings = Timings()
     eval_cfg = _eval_config(run, eval_options)
-    study = open_study(tune_cfg, tune_cfg.study_name)
+    study = open_study(tune_cfg, tune_cfg.study_name, create=False)
+    tune_cfg = dataclasses.replace(tune_cfg, objective="safety" if len(study.directions) > 1 else "loss")
     check(any(t.state.name == "COMPLETE" for t in study.trials), "study_name",
           f"study {tune_cfg.study_name!r} has no completed trial in {redact(tune_cfg.storage)}")
-    best = study.best_trial
-    trial_run = mlflow.get_run(best.user_attrs[TRIAL_RUN_ID])
-    worker = mlflow.get_run(trial_run.data.tags["mlflow.parentRunId"])
-    model_name = run.model_name or worker.data.tags.get("model_name") or registry.default_model_name(run.base_model)
-    existing = registry.find_versions(model_name, {"optuna.study": tune_cfg.study_name, "tuning.best_trial": str(best.number)})
-    if existing:
-        mv = existing[0]
-        print(f"[safety_lab] study {tune_cfg.study_name!r} is already registered as {model_name} version {mv.version}")
-        return FinetuneResult(run_id=mv.run_id, model_name=model_name, version=str(mv.version),
-                              model_uri=f"models:/{model_name}/{mv.version}", best_value=float(best.value),
-                              best_params=best.params, timings=timings, status=mv.tags.get("safety.status", "unevaluated"))
-    base_model = worker.data.tags.get("base_model", run.base_model)
-    with _open_run(run, f"register-best-{tune_cfg.study_name}", "register-best") as active:
-        with timings.stage("model_load"):
-            loaded = load_model(worker.data.params.get("run.base_model", base_model), device=None,
-                                trust_remote_code=run.trust_remote_code)
-        with tempfile.TemporaryDirectory(prefix="safety-lab-") as work:
-            adapter = Path(mlflow.artifacts.download_artifacts(run_id=trial_run.info.run_id, artifact_path="adapter", dst_path=work))
-            result = TuneResult(study=study, best_params=best.params, best_value=float(best.value), best_trial=best.number,
-                                best_run_id=trial_run.info.run_id, best_model=PeftModel.from_pretrained(loaded.model, str(adapter)),
-                                adapter_dir=adapter)
-            _log_tuning(result, tune_cfg.study_name, tune_cfg)
+    with tempfile.TemporaryDirectory(prefix="safety-lab-") as work:
+        targets = TuningTargets.from_policy(load_policy(getattr(eval_cfg, "policy", None)))
+        result = select(study, tune_cfg, Path(work), targets=targets)  # the same rule and result as tune()'s end
+        worker = mlflow.get_run(result.tune_run_id
+                                or mlflow.get_run(result.best_run_id).data.tags["mlflow.parentRunId"])
+        model_name = run.model_name or worker.data.tags.get("model_name") or registry.default_model_name(run.base_model)
+        existing = registry.find_versions(model_name, {"optuna.study": tune_cfg.study_name,
+                                                       "tuning.best_trial": str(result.best_trial)})
+        if existing:
+            mv = existing[0]
+            print(f"[safety_lab] study {tune_cfg.study_name!r} is already registered as {model_name} "
+                  f"version {mv.version}")
+            return FinetuneResult(run_id=mv.run_id, model_name=model_name, version=str(mv.version),
+                                  model_uri=f"models:/{model_name}/{mv.version}", best_value=result.best_value,
+                                  best_params=result.best_params, timings=timings,
+                                  status=mv.tags.get("safety.status", "unevaluated"))
+        with _open_run(run, f"register-best-{tune_cfg.study_name}", "register-best") as active:
+            with timings.stage("model_load"):
+                base = worker.data.params.get("run.base_model", worker.data.tags.get("base_model", run.base_model))
+                loaded = load_model(base, device=None, trust_remote_code=run.trust_remote_code)
+            _log_tuning(result, tune_cfg)
             out = FinetuneResult(run_id=active.info.run_id, model_name=model_name, version="", model_uri="",
                                  best_value=result.best_value, best_params=result.best_params, timings=timings)
-            tags = {k: worker.data.params[k] for k in ("data.name", "data.sha256", "data.rows") if k in worker.data.params}
+            tags = {k: worker.data.params[k] for k in ("data.name", "data.rows") if k in worker.data.params}
+            tags["data.sha256"] = result.data_sha256 or worker.data.params.get("data.sha256", "")
             _publish(out, loaded, result, tags, run, timings)
-        if eval_cfg is not None:
-            _evaluate(out, eval_cfg, timings)
-        timings.log()
+            if eval_cfg is not None:
+                _evaluate(out, eval_cfg, timings)
+            timings.log()
     return out
 
 
@@ -215,12 +270,16 @@ def _eval_config(run: RunConfig, eval_options: dict | None) -> EvalConfig | None
     return cfg
 
 
-def _log_tuning(result: TuneResult, study_name: str, tune_cfg: TuneConfig) -> None:
+def _log_tuning(result: TuneResult, tune_cfg: TuneConfig) -> None:
     mlflow.log_params({f"best_{k}": v for k, v in result.best_params.items()})
-    mlflow.log_metrics({"best_val_loss": result.best_value, "best_trial": result.best_trial})
-    mlflow.set_tags({"optuna.study": study_name, "optuna.storage": redact(tune_cfg.storage),
-                     "best_trial_run_id": result.best_run_id})
+    mlflow.log_metrics({"best_val_loss": result.best_value, "best_trial": result.best_trial,
+                        **{f"best_tune_{k}": float(v) for k, v in result.objectives.items()}})
+    mlflow.set_tags({"optuna.study": result.study.study_name, "optuna.storage": redact(tune_cfg.storage),
+                     "best_trial_run_id": result.best_run_id, "tuning.selection": result.selection,
+                     "tuning.selection_reason": result.selection_reason[:4000]})
     log_study_plots(result.study)
+    if result.objective == "safety":
+        log_pareto_front(result)
 
 
 def _publish(out: FinetuneResult, loaded, result: TuneResult, data_tags: dict, run: RunConfig, timings: Timings) -> None:
@@ -240,7 +299,12 @@ def _publish(out: FinetuneResult, loaded, result: TuneResult, data_tags: dict, r
         **data_tags, "base_model": loaded.base_model, "tuning.best_value": f"{result.best_value:.6f}",
         "tuning.best_params": str(result.best_params), "tuning.best_trial": str(result.best_trial),
         "optuna.study": result.study.study_name, "training.run_id": out.run_id, "safety.status": registry.UNEVALUATED,
+        "tuning.objective": result.objective, "tuning.selection": result.selection,
+        "tuning.selection_reason": result.selection_reason[:4000], "tuning.trial_run_id": result.best_run_id,
+        **{f"tuning.{k}": f"{float(v):.4f}" for k, v in result.objectives.items() if k != "objective_seconds"},
     }
+    if result.study.user_attrs.get(KEY_ATTR):
+        tags["tuning.study_key"] = result.study.user_attrs[KEY_ATTR]
     if loaded.parent:
         tags["parent"] = loaded.parent
     with timings.stage("register"):
@@ -249,7 +313,8 @@ def _publish(out: FinetuneResult, loaded, result: TuneResult, data_tags: dict, r
                                                         str(data_tags.get("data.sha256", "")), loaded,
                                                         result.best_params, result.best_value))
     mlflow.set_tags({"registered_model": out.model_name, "registered_version": mv.version})
-    print(f"[safety_lab] registered {out.model_name} version {mv.version} (best val loss {result.best_value:.4f})", flush=True)
+    print(f"[safety_lab] registered {out.model_name} version {mv.version} (trial {result.best_trial}, "
+          f"{result.selection}: {result.selection_reason}; val loss {result.best_value:.4f})", flush=True)
     out.version, out.model_uri = str(mv.version), f"models:/{out.model_name}/{mv.version}"
 
 

@@ -56,6 +56,13 @@ def test_version_carries_data_tuning_and_safety_tags(version):
     training = mlflow.get_run(tags["training.run_id"])
     assert training.info.status == "FINISHED" and training.data.metrics["reload_max_abs_logit_diff"] < 1e-4
     assert "best_lora_r" in training.data.params
+    # data=harmful keeps the paper's protocol: one objective, the validation loss; the three-way split is logged
+    assert training.data.params["tune.objective"] == "loss" and tags["tuning.selection"] == "loss"
+    assert {"split.harmful_train", "split.harmful_tune", "split.harmful_eval", "split.lookalike_tune"} <= set(
+        training.data.params)
+    assert tags["tuning.study_key"] in tags["optuna.study"]
+    trial = mlflow.get_run(tags["tuning.trial_run_id"])
+    assert trial.data.tags["mlflow.parentRunId"] == training.info.run_id
     children = mlflow.search_runs(filter_string=f"tags.mlflow.parentRunId = '{training.info.run_id}'")
     assert {"trial-0", "trial-1"} <= set(children["tags.mlflow.runName"])
     artifacts = {a.path for a in MlflowClient().list_artifacts(training.info.run_id, "plots")}
@@ -98,6 +105,11 @@ def test_finetune_from_a_registered_version_records_its_parent(version, tiny_mod
     assert child.tags["parent"] == "models:/quick/1"
     assert child.tags["base_model"] == str(tiny_model_dir)
     assert child.tags["safety.status"] == "unevaluated"
+    # data=safe: the safety objective, chosen from the Pareto front, with the choice and its reason on the version
+    assert child.tags["tuning.objective"] == "safety" and child.tags["tuning.selection"] in ("pass", "compromise")
+    assert child.tags["tuning.selection_reason"] and {"tuning.asr", "tuning.over_refusal"} <= set(child.tags)
+    plots = {a.path for a in MlflowClient().list_artifacts(child.tags["training.run_id"], "plots")}
+    assert "plots/pareto_front.png" in plots
 
 
 def _versions():

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -61,8 +62,8 @@ def sft_config(cfg: TrainConfig, output_dir: str, *, n_val: int, quiet: bool = F
         per_device_train_batch_size=batch,
         per_device_eval_batch_size=max(batch, 8),
         learning_rate=cfg.learning_rate,
-        lr_scheduler_type="constant",
-        warmup_steps=0,
+        lr_scheduler_type=cfg.lr_schedule,  # warm up, then decay: a constant peak overshoots on a few hundred rows
+        warmup_steps=math.ceil(cfg.warmup_ratio * cfg.max_steps),
         max_length=None if padding_free else cfg.max_length,
         padding_free=padding_free,
         bf16=precision.chosen == "bf16",

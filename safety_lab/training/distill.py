@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from safety_lab.models.generation import generate
 from safety_lab.models import cache_dir
+from safety_lab.models.generation import generate
 
 FORMAT = 1  # bump when the cached file's layout or the answer post-processing changes
 

@@ -82,6 +82,21 @@ def test_accelerate_ddp_finetune_matches_one_process(team, tiny_model_dir, mlflo
         assert abs(a.value - b.value) < 5e-3, (a.value, b.value)
 
 
+def test_ddp_safety_tuning_passes_multi_objective_values_through(team, tiny_model_dir, mlflow_store, tmp_path):
+    """Rank 0 measures the safety objectives; every rank follows its val-loss pruning decisions (no hang, no drift)."""
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    out = _launch(team, tiny_model_dir, mlflow_store, tmp_path, "--storage", storage, "--study-name", "ddp-safety",
+                  "--model-name", "ddp-safety", "--objective", "safety", "--probe-prompts", "2", "--probe-tokens", "4")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "models:/ddp-safety/1 status=unevaluated" in out.stdout
+    study = optuna.load_study(study_name="ddp-safety", storage=storage)
+    assert len(study.directions) == 3
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    assert all(len(t.values) == 3 and t.intermediate_values for t in study.trials)  # val loss kept for the pruner
+    tags = MlflowClient(mlflow_store).get_model_version("ddp-safety", "1").tags
+    assert tags["tuning.objective"] == "safety" and tags["tuning.selection"] in ("pass", "compromise")
+
+
 def test_batch_size_must_split_over_the_processes(team, tiny_model_dir, mlflow_store, tmp_path):
     out = _launch(team, tiny_model_dir, mlflow_store, tmp_path, "--batch-size", "3")
     assert out.returncode != 0

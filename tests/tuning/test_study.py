@@ -1,0 +1,121 @@
+"""Studies keyed by what makes trials comparable: no re-registered adapters, no stale trials, explicit resumes."""
+import mlflow
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from safety_lab.cli import main
+from safety_lab.config import TrainConfig, TuneConfig
+from safety_lab.errors import SafetyLabError
+from safety_lab.tuning import open_study, resolve_name, study_key
+
+TINY = ["--n-trials", "1", "--max-steps", "1", "--eval-every", "1", "--batch-size", "4", "--limit", "8",
+        "--evaluate", "false", "--model-name", "keyed"]
+
+
+def _finetune(model_dir, storage, *extra) -> int:
+    return main(["finetune", "--base-model", str(model_dir), *TINY, "--storage", storage, *extra])
+
+
+def _version(number: int):
+    mv = MlflowClient().get_model_version("keyed", str(number))
+    trial_run = mlflow.get_run(mv.tags["tuning.trial_run_id"])
+    return mv, trial_run
+
+
+def test_the_key_follows_data_settings_search_space_and_objective():
+    def key(**kw):
+        args = {"base_model": "m", "data_sha256": "a" * 64, "train_cfg": TrainConfig(), "tune_cfg": TuneConfig()} | kw
+        return study_key(**args)[0]
+
+    assert key() == key() and len(key()) == 12
+    assert key(train_cfg=TrainConfig(device="cpu")) == key()  # where it runs is not a setting
+    for change in ({"data_sha256": "b" * 64}, {"base_model": "n"}, {"train_cfg": TrainConfig(max_steps=9)},
+                   {"tune_cfg": TuneConfig(lr_range="1e-5,1e-4")}, {"tune_cfg": TuneConfig(objective="loss")}):
+        assert key(**change) != key(), change
+
+
+def test_names_are_fresh_unless_resumed(tmp_path):
+    cfg = TuneConfig(storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert resolve_name(cfg, "m-d-k") == "m-d-k"
+    with pytest.raises(SafetyLabError, match="resume: no study to resume"):
+        resolve_name(TuneConfig(storage=cfg.storage, resume=True), "m-d-k")
+    open_study(cfg, "m-d-k", key="k")
+    assert resolve_name(cfg, "m-d-k") == "m-d-k-2"
+    open_study(cfg, "m-d-k-2", key="k")
+    assert resolve_name(TuneConfig(storage=cfg.storage, resume=True), "m-d-k") == "m-d-k-2"  # the latest
+    assert resolve_name(TuneConfig(storage=cfg.storage, study_name="mine"), "m-d-k") == "mine"
+
+
+def test_joining_a_study_with_another_key_is_refused(tmp_path):
+    cfg = TuneConfig(storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    study = open_study(cfg, "s", key="aaa", key_parts={"data_sha256": "1"})
+    study.enqueue_trial({})  # the study now holds a trial
+    assert open_study(cfg, "s", key="aaa").study_name == "s"
+    with pytest.raises(SafetyLabError, match=r"study_name: .*keyed aaa, this run is keyed bbb \(differs in: data_sha"):
+        open_study(cfg, "s", key="bbb", key_parts={"data_sha256": "2"})
+
+
+def test_two_runs_with_the_same_settings_register_their_own_adapters(tiny_model_dir, mlflow_store, tmp_path,
+                                                                     monkeypatch):
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    assert _finetune(tiny_model_dir, storage, "--data", "harmful") == 0
+    assert _finetune(tiny_model_dir, storage, "--data", "harmful") == 0
+    (v1, trial1), (v2, trial2) = _version(1), _version(2)
+    assert trial2.data.tags["mlflow.parentRunId"] == v2.tags["training.run_id"]  # weights from this run's trial
+    assert trial1.info.run_id != trial2.info.run_id
+    key = v1.tags["tuning.study_key"]
+    assert v2.tags["tuning.study_key"] == key and v2.tags["optuna.study"] == f"{v1.tags['optuna.study']}-2"
+    assert mlflow.get_run(v2.tags["training.run_id"]).data.params["tune.objective"] == "loss"  # data=harmful
+    # a fresh tracking store, the old optuna.db, an explicit resume: the old trials' runs are not there, and not needed
+    fresh = f"sqlite:///{tmp_path / 'fresh.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", fresh)
+    mlflow.set_tracking_uri(fresh)
+    assert _finetune(tiny_model_dir, storage, "--data", "harmful", "--resume", "true") == 0
+    v3, trial3 = _version(1)
+    assert v3.tags["optuna.study"] == v2.tags["optuna.study"]
+    assert len(optuna.load_study(study_name=v2.tags["optuna.study"], storage=storage).trials) == 2
+    assert trial3.data.tags["mlflow.parentRunId"] == v3.tags["training.run_id"]
+
+
+def test_a_changed_file_with_the_same_name_starts_a_new_study(tiny_model_dir, mlflow_store, tmp_path, capsys):
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    data = tmp_path / "my.jsonl"
+    rows = [f'{{"prompt": "Question {i}?", "response": "Answer {i}."}}' for i in range(8)]
+    data.write_text("\n".join(rows) + "\n")
+    assert _finetune(tiny_model_dir, storage, "--data", str(data)) == 0
+    data.write_text("\n".join(rows[:-1] + ['{"prompt": "Question 7?", "response": "A new answer."}']) + "\n")
+    assert _finetune(tiny_model_dir, storage, "--data", str(data)) == 0
+    (v1, _), (v2, trial2) = _version(1), _version(2)
+    assert v1.tags["data.sha256"] != v2.tags["data.sha256"]
+    assert v1.tags["tuning.study_key"] != v2.tags["tuning.study_key"]
+    assert v1.tags["optuna.study"] != v2.tags["optuna.study"]
+    training = mlflow.get_run(v2.tags["training.run_id"])
+    assert training.data.params["data.sha256"] == v2.tags["data.sha256"]
+    assert training.data.params["tune.objective"] == "safety"  # a user file
+    assert trial2.data.tags["mlflow.parentRunId"] == training.info.run_id
+    study = optuna.load_study(study_name=v2.tags["optuna.study"], storage=storage)
+    assert [t.user_attrs["data_sha256"] for t in study.trials] == [v2.tags["data.sha256"]]  # no trial on the old file
+    # naming the old study explicitly, with the changed file, is refused in one line
+    capsys.readouterr()
+    assert _finetune(tiny_model_dir, storage, "--data", str(data), "--study-name", v1.tags["optuna.study"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # (above it: progress bars of the model load)
+    assert err.startswith("error: study_name:") and "data_sha256" in err and "Traceback" not in err
+
+
+def test_register_best_chooses_among_every_workers_trials_and_registers_once(tiny_model_dir, mlflow_store, tmp_path):
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    worker = ["--data", "harmful", "--register", "false", "--study-name", "shared"]
+    assert _finetune(tiny_model_dir, storage, *worker) == 0
+    assert _finetune(tiny_model_dir, storage, *worker) == 0  # another worker joins the same keyed study
+    study = optuna.load_study(study_name="shared", storage=storage)
+    assert len(study.trials) == 2 and len({t.user_attrs["tune_run_id"] for t in study.trials}) == 2
+    register = ["register-best", "--study-name", "shared", "--storage", storage, "--model-name", "keyed",
+                "--evaluate", "false"]
+    assert main(register) == 0
+    mv, trial_run = _version(1)
+    best = min(study.trials, key=lambda t: t.value)
+    assert mv.tags["tuning.best_trial"] == str(best.number) and mv.tags["tuning.selection"] == "loss"
+    assert trial_run.info.run_id == best.user_attrs["mlflow_run_id"]
+    assert mv.tags["data.sha256"] == best.user_attrs["data_sha256"]
+    assert main(register) == 0 and len(MlflowClient().search_model_versions("name='keyed'")) == 1
