@@ -96,3 +96,34 @@ def test_an_older_cache_without_stats_is_hashed_once_then_checked_by_stats(tmp_p
     monkeypatch.setattr(models, "_sha256", lambda p: pytest.fail("hashed again"))
     assert models._cache_is_valid(target)
     assert [p.name for p in target.iterdir() if p.name.startswith(".manifest-")] == []
+
+
+def test_batched_greedy_equals_the_transformers_loop_while_finished_rows_leave_the_batch(tiny_model_dir):
+    from safety_lab.models.generation import _decode, _left_pad, chat_inputs
+
+    loaded = load_model(str(tiny_model_dir))
+    model, tok = loaded.model, loaded.tokenizer
+    torch.manual_seed(1)
+    with torch.no_grad():  # the fixture's small init answers "\n" to everything; larger weights give varied text
+        for p in model.parameters():
+            p.normal_(0, 0.5) if p.dim() > 1 else None
+    prompts = ["Hi", "Tell me a joke.", "What is the capital of France? Answer briefly please.", "Name a colour.",
+               "Write one short sentence about the sea and the sky at night."]
+    encoded = chat_inputs(tok, prompts)
+    ids, mask = _left_pad(encoded, tok.pad_token_id, "cpu")
+    free = _decode(model, ids, mask, max_new_tokens=8, eos=-1, scores=False)
+    # used as EOS: a token some row produces later than others (or never), so rows leave the batch at different steps
+    firsts = [{t: o.ids.index(t) for t in o.ids} for o in free]
+    stop = max({t for f in firsts for t in f}, key=lambda t: len({f.get(t, -1) for f in firsts}))
+    outs = _decode(model, ids, mask, max_new_tokens=8, eos=stop, scores=True)
+    assert len({len(o.ids) for o in outs}) > 1, [o.ids for o in free]
+    assert not all(o.stopped for o in outs)  # some rows went on after others had left the batch
+    for prompt_ids, out in zip(encoded, outs):
+        ref = model.generate(input_ids=torch.tensor([prompt_ids]), max_new_tokens=8,
+                             attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long), do_sample=False, eos_token_id=stop, pad_token_id=tok.pad_token_id,
+                             output_scores=True, return_dict_in_generate=True, temperature=None, top_p=None, top_k=None)
+        new = ref.sequences[0, len(prompt_ids):].tolist()
+        assert out.ids == (new[:new.index(stop)] if stop in new else new)
+        assert out.stopped == (stop in new)
+        chosen = [float(torch.log_softmax(ref.scores[k][0].float(), -1)[t]) for k, t in enumerate(out.ids)]
+        assert out.chosen == pytest.approx(chosen, rel=1e-4, abs=1e-4)  # padding changes the reduction order only
