@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ import pytest
 BIN = Path(sys.executable).parent
 MLFLOW = str(BIN / "mlflow") if (BIN / "mlflow").exists() else (shutil.which("mlflow") or "mlflow")
 HEALTH_TIMEOUT_S = 90
-ARTIFACTS = Path(__file__).resolve().parent / "artifacts"  # screenshots etc. (gitignored)
+ARTIFACTS = Path(os.environ.get("SAFETY_LAB_TEST_ARTIFACTS") or Path(tempfile.gettempdir()) / "safety_lab-ui")  # screenshots
 
 # Tiny settings shared by every test that trains: 2 trials of 2 steps on 12 rows of a 2-layer model.
 TINY = ["--data", "harmful", "--max-steps", "2", "--eval-every", "1", "--batch-size", "4", "--limit", "12"]

@@ -1,12 +1,13 @@
 """The MLflow UI (served by the same real server) shows the registered version, its safety tag and the eval run.
 
 Headless Chromium from the OS (/usr/bin/chromium) driven by the Python `playwright` package; `playwright
-install` is never needed. Screenshots go to tests/team/artifacts/; docs/registry.png (the README's picture) is
-written when missing or with SAFETY_LAB_UPDATE_DOCS=1.
+install` is never needed. Screenshots go to $SAFETY_LAB_TEST_ARTIFACTS (default: a folder in the system temp dir); docs/registry.png (the
+README's picture) is rewritten only with SAFETY_LAB_UPDATE_DOCS=1.
 """
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 from pathlib import Path
@@ -65,7 +66,7 @@ def test_model_page_lists_the_version(page, team, team_version, mlflow_server):
     url = f"{mlflow_server.url}/#/models/team"
     _open(page, url, team.ARTIFACTS / "ui-model.png", re.compile(r"^\s*Version 1\s*$"))
     assert page.get_by_role("link", name=re.compile(r"Version 1")).count() >= 1
-    if os.environ.get("SAFETY_LAB_UPDATE_DOCS") == "1" or not DOCS_SHOT.exists():  # don't dirty the tree on every run
+    if os.environ.get("SAFETY_LAB_UPDATE_DOCS") == "1":  # tests write nothing into the checkout unless asked
         DOCS_SHOT.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(DOCS_SHOT))
 
@@ -96,9 +97,9 @@ def test_eval_run_shows_a_response_row_of_the_item_table(page, team, team_versio
 
     client = MlflowClient(tracking_uri=mlflow_server.url)
     run = client.get_run(team_version.tags["safety.eval_run_id"])
-    table = client.load_table(run.info.experiment_id, "evaluation/asr_items.json", run_ids=[run.info.run_id])
-    row = table.iloc[0]
-    assert {"prompt", "response"} <= set(table.columns)
+    table = json.loads(Path(client.download_artifacts(run.info.run_id, "evaluation/asr_items.json")).read_text())
+    assert {"prompt", "response", "refused"} <= set(table["columns"])  # mlflow.log_table's layout
+    row = dict(zip(table["columns"], table["data"][0]))
     url = (f"{mlflow_server.url}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
            f"/artifacts/evaluation/asr_items.json")
     words = " ".join(str(row["prompt"]).split()[:4])
