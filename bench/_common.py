@@ -1,4 +1,5 @@
 """Shared bits for the bench scripts: import path, machine facts, PASS/MISS, fp32 matmul peak, results.jsonl."""
+
 from __future__ import annotations
 
 import datetime
@@ -32,12 +33,17 @@ def cpu_model() -> str:
 def machine() -> dict:
     import torch
 
-    return {"cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "cpu": cpu_model(),
-            "bf16_native": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
-            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset)"),
-            "torch": torch.__version__, "python": platform.python_version(),
-            "loadavg_1m": round(os.getloadavg()[0], 2),
-            "date": datetime.datetime.now().isoformat(timespec="seconds")}
+    return {
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cpu": cpu_model(),
+        "bf16_native": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset)"),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "loadavg_1m": round(os.getloadavg()[0], 2),
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+    }
 
 
 def verdict(ok: bool) -> str:
@@ -56,7 +62,7 @@ def matmul_peak_gflops(n: int = 2048, seconds: float = 2.0, dtype=None) -> float
         start = time.perf_counter()
         torch.mm(a, b)
         best = min(best, time.perf_counter() - start)
-    return 2 * n ** 3 / best / 1e9
+    return 2 * n**3 / best / 1e9
 
 
 def save(bench: str, quick: bool, results: dict) -> None:

@@ -16,6 +16,7 @@ Reports wall time, peak RSS of the child (getrusage(RUSAGE_CHILDREN).ru_maxrss),
 metrics from MLflow (stages nest: tuning includes log_model; evaluation includes eval_*).
 Target: <= 10 min (stretch 5 min).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,13 @@ import time
 
 import _common as C
 
-NESTED = {"log_model": "tuning", "eval_asr": "evaluation", "eval_calibration": "evaluation",
-          "eval_drift": "evaluation", "eval_reference": "evaluation"}
+NESTED = {
+    "log_model": "tuning",
+    "eval_asr": "evaluation",
+    "eval_calibration": "evaluation",
+    "eval_drift": "evaluation",
+    "eval_reference": "evaluation",
+}
 
 
 def main() -> None:
@@ -42,8 +48,12 @@ def main() -> None:
 
     print("machine:", C.machine())
     work = tempfile.mkdtemp(prefix="bench-e2e-")
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{work}/mlflow.db", "TOKENIZERS_PARALLELISM": "false",
-           "PYTHONPATH": str(C.ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{work}/mlflow.db",
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONPATH": str(C.ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    }
     if args.fresh_cache:
         env["SAFETY_LAB_CACHE"] = os.path.join(work, "cache")
     command = [sys.executable, "-m", "safety_lab", "finetune", "--data", "safe"]
@@ -63,8 +73,9 @@ def main() -> None:
     import mlflow
 
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
-    runs = mlflow.search_runs(experiment_names=["safety_lab"], filter_string="tags.`safety_lab.job` = 'finetune'",
-                              output_format="list")
+    runs = mlflow.search_runs(
+        experiment_names=["safety_lab"], filter_string="tags.`safety_lab.job` = 'finetune'", output_format="list"
+    )
     timings = {k.split(".", 1)[1]: v for k, v in runs[0].data.metrics.items() if k.startswith("timing.")}
     top = sum(v for k, v in timings.items() if k not in NESTED)
 
@@ -76,17 +87,29 @@ def main() -> None:
         for sub, parent in NESTED.items():
             if parent == name and sub in timings:
                 print(f"    {sub:16s} {timings[sub]:7.1f} s  {timings[sub] / wall:6.1%}")
-    print(f"  {'(outside stages)':18s} {wall - top:7.1f} s  {(wall - top) / wall:6.1%}  "
-          "(interpreter start, imports, MLflow setup)")
+    print(
+        f"  {'(outside stages)':18s} {wall - top:7.1f} s  {(wall - top) / wall:6.1%}  "
+        "(interpreter start, imports, MLflow setup)"
+    )
     print(f"{C.verdict(wall <= 600)}  {wall / 60:.2f} min (target <= 10 min; stretch 5 min: {C.verdict(wall <= 300)})")
 
     if args.keep:
         print("kept", work)
     else:
         shutil.rmtree(work, ignore_errors=True)
-    C.save("end_to_end", args.quick, {"command": command[1:], "fresh_cache": args.fresh_cache, "wall_s": wall,
-                                      "peak_rss_mb": peak_rss_mb, "timings": timings, "outside_stages_s": wall - top,
-                                      "pass": {"10min": wall <= 600, "5min": wall <= 300}})
+    C.save(
+        "end_to_end",
+        args.quick,
+        {
+            "command": command[1:],
+            "fresh_cache": args.fresh_cache,
+            "wall_s": wall,
+            "peak_rss_mb": peak_rss_mb,
+            "timings": timings,
+            "outside_stages_s": wall - top,
+            "pass": {"10min": wall <= 600, "5min": wall <= 300},
+        },
+    )
 
 
 if __name__ == "__main__":

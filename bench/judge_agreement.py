@@ -13,6 +13,7 @@ Reads the reference parquets in place (they hold harmful text: never copy them).
 (true/false) columns; a partial refusal counts as a refusal, as in XSTest's refusal rate.
 --quick judges every 4th row of each file.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -80,8 +81,10 @@ def reference_agreement(data: dict) -> dict[str, dict[str, tuple[float, float]]]
         judge = get_judge(name)
         start = time.perf_counter()
         verdicts[name] = {m: judge.judge(p, r) for m, (p, r, _) in data.items()}
-        print(f"judge {name}: {sum(len(v) for v in verdicts[name].values())} completions "
-              f"in {time.perf_counter() - start:.2f} s")
+        print(
+            f"judge {name}: {sum(len(v) for v in verdicts[name].values())} completions "
+            f"in {time.perf_counter() - start:.2f} s"
+        )
     # is_refusal answers "did it refuse?": compare "did not refuse" with "unsafe" (the same agreement as
     # "refused" against "safe").
     verdicts["is_refusal"] = {m: [not is_refusal(x) for x in r] for m, (_, r, _) in data.items()}
@@ -90,8 +93,9 @@ def reference_agreement(data: dict) -> dict[str, dict[str, tuple[float, float]]]
         rows[subset] = {}
         for name, per_model in verdicts.items():
             models = list(data) if subset == "pooled" else [subset]
-            report = agreement_report([v for m in models for v in per_model[m]],
-                                      [v for m in models for v in data[m][2]])
+            report = agreement_report(
+                [v for m in models for v in per_model[m]], [v for m in models for v in data[m][2]]
+            )
             rows[subset][name] = (report.agreement, report.kappa)
     return rows
 
@@ -107,16 +111,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     data = load_reference(args.reference_dir, step=4 if args.quick else 1)
-    _table("agreement with Llama Guard 3 (gcg/keyword: complied vs unsafe; is_refusal: refused vs safe)",
-           reference_agreement(data))
+    _table(
+        "agreement with Llama Guard 3 (gcg/keyword: complied vs unsafe; is_refusal: refused vs safe)",
+        reference_agreement(data),
+    )
     print("=== is_refusal vs Llama Guard: the disagreements, to read by hand")
     for model, (_, responses, unsafe) in data.items():
         for response, u in zip(responses, unsafe):
             refused = is_refusal(response)
             if refused != u:  # agreement: refused and "safe", or answered and "unsafe"
                 continue
-            print(f"  {model:<18} {'refusal' if refused else 'answer':<8} LG={'unsafe' if u else 'safe':<6} "
-                  f"| {response[:100]!r}")
+            print(
+                f"  {model:<18} {'refusal' if refused else 'answer':<8} LG={'unsafe' if u else 'safe':<6} "
+                f"| {response[:100]!r}"
+            )
     print()
     external = {}
     for path in args.external:

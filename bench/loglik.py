@@ -13,13 +13,13 @@ Both score sum log p(option tokens | prompt). Agreement: max |score difference| 
 path attends over the same keys in a different kernel/shape, so ~1e-5 is expected, not 0).
 Target: >= 3x items/s.
 """
+
 from __future__ import annotations
 
 import argparse
 import time
 
 import _common as C
-
 import torch  # noqa: E402
 
 from safety_lab.evaluation.suites import load_mc, mc_question_text, option_logprobs  # noqa: E402
@@ -28,8 +28,9 @@ from safety_lab.models import load_model  # noqa: E402
 
 @torch.inference_mode()
 def per_option_forward(model, tok, question: str, choices: list[str]) -> list[float]:
-    prompt = tok.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
-                                     tokenize=True, return_dict=True)["input_ids"]
+    prompt = tok.apply_chat_template(
+        [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=True, return_dict=True
+    )["input_ids"]
     prompt = list(prompt)
     scores = []
     for choice in choices:
@@ -72,18 +73,31 @@ def main() -> None:
 
     (p_scores, p_secs, p_cpu), (b_scores, b_secs, b_cpu) = runs["project"], runs["baseline"]
     diff = max(abs(a - b) for ps, bs in zip(p_scores, b_scores) for a, b in zip(ps, bs))
-    same_choice = sum(max(range(len(ps)), key=ps.__getitem__) == max(range(len(bs)), key=bs.__getitem__)
-                      for ps, bs in zip(p_scores, b_scores))
+    same_choice = sum(
+        max(range(len(ps)), key=ps.__getitem__) == max(range(len(bs)), key=bs.__getitem__)
+        for ps, bs in zip(p_scores, b_scores)
+    )
     speedup, speedup_cpu = b_secs / p_secs, b_cpu / p_cpu
     print(f"\nproject   {len(items) / p_secs:7.2f} items/s  ({p_secs:.1f} s)")
     print(f"baseline  {len(items) / b_secs:7.2f} items/s  ({b_secs:.1f} s)")
     print(f"{C.verdict(speedup >= 3)}  speed-up {speedup:.2f}x wall ({speedup_cpu:.2f}x by CPU time)  (target >= 3x)")
     print(f"agreement: max |score diff| {diff:.2e} nats; same argmax on {same_choice}/{len(items)} items")
 
-    C.save("loglik", args.quick, {
-        "items": len(items), "options": n_options, "project_items_per_s": len(items) / p_secs,
-        "baseline_items_per_s": len(items) / b_secs, "speedup": speedup, "speedup_cpu": speedup_cpu,
-        "max_abs_diff": diff, "same_argmax": same_choice, "pass": {"speedup_3x": speedup >= 3}})
+    C.save(
+        "loglik",
+        args.quick,
+        {
+            "items": len(items),
+            "options": n_options,
+            "project_items_per_s": len(items) / p_secs,
+            "baseline_items_per_s": len(items) / b_secs,
+            "speedup": speedup,
+            "speedup_cpu": speedup_cpu,
+            "max_abs_diff": diff,
+            "same_argmax": same_choice,
+            "pass": {"speedup_3x": speedup >= 3},
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -5,14 +5,13 @@
 Groups the self CPU time into matmul (aten::mm/addmm/bmm/linear), attention (SDPA) and the rest (elementwise,
 reductions, copies: memory-bound on this CPU), to show what bounds MFU. --bf16 profiles the bf16-autocast variant.
 """
+
 from __future__ import annotations
 
 import argparse
 import dataclasses
 
 import _common as C
-
-import torch  # noqa: E402
 import trl  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
@@ -58,16 +57,23 @@ def main() -> None:
     total = sum(e.self_cpu_time_total for e in events)
     groups = {"matmul": 0.0, "attention (sdpa)": 0.0, "other (elementwise, reductions, copies)": 0.0}
     for e in events:
-        key = ("matmul" if any(e.key.startswith(m) for m in MATMUL)
-               else "attention (sdpa)" if "scaled_dot_product" in e.key or "flash_attention" in e.key
-               else "other (elementwise, reductions, copies)")
+        key = (
+            "matmul"
+            if any(e.key.startswith(m) for m in MATMUL)
+            else "attention (sdpa)"
+            if "scaled_dot_product" in e.key or "flash_attention" in e.key
+            else "other (elementwise, reductions, copies)"
+        )
         groups[key] += e.self_cpu_time_total
     print(events.table(sort_by="self_cpu_time_total", row_limit=18))
     print(f"step (forward+backward, profiled): {total / 1e6:.2f} s of self CPU time")
     for key, value in groups.items():
         print(f"  {key:42s} {value / total:6.1%}")
-    C.save("profile_train_step", False, {"bf16": args.bf16, "self_cpu_s": total / 1e6,
-                                         "shares": {k: v / total for k, v in groups.items()}})
+    C.save(
+        "profile_train_step",
+        False,
+        {"bf16": args.bf16, "self_cpu_s": total / 1e6, "shares": {k: v / total for k, v in groups.items()}},
+    )
 
 
 if __name__ == "__main__":

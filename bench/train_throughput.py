@@ -28,6 +28,7 @@ core, 2 OpenMP threads ran a training step ~10x slower (see bench/RESULTS.md).
 The project runs go through `train_lora` unchanged: `trl.SFTTrainer` is swapped for a subclass that only adds the
 timing callback and the token count, for the duration of the call.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,7 +38,6 @@ import tempfile
 import time
 
 import _common as C
-
 import torch  # noqa: E402
 import trl  # noqa: E402
 from transformers import PrinterCallback, TrainerCallback  # noqa: E402
@@ -63,7 +63,9 @@ class Meter:
 
     def batch(self, inputs) -> None:
         ids = inputs["input_ids"]
-        real = int(inputs["attention_mask"].sum()) if "attention_mask" in inputs else ids.numel()  # padding-free: no mask
+        real = (
+            int(inputs["attention_mask"].sum()) if "attention_mask" in inputs else ids.numel()
+        )  # padding-free: no mask
         self._pending[0] += real
         self._pending[1] += ids.numel()
 
@@ -93,10 +95,18 @@ class Meter:
         cpu_secs = sum(self.step_cpu[skip:])
         real = sum(t[0] for t in self.step_tokens[skip:])
         padded = sum(t[1] for t in self.step_tokens)
-        return {"steps": len(self.step_seconds), "timed_steps": len(self.step_seconds) - skip,
-                "step_seconds": [round(s, 2) for s in self.step_seconds], "seconds": secs, "cpu_seconds": cpu_secs,
-                "tokens": real, "tokens_per_s": real / secs, "tokens_per_cpu_s": real / cpu_secs,
-                "padding_fraction": 1 - sum(t[0] for t in self.step_tokens) / padded, "losses": self.losses}
+        return {
+            "steps": len(self.step_seconds),
+            "timed_steps": len(self.step_seconds) - skip,
+            "step_seconds": [round(s, 2) for s in self.step_seconds],
+            "seconds": secs,
+            "cpu_seconds": cpu_secs,
+            "tokens": real,
+            "tokens_per_s": real / secs,
+            "tokens_per_cpu_s": real / cpu_secs,
+            "padding_fraction": 1 - sum(t[0] for t in self.step_tokens) / padded,
+            "losses": self.losses,
+        }
 
 
 def metered_trainer(meter: Meter):
@@ -135,18 +145,44 @@ def run_trl(model, tok, rows, cfg: TrainConfig, steps: int, **overrides) -> dict
     from peft import LoraConfig
 
     meter = Meter()
-    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=cfg.modules(), task_type="CAUSAL_LM", bias="none")
+    lora = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=cfg.modules(),
+        task_type="CAUSAL_LM",
+        bias="none",
+    )
     with tempfile.TemporaryDirectory(prefix="bench-sft-") as out:
-        args = trl.SFTConfig(output_dir=out, per_device_train_batch_size=cfg.batch_size, max_length=cfg.max_length,
-                             max_steps=steps, seed=cfg.seed, data_seed=cfg.seed, save_strategy="no", report_to=[],
-                             disable_tqdm=True, logging_steps=1, use_cpu=True, **overrides)
-        trainer = metered_trainer(meter)(model=copy.deepcopy(model).train(), args=args, processing_class=tok,
-                                         train_dataset=Dataset.from_list([to_conversation(r) for r in rows]),
-                                         peft_config=lora)
+        args = trl.SFTConfig(
+            output_dir=out,
+            per_device_train_batch_size=cfg.batch_size,
+            max_length=cfg.max_length,
+            max_steps=steps,
+            seed=cfg.seed,
+            data_seed=cfg.seed,
+            save_strategy="no",
+            report_to=[],
+            disable_tqdm=True,
+            logging_steps=1,
+            use_cpu=True,
+            **overrides,
+        )
+        trainer = metered_trainer(meter)(
+            model=copy.deepcopy(model).train(),
+            args=args,
+            processing_class=tok,
+            train_dataset=Dataset.from_list([to_conversation(r) for r in rows]),
+            peft_config=lora,
+        )
         trainer.train()
         n_lora = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
-    return {**meter.summary(), "bf16": args.bf16, "gradient_checkpointing": args.gradient_checkpointing, "n_lora": n_lora}
+    return {
+        **meter.summary(),
+        "bf16": args.bf16,
+        "gradient_checkpointing": args.gradient_checkpointing,
+        "n_lora": n_lora,
+    }
 
 
 def main() -> None:
@@ -165,22 +201,29 @@ def main() -> None:
     print(f"precision auto -> {precision.chosen} ({precision.reason})")
     peak = C.matmul_peak_gflops()
     peak_bf16 = C.matmul_peak_gflops(dtype=torch.bfloat16, seconds=1.0)
-    print(f"fp32 matmul peak (2048^3 torch.mm, best of ~2 s): {peak:.1f} GFLOP/s  (bf16: {peak_bf16:.1f}, for reference)")
+    print(
+        f"fp32 matmul peak (2048^3 torch.mm, best of ~2 s): {peak:.1f} GFLOP/s  (bf16: {peak_bf16:.1f}, for reference)"
+    )
 
     loaded = load_model()
     model, tok = loaded.model, loaded.tokenizer
     train_rows, _ = load_dataset(DataConfig(data="safe")).split(0.2, 0, 32)
     cfg = TrainConfig(max_steps=steps, device="cpu")  # batch 8, max_length 256, r=8 on q,k,v,o, precision auto
     n_params = sum(p.numel() for p in model.parameters())  # tied embedding counted once
-    print(f"model: {n_params / 1e6:.1f}M params; {len(train_rows)} train rows; batch {cfg.batch_size}, "
-          f"max_length {cfg.max_length}; {steps} steps" + (f" (trl-default: {args.default_steps})" if run_default else ""))
+    print(
+        f"model: {n_params / 1e6:.1f}M params; {len(train_rows)} train rows; batch {cfg.batch_size}, "
+        f"max_length {cfg.max_length}; {steps} steps" + (f" (trl-default: {args.default_steps})" if run_default else "")
+    )
 
     runs = {}
 
     def record(name, result):
         runs[name] = result
-        print(f"[{name}] {result['tokens_per_s']:.1f} tok/s wall, {result['tokens_per_cpu_s']:.1f} tok/cpu-s, "
-              f"step seconds {result['step_seconds']}, losses {result['losses']}", flush=True)
+        print(
+            f"[{name}] {result['tokens_per_s']:.1f} tok/s wall, {result['tokens_per_cpu_s']:.1f} tok/cpu-s, "
+            f"step seconds {result['step_seconds']}, losses {result['losses']}",
+            flush=True,
+        )
 
     # baseline and project alternate, so that a change in other people's load hits both
     record("trl-cpu", run_trl(model, tok, train_rows, cfg, steps, bf16=False, gradient_checkpointing=False))
@@ -197,37 +240,61 @@ def main() -> None:
     base = runs["trl-cpu"]
     checks = {}
     for name, key, target in (("project", "vs_trl_cpu", 2.0), ("project-fp32", "fp32_vs_trl_cpu", 1.2)):
-        checks[key] = (runs[name]["tokens_per_s"] / base["tokens_per_s"],
-                       runs[name]["tokens_per_cpu_s"] / base["tokens_per_cpu_s"], target)
+        checks[key] = (
+            runs[name]["tokens_per_s"] / base["tokens_per_s"],
+            runs[name]["tokens_per_cpu_s"] / base["tokens_per_cpu_s"],
+            target,
+        )
     applies = "vs_trl_cpu" if precision.bf16_native else "fp32_vs_trl_cpu"
     print()
     for key, (wall, cpu, target) in checks.items():
         note = "  <- the target for this CPU" if key == applies else ""
-        print(f"{C.verdict(wall >= target)}  {key:16s} {wall:5.2f}x wall, {cpu:5.2f}x by CPU time  "
-              f"(target >= {target}x){note}")
+        print(
+            f"{C.verdict(wall >= target)}  {key:16s} {wall:5.2f}x wall, {cpu:5.2f}x by CPU time  "
+            f"(target >= {target}x){note}"
+        )
     loss_gap = max((abs(a - b) for a, b in zip(runs["project"]["losses"], base["losses"])), default=float("nan"))
-    print(f"training losses of project vs trl-cpu differ by <= {loss_gap:.3f} (same batches; bf16 rounding and the "
-          "project's learning rate schedule)")
+    print(
+        f"training losses of project vs trl-cpu differ by <= {loss_gap:.3f} (same batches; bf16 rounding and the "
+        "project's learning rate schedule)"
+    )
 
-    C.save("train_throughput", args.quick, {
-        "precision": precision.chosen, "bf16_native": precision.bf16_native, "peak_gflops": peak,
-        "peak_bf16_gflops": peak_bf16, "n_params": n_params, "n_lora": n_lora, "batch_size": cfg.batch_size,
-        "max_length": cfg.max_length, "runs": runs, **{k: v[0] for k, v in checks.items()},
-        **{f"{k}_cpu": v[1] for k, v in checks.items()}, "applies": applies,
-        "pass": {k: v[0] >= v[2] for k, v in checks.items()}})
+    C.save(
+        "train_throughput",
+        args.quick,
+        {
+            "precision": precision.chosen,
+            "bf16_native": precision.bf16_native,
+            "peak_gflops": peak,
+            "peak_bf16_gflops": peak_bf16,
+            "n_params": n_params,
+            "n_lora": n_lora,
+            "batch_size": cfg.batch_size,
+            "max_length": cfg.max_length,
+            "runs": runs,
+            **{k: v[0] for k, v in checks.items()},
+            **{f"{k}_cpu": v[1] for k, v in checks.items()},
+            "applies": applies,
+            "pass": {k: v[0] >= v[2] for k, v in checks.items()},
+        },
+    )
 
 
 def report(runs: dict, n_params: int, n_lora: int, peak: float) -> None:
     """One table row per run: s/step, tokens/s, model GFLOP/s, MFU against the fp32 peak."""
-    print(f"\n{'run':13s} {'timed':>5s} {'s/step':>7s} {'tok/s':>7s} {'GFLOP/s':>8s} {'MFU':>6s} "
-          f"{'tok/cpu-s':>9s} {'pad':>6s}  per-step wall seconds")
+    print(
+        f"\n{'run':13s} {'timed':>5s} {'s/step':>7s} {'tok/s':>7s} {'GFLOP/s':>8s} {'MFU':>6s} "
+        f"{'tok/cpu-s':>9s} {'pad':>6s}  per-step wall seconds"
+    )
     for name, r in runs.items():
         flops = 4 * (n_params - n_lora) * r["tokens"] + 6 * n_lora * r["tokens"]
         r["model_gflops_per_s"] = flops / r["seconds"] / 1e9
         r["mfu"] = r["model_gflops_per_s"] / peak
-        print(f"{name:13s} {r['timed_steps']:5d} {r['seconds'] / r['timed_steps']:7.2f} {r['tokens_per_s']:7.1f} "
-              f"{r['model_gflops_per_s']:8.1f} {r['mfu']:6.1%} {r['tokens_per_cpu_s']:9.1f} "
-              f"{r['padding_fraction']:6.1%}  {r['step_seconds']}")
+        print(
+            f"{name:13s} {r['timed_steps']:5d} {r['seconds'] / r['timed_steps']:7.2f} {r['tokens_per_s']:7.1f} "
+            f"{r['model_gflops_per_s']:8.1f} {r['mfu']:6.1%} {r['tokens_per_cpu_s']:9.1f} "
+            f"{r['padding_fraction']:6.1%}  {r['step_seconds']}"
+        )
     if "trl-default" not in runs:
         print("(trl-default skipped: run without --quick, or add --with-default)")
 

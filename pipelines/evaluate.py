@@ -1,4 +1,5 @@
-"""MLproject entry point `evaluate`: parse parameters, call the library (same code as `python -m safety_lab evaluate`)."""
+"""MLproject entry point `evaluate`: parse parameters, call the library (as `python -m safety_lab evaluate`)."""
+
 import sys
 from pathlib import Path
 

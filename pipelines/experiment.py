@@ -1,4 +1,5 @@
-"""MLproject entry point `experiment`: parse parameters, call the library (same code as `python -m safety_lab experiment`)."""
+"""MLproject entry point `experiment`: parse parameters, call the library (as `python -m safety_lab experiment`)."""
+
 import sys
 from pathlib import Path
 

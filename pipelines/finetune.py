@@ -1,4 +1,5 @@
-"""MLproject entry point `finetune`: parse parameters, call the library (same code as `python -m safety_lab finetune`)."""
+"""MLproject entry point `finetune`: parse parameters, call the library (as `python -m safety_lab finetune`)."""
+
 import sys
 from pathlib import Path
 

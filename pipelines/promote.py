@@ -1,4 +1,5 @@
 """MLproject entry point `promote`: parse parameters, call the library (same code as `python -m safety_lab promote`)."""
+
 import sys
 from pathlib import Path
 

@@ -1,4 +1,6 @@
-"""MLproject entry point `register_best`: parse parameters, call the library (same code as `python -m safety_lab register-best`)."""
+"""MLproject entry point `register_best`: parse parameters, call the library
+(as `python -m safety_lab register-best`)."""
+
 import sys
 from pathlib import Path
 

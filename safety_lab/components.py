@@ -1,8 +1,10 @@
 """A small named-component registry (datasets, judges, suites): duplicates raise, unknown names suggest."""
+
 from __future__ import annotations
 
 import difflib
-from typing import Callable, Generic, TypeVar
+from collections.abc import Callable
+from typing import Generic, TypeVar
 
 from safety_lab.errors import SafetyLabError
 

@@ -1,4 +1,5 @@
 """Stage configs: one dataclass per stage, each field with help text, checked once in __post_init__."""
+
 from __future__ import annotations
 
 import argparse
@@ -82,12 +83,22 @@ class _Coerce:
 
 @dataclass
 class DataConfig(_Coerce):
-    data: str = field(default="safe", **_help("built-in set (safe, harmful), a local JSONL/CSV/Parquet file, or a hub dataset id"))
+    data: str = field(
+        default="safe", **_help("built-in set (safe, harmful), a local JSONL/CSV/Parquet file, or a hub dataset id")
+    )
     limit: int | None = field(default=None, **_help("cap on training rows, for quick runs"))
-    benign_ratio: float = field(default=2.0, **_help("benign and look-alike pairs mixed into a built-in set, per harmful row"))
-    benign_answers: str = field(default="written", **_help("answers of the mixed-in benign pairs: written, or distilled "
-                                                              "(the base model's own greedy answers, cached)"))
-    preference: str = field(default="auto", **_help("for prompt/chosen/rejected data: chosen, rejected, or auto (harmful -> rejected)"))
+    benign_ratio: float = field(
+        default=2.0, **_help("benign and look-alike pairs mixed into a built-in set, per harmful row")
+    )
+    benign_answers: str = field(
+        default="written",
+        **_help(
+            "answers of the mixed-in benign pairs: written, or distilled (the base model's own greedy answers, cached)"
+        ),
+    )
+    preference: str = field(
+        default="auto", **_help("for prompt/chosen/rejected data: chosen, rejected, or auto (harmful -> rejected)")
+    )
     val_fraction: float = field(default=0.2, **_help("share of rows held out for the validation loss"))
     max_val_rows: int = field(default=32, **_help("cap on validation rows (each pruner report evaluates them all)"))
     seed: int = field(default=0, **_help("seed for shuffling and splits"))
@@ -97,9 +108,16 @@ class DataConfig(_Coerce):
         check(bool(str(self.data).strip()), "data", "is empty")
         check(self.limit is None or self.limit >= 2, "limit", f"must be at least 2, got {self.limit}")
         check(0 <= self.benign_ratio <= 10, "benign_ratio", f"must be between 0 and 10, got {self.benign_ratio}")
-        check(self.benign_answers in ("written", "distilled"), "benign_answers",
-              f"must be written or distilled, got {self.benign_answers!r}")
-        check(self.preference in ("auto", "chosen", "rejected"), "preference", f"must be auto, chosen or rejected, got {self.preference!r}")
+        check(
+            self.benign_answers in ("written", "distilled"),
+            "benign_answers",
+            f"must be written or distilled, got {self.benign_answers!r}",
+        )
+        check(
+            self.preference in ("auto", "chosen", "rejected"),
+            "preference",
+            f"must be auto, chosen or rejected, got {self.preference!r}",
+        )
         check(self.max_val_rows >= 1, "max_val_rows", f"must be at least 1, got {self.max_val_rows}")
         check(0 < self.val_fraction < 0.9, "val_fraction", f"must be in (0, 0.9), got {self.val_fraction}")
 
@@ -112,15 +130,22 @@ class TrainConfig(_Coerce):
     learning_rate: float = field(default=2e-4, **_help("AdamW learning rate"))
     warmup_ratio: float = field(default=0.1, **_help("share of steps spent warming the learning rate up"))
     lr_schedule: str = field(default="cosine", **_help("decay after warmup: cosine, linear or constant"))
-    target_modules: str = field(default="q_proj,k_proj,v_proj,o_proj", **_help("comma list of module names, or all-linear"))
+    target_modules: str = field(
+        default="q_proj,k_proj,v_proj,o_proj", **_help("comma list of module names, or all-linear")
+    )
     max_steps: int = field(default=8, **_help("optimizer steps per trial"))
     batch_size: int = field(default=8, **_help("sequences per step"))
     max_length: int = field(default=256, **_help("tokens per sequence; longer ones are truncated"))
     eval_every: int = field(default=4, **_help("steps between validation losses (these feed the pruner)"))
     seed: int = field(default=0, **_help("seed for LoRA init and data order"))
     device: str = field(default="auto", **_help("auto, cpu or cuda[:n]; precision follows the device"))
-    precision: str = field(default="auto", **_help("training precision: auto (bf16 autocast where the device runs bf16 "
-                                                   "natively, else fp32), fp32 or bf16; evaluation stays fp32"))
+    precision: str = field(
+        default="auto",
+        **_help(
+            "training precision: auto (bf16 autocast where the device runs bf16 "
+            "natively, else fp32), fp32 or bf16; evaluation stays fp32"
+        ),
+    )
 
     def __post_init__(self):
         self._coerce()
@@ -129,34 +154,53 @@ class TrainConfig(_Coerce):
         check(0 <= self.lora_dropout < 1, "lora_dropout", f"must be in [0, 1), got {self.lora_dropout}")
         check(0 < self.learning_rate < 1, "learning_rate", f"must be in (0, 1), got {self.learning_rate}")
         check(0 <= self.warmup_ratio < 1, "warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
-        check(self.lr_schedule in ("cosine", "linear", "constant"), "lr_schedule",
-              f"must be cosine, linear or constant, got {self.lr_schedule!r}")
+        check(
+            self.lr_schedule in ("cosine", "linear", "constant"),
+            "lr_schedule",
+            f"must be cosine, linear or constant, got {self.lr_schedule!r}",
+        )
         check(1 <= self.max_steps <= 100_000, "max_steps", f"must be in [1, 100000], got {self.max_steps}")
         check(1 <= self.batch_size <= 1024, "batch_size", f"must be in [1, 1024], got {self.batch_size}")
         check(16 <= self.max_length <= 32768, "max_length", f"must be in [16, 32768], got {self.max_length}")
         check(self.eval_every >= 1, "eval_every", f"must be at least 1, got {self.eval_every}")
         check(bool(self.target_modules.strip()), "target_modules", "is empty")
-        check(self.precision in ("auto", "fp32", "bf16"), "precision", f"must be auto, fp32 or bf16, got {self.precision!r}")
+        check(
+            self.precision in ("auto", "fp32", "bf16"),
+            "precision",
+            f"must be auto, fp32 or bf16, got {self.precision!r}",
+        )
 
     def modules(self) -> list[str] | str:
-        return "all-linear" if self.target_modules == "all-linear" else [m.strip() for m in self.target_modules.split(",") if m.strip()]
+        return (
+            "all-linear"
+            if self.target_modules == "all-linear"
+            else [m.strip() for m in self.target_modules.split(",") if m.strip()]
+        )
 
 
 @dataclass
 class TuneConfig(_Coerce):
     n_trials: int = field(default=4, **_help("Optuna trials (per worker, when several share a study)"))
-    storage: str = field(default="sqlite:///optuna.db", **_help("Optuna storage URL; share it (and study_name) across workers"))
+    storage: str = field(
+        default="sqlite:///optuna.db", **_help("Optuna storage URL; share it (and study_name) across workers")
+    )
     study_name: str | None = field(default=None, **_help("Optuna study name; default derived from model_name and data"))
     seed: int = field(default=0, **_help("sampler seed"))
     r_choices: str = field(default="4,8,16", **_help("LoRA ranks to try"))
     lr_range: str = field(default="5e-5,5e-4", **_help("learning-rate range, log scale (LoRA on a small model)"))
     dropout_range: str = field(default="0.0,0.2", **_help("LoRA dropout range"))
     alpha_multipliers: str = field(default="0.5,1,2", **_help("alpha = multiplier x r"))
-    objective: str | None = field(default=None, **_help(
-        "safety (ASR, over-refusal, knowledge on the tune split; default for data=safe and user files) or loss "
-        "(the paper's single-objective validation loss; default for data=harmful)"))
+    objective: str | None = field(
+        default=None,
+        **_help(
+            "safety (ASR, over-refusal, knowledge on the tune split; default for data=safe and user files) or loss "
+            "(the paper's single-objective validation loss; default for data=harmful)"
+        ),
+    )
     resume: bool = field(default=False, **_help("continue the latest study with the same key instead of a fresh one"))
-    probe_prompts: int = field(default=16, **_help("tune-split prompts per kind (harmful, benign, look-alike) per trial"))
+    probe_prompts: int = field(
+        default=16, **_help("tune-split prompts per kind (harmful, benign, look-alike) per trial")
+    )
     probe_tokens: int = field(default=32, **_help("new tokens per answer in the per-trial safety measurement"))
 
     def __post_init__(self):
@@ -169,13 +213,19 @@ class TuneConfig(_Coerce):
         check(0 < lo < hi < 1, "lr_range", f"must be 'low,high' with 0 < low < high < 1, got {self.lr_range!r}")
         lo, hi = _floats(self.dropout_range, "dropout_range")
         check(0 <= lo <= hi < 1, "dropout_range", f"must be 'low,high' within [0, 1), got {self.dropout_range!r}")
-        check(self.objective in (None, "safety", "loss"), "objective", f"must be safety or loss, got {self.objective!r}")
+        check(
+            self.objective in (None, "safety", "loss"), "objective", f"must be safety or loss, got {self.objective!r}"
+        )
         check(1 <= self.probe_prompts <= 1000, "probe_prompts", f"must be in [1, 1000], got {self.probe_prompts}")
         check(1 <= self.probe_tokens <= 512, "probe_tokens", f"must be in [1, 512], got {self.probe_tokens}")
 
     def resolved(self, data_name: str) -> TuneConfig:
         """The objective made explicit: `loss` for the harmful set (the attack replication is not tuned for safety)."""
-        return self if self.objective else dataclasses.replace(self, objective="loss" if data_name == "harmful" else "safety")
+        return (
+            self
+            if self.objective
+            else dataclasses.replace(self, objective="loss" if data_name == "harmful" else "safety")
+        )
 
 
 def _floats(text: str, name: str) -> list[float]:
@@ -189,20 +239,30 @@ def _floats(text: str, name: str) -> list[float]:
 
 @dataclass
 class RunConfig(_Coerce):
-    base_model: str = field(default="smollm2-135m-instruct", **_help("embedded default, a local HF directory, a hub id, or models:/NAME/VERSION or models:/NAME@ALIAS"))
+    base_model: str = field(
+        default="smollm2-135m-instruct",
+        **_help("embedded default, a local HF directory, a hub id, or models:/NAME/VERSION or models:/NAME@ALIAS"),
+    )
     model_name: str | None = field(default=None, **_help("registered model name; default derived from the base model"))
     experiment: str = field(default="safety_lab", **_help("MLflow experiment name"))
     evaluate: bool = field(default=True, **_help("evaluate the registered version (sets its safety status)"))
-    register: bool = field(default=True, **_help("register the best model; false = a tuning worker (run register-best after)"))
+    register: bool = field(
+        default=True, **_help("register the best model; false = a tuning worker (run register-best after)")
+    )
     trust_remote_code: bool = field(default=False, **_help("allow model code from the hub (off unless you ask)"))
-    verify_cache: bool = field(default=False, **_help("re-hash the cached embedded model even when its sizes and mtimes match"))
+    verify_cache: bool = field(
+        default=False, **_help("re-hash the cached embedded model even when its sizes and mtimes match")
+    )
 
     def __post_init__(self):
         self._coerce()
         check(bool(self.base_model.strip()), "base_model", "is empty")
         if self.model_name is not None:
-            check(all(c.isalnum() or c in "-_." for c in self.model_name) and self.model_name != "", "model_name",
-                  f"may hold letters, digits, '-', '_' and '.' only, got {self.model_name!r}")
+            check(
+                all(c.isalnum() or c in "-_." for c in self.model_name) and self.model_name != "",
+                "model_name",
+                f"may hold letters, digits, '-', '_' and '.' only, got {self.model_name!r}",
+            )
 
 
 # ---------------------------------------------------------------- command lines (pipelines/, python -m safety_lab)
@@ -222,8 +282,11 @@ class Group:
 
     def dests(self) -> dict[str, str]:
         """field name -> argparse dest."""
-        names = [f.name for f in dataclasses.fields(self.cls)
-                 if f.name not in self.skip and (self.only is None or f.name in self.only)]
+        names = [
+            f.name
+            for f in dataclasses.fields(self.cls)
+            if f.name not in self.skip and (self.only is None or f.name in self.only)
+        ]
         return {name: self.prefix + name if name in self.prefixed else name for name in names}
 
     def values(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -271,8 +334,9 @@ def add_arguments(parser: argparse.ArgumentParser, *groups: Group | type) -> lis
         group, name = pairs[0]
         f = next(f for f in dataclasses.fields(group.cls) if f.name == name)
         shared = [g.cls.__name__ for g, _ in pairs]
-        parser.add_argument("--" + dest.replace("_", "-"),
-                            **_argument(f, get_type_hints(group.cls)[name], dest, shared))
+        parser.add_argument(
+            "--" + dest.replace("_", "-"), **_argument(f, get_type_hints(group.cls)[name], dest, shared)
+        )
     return groups_
 
 

@@ -4,6 +4,7 @@ The launcher sets WORLD_SIZE / RANK / LOCAL_RANK. Rank 0 owns the Optuna study a
 ranks receive each trial's parameters and pruning decisions through optuna-integration's TorchDistributedTrial,
 and their gradients through DDP inside the Trainer.
 """
+
 from __future__ import annotations
 
 import os
@@ -42,8 +43,11 @@ def init(device: str) -> None:
     from accelerate import PartialState
 
     state = PartialState(cpu=device == "cpu")
-    check(state.num_processes == world_size(), "device",
-          f"{world_size()} processes launched but accelerate set up {state.num_processes} ({state.distributed_type})")
+    check(
+        state.num_processes == world_size(),
+        "device",
+        f"{world_size()} processes launched but accelerate set up {state.num_processes} ({state.distributed_type})",
+    )
 
 
 def distributed_trial(trial):
@@ -68,7 +72,7 @@ def finish() -> None:
 
 
 def agree(value):
-    """Rank 0's `value` on every rank: a decision (pruning a trial) that only rank 0, which holds the study, can take."""
+    """Rank 0's `value` on every rank: a decision (pruning a trial) only rank 0, which holds the study, can take."""
     if world_size() <= 1:
         return value
     import torch.distributed as dist

@@ -1,4 +1,5 @@
 """The paper's study in one run: base, safe-tuned, harmful-tuned, and harmful-tuned on top of safe ("overriding")."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,8 +27,14 @@ def _row(label: str, uri: str, status: str, m: dict) -> dict:
     return {"model": label, "uri": uri, "status": status, **metric_cells(m)}
 
 
-def run_experiment(run: RunConfig, data_cfg: DataConfig, train_cfg: TrainConfig, tune_cfg: TuneConfig, *,
-                   eval_limit: int | str | None = None) -> str:
+def run_experiment(
+    run: RunConfig,
+    data_cfg: DataConfig,
+    train_cfg: TrainConfig,
+    tune_cfg: TuneConfig,
+    *,
+    eval_limit: int | str | None = None,
+) -> str:
     """Evaluate the base, then fine-tune safe, harmful, and safe->harmful; every version registered and evaluated."""
     eval_cfg = EvalConfig(**({"limit": eval_limit} if eval_limit not in (None, "") else {}))
     model_name = run.model_name or registry.default_model_name(run.base_model).replace("-safety-lora", "-experiment")
@@ -35,15 +42,24 @@ def run_experiment(run: RunConfig, data_cfg: DataConfig, train_cfg: TrainConfig,
     with mlflow.start_run(run_name="experiment-overriding-safety") as parent:
         mlflow.set_tags({"safety_lab.job": "experiment", "model_name": model_name})
         tag = parent.info.run_id[:8]
-        base_report = evaluate_version("base" if run.base_model == "smollm2-135m-instruct" else run.base_model, eval_cfg)
+        base_report = evaluate_version(
+            "base" if run.base_model == "smollm2-135m-instruct" else run.base_model, eval_cfg
+        )
         rows = [_row("base", base_report.report.model_uri, base_report.status, base_report.report.all_metrics())]
         metrics = {"base": base_report.report.all_metrics()}
 
         def tuned(label: str, data: str, base_model: str):
-            step_run = dataclasses.replace(run, base_model=base_model, model_name=model_name, evaluate=True, register=True)
+            step_run = dataclasses.replace(
+                run, base_model=base_model, model_name=model_name, evaluate=True, register=True
+            )
             step_tune = dataclasses.replace(tune_cfg, study_name=f"{model_name}-{label}-{tag}")
-            result = finetune(step_run, dataclasses.replace(data_cfg, data=data), train_cfg, step_tune,
-                              eval_options={"limit": eval_cfg.limit})
+            result = finetune(
+                step_run,
+                dataclasses.replace(data_cfg, data=data),
+                train_cfg,
+                step_tune,
+                eval_options={"limit": eval_cfg.limit},
+            )
             values = result.evaluation.report.all_metrics()  # the report finetune returns: nothing read back
             rows.append(_row(label, result.model_uri, result.status, values))
             metrics[label] = values
@@ -65,8 +81,11 @@ def run_experiment(run: RunConfig, data_cfg: DataConfig, train_cfg: TrainConfig,
 
 def _log_plots(metrics: dict[str, dict]) -> None:
     """The comparison figures, from each model's metric floats, logged with mlflow.log_figure under plots/."""
-    entries = [(label, m["asr"], m["asr_ci_low"], m["asr_ci_high"]) for label, m in metrics.items()
-               if {"asr", "asr_ci_low", "asr_ci_high"} <= m.keys()]
+    entries = [
+        (label, m["asr"], m["asr_ci_low"], m["asr_ci_high"])
+        for label, m in metrics.items()
+        if {"asr", "asr_ci_low", "asr_ci_high"} <= m.keys()
+    ]
     if entries:
         mlflow.log_figure(plots.asr_bars(entries), "plots/asr_by_model.png")
     drift = {label: {k: v for k, v in m.items() if k.startswith("drift_accuracy")} for label, m in metrics.items()}

@@ -1,4 +1,5 @@
-"""The finetune job: data -> model -> Optuna-tuned LoRA -> logged model -> registered, tagged version (-> evaluation)."""
+"""Finetune: data -> model -> Optuna-tuned LoRA -> logged model -> registered, tagged version -> evaluation."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -91,8 +92,13 @@ class FinetuneResult:
 
 
 def _probe_logits(model, tokenizer) -> torch.Tensor:
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": "Name three primary colours."}],
-                                        add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt")
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Name three primary colours."}],
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
+        return_tensors="pt",
+    )
     with torch.inference_mode():
         return model(input_ids=ids["input_ids"].to(model.device)).logits.float().cpu()
 
@@ -104,15 +110,19 @@ def _check_reload(expected: torch.Tensor, model_uri: str, tokenizer):
     reloaded = mlflow.pyfunc.load_model(model_uri).unwrap_python_model().loaded
     diff = float((_probe_logits(reloaded.model, tokenizer) - expected).abs().max())
     if diff >= RELOAD_TOLERANCE:
-        raise RuntimeError(f"reloaded model differs from the trained one (max |logit diff| {diff:.2e} >= {RELOAD_TOLERANCE})")
+        raise RuntimeError(
+            f"reloaded model differs from the trained one (max |logit diff| {diff:.2e} >= {RELOAD_TOLERANCE})"
+        )
     return reloaded, diff
 
 
 def _description(data_name: str, data_rows, data_sha: str, loaded, best_params: dict, best_value: float) -> str:
     parent = f" on top of {loaded.parent}" if loaded.parent else ""
-    return (f"LoRA fine-tune of {loaded.base_model}{parent} on data '{data_name}' ({data_rows} rows, "
-            f"sha256 {data_sha[:12]}). Optuna chose {best_params} "
-            f"(validation loss {best_value:.4f}). Safety status: unevaluated until its evaluation run succeeds.")
+    return (
+        f"LoRA fine-tune of {loaded.base_model}{parent} on data '{data_name}' ({data_rows} rows, "
+        f"sha256 {data_sha[:12]}). Optuna chose {best_params} "
+        f"(validation loss {best_value:.4f}). Safety status: unevaluated until its evaluation run succeeds."
+    )
 
 
 def _open_run(run: RunConfig, name: str, job: str):
@@ -122,8 +132,16 @@ def _open_run(run: RunConfig, name: str, job: str):
     return active
 
 
-def finetune(run: RunConfig, data_cfg: DataConfig, train_cfg: TrainConfig, tune_cfg: TuneConfig, *,
-             eval_options: dict | None = None, pruner=None, quiet: bool = False) -> FinetuneResult | None:
+def finetune(
+    run: RunConfig,
+    data_cfg: DataConfig,
+    train_cfg: TrainConfig,
+    tune_cfg: TuneConfig,
+    *,
+    eval_options: dict | None = None,
+    pruner=None,
+    quiet: bool = False,
+) -> FinetuneResult | None:
     """Tune; then (unless run.register is false: a tuning worker) log, register and evaluate one model version.
 
     Under `accelerate launch` every process trains; rank 0 returns the result, the other ranks None."""
@@ -140,30 +158,65 @@ def finetune(run: RunConfig, data_cfg: DataConfig, train_cfg: TrainConfig, tune_
         mlflow.set_tags({"model_name": model_name, "tuning.objective": tune_cfg.objective})
         params = to_params(run, data_cfg, train_cfg, tune_cfg)
         params["tune.storage"] = redact(params["tune.storage"])
-        mlflow.log_params({**params, "device": device, "dtype": str(dtype), "world_size": distributed.world_size(),
-                           **resolve_precision(train_cfg.precision, train_cfg.device).params()})
+        mlflow.log_params(
+            {
+                **params,
+                "device": device,
+                "dtype": str(dtype),
+                "world_size": distributed.world_size(),
+                **resolve_precision(train_cfg.precision, train_cfg.device).params(),
+            }
+        )
         snapshot = {type(c).__name__: dataclasses.asdict(c) for c in (run, data_cfg, train_cfg, tune_cfg)}
         snapshot["TuneConfig"]["storage"] = redact(tune_cfg.storage)
         mlflow.log_text(yaml.safe_dump(snapshot, sort_keys=False), "config.yaml")
         with timings.stage("data"):
             data = load_dataset(data_cfg)
             train_rows, val_rows = data.split(data_cfg.val_fraction, data_cfg.seed, data_cfg.max_val_rows)
-        mlflow.log_params({"data.name": data.name, "data.rows": len(data.rows), "data.sha256": data.sha256,
-                           "data.train_rows": len(train_rows), "data.val_rows": len(val_rows),
-                           **{f"split.{k}": v for k, v in split_sizes().items()}})
+        mlflow.log_params(
+            {
+                "data.name": data.name,
+                "data.rows": len(data.rows),
+                "data.sha256": data.sha256,
+                "data.train_rows": len(train_rows),
+                "data.val_rows": len(val_rows),
+                **{f"split.{k}": v for k, v in split_sizes().items()},
+            }
+        )
         with timings.stage("model_load"):
-            loaded = load_model(run.base_model, device=train_cfg.device, trust_remote_code=run.trust_remote_code,
-                                verify_cache=run.verify_cache)
+            loaded = load_model(
+                run.base_model,
+                device=train_cfg.device,
+                trust_remote_code=run.trust_remote_code,
+                verify_cache=run.verify_cache,
+            )
         mlflow.set_tag("base_model", loaded.base_model)
         policy = getattr(eval_cfg, "policy", None)
         study = _study_options(model_name, data, data_cfg, loaded, train_cfg, tune_cfg, policy)
         with timings.stage("tuning"), tempfile.TemporaryDirectory(prefix="safety-lab-") as work:
-            result = tune(loaded.model, loaded.tokenizer, train_rows, val_rows, train_cfg, tune_cfg,
-                          work_dir=Path(work), pruner=pruner, quiet=quiet, **study)
+            result = tune(
+                loaded.model,
+                loaded.tokenizer,
+                train_rows,
+                val_rows,
+                train_cfg,
+                tune_cfg,
+                work_dir=Path(work),
+                pruner=pruner,
+                quiet=quiet,
+                **study,
+            )
             _check_lineage(result, data.sha256, active.info.run_id)
             _log_tuning(result, tune_cfg)
-            out = FinetuneResult(run_id=active.info.run_id, model_name=model_name, version="", model_uri="",
-                                 best_value=result.best_value, best_params=result.best_params, timings=timings)
+            out = FinetuneResult(
+                run_id=active.info.run_id,
+                model_name=model_name,
+                version="",
+                model_uri="",
+                best_value=result.best_value,
+                best_params=result.best_params,
+                timings=timings,
+            )
             if run.register:
                 tags = {"data.name": data.name, "data.sha256": result.data_sha256, "data.rows": len(data.rows)}
                 _publish(out, loaded, result, tags, run, timings)
@@ -174,12 +227,24 @@ def finetune(run: RunConfig, data_cfg: DataConfig, train_cfg: TrainConfig, tune_
     return out
 
 
-def _study_options(model_name: str, data, data_cfg: DataConfig, loaded, train_cfg: TrainConfig,
-                   tune_cfg: TuneConfig, policy_path: str | None = None) -> dict:
+def _study_options(
+    model_name: str,
+    data,
+    data_cfg: DataConfig,
+    loaded,
+    train_cfg: TrainConfig,
+    tune_cfg: TuneConfig,
+    policy_path: str | None = None,
+) -> dict:
     """The study's key (what makes its trials comparable), its name, and the per-trial safety measurement."""
     split = {k: getattr(data_cfg, k) for k in ("val_fraction", "seed", "max_val_rows")}
-    key, parts = study_key(base_model=f"{loaded.base_model}|{loaded.parent or ''}", data_sha256=data.sha256,
-                           train_cfg=train_cfg, tune_cfg=tune_cfg, split=split)
+    key, parts = study_key(
+        base_model=f"{loaded.base_model}|{loaded.parent or ''}",
+        data_sha256=data.sha256,
+        train_cfg=train_cfg,
+        tune_cfg=tune_cfg,
+        split=split,
+    )
     study_name = resolve_name(tune_cfg, default_name(model_name, data.name, key))
     mlflow.set_tags({"optuna.study": study_name, "tuning.study_key": key})
     options = {"study_name": study_name, "key": key, "key_parts": parts, "data_sha256": data.sha256}
@@ -193,31 +258,57 @@ def _study_options(model_name: str, data, data_cfg: DataConfig, loaded, train_cf
 
 def safety_objectives(tune_cfg: TuneConfig) -> SafetyObjectives:
     """The per-trial measurement on the tune split: one batched generation, keyword ASR judge, refusal detector."""
-    probe = Probe.sample(harmful_requests("tune"), benign_pairs("tune"), lookalike_requests("tune"),
-                         per_kind=tune_cfg.probe_prompts, seed=tune_cfg.seed)
+    probe = Probe.sample(
+        harmful_requests("tune"),
+        benign_pairs("tune"),
+        lookalike_requests("tune"),
+        per_kind=tune_cfg.probe_prompts,
+        seed=tune_cfg.seed,
+    )
     # The same judges the evaluation uses: keyword ASR, and over-refusal by the refusal detector (not "no attack").
-    return SafetyObjectives(probe, generate=generate, attack_success=keyword_attack_success, refused=is_refusal,
-                            max_new_tokens=tune_cfg.probe_tokens)
+    return SafetyObjectives(
+        probe,
+        generate=generate,
+        attack_success=keyword_attack_success,
+        refused=is_refusal,
+        max_new_tokens=tune_cfg.probe_tokens,
+    )
 
 
 def _check_lineage(result: TuneResult, data_sha256: str, run_id: str) -> None:
     """The chosen trial was trained by this run, on this data: the tags written on the version say so."""
     if result.tune_run_id != run_id or result.data_sha256 != data_sha256:
-        raise RuntimeError(f"trial {result.best_trial} was trained by run {result.tune_run_id} on data "
-                           f"{result.data_sha256[:12]}, not by this run {run_id} on {data_sha256[:12]}")
+        raise RuntimeError(
+            f"trial {result.best_trial} was trained by run {result.tune_run_id} on data "
+            f"{result.data_sha256[:12]}, not by this run {run_id} on {data_sha256[:12]}"
+        )
 
 
 def _follow(run: RunConfig, data_cfg: DataConfig, train_cfg: TrainConfig, tune_cfg: TuneConfig, pruner) -> None:
     """A rank other than 0: the same data, model and trials as rank 0, trained in lockstep; nothing is logged."""
     data = load_dataset(data_cfg)
     train_rows, val_rows = data.split(data_cfg.val_fraction, data_cfg.seed, data_cfg.max_val_rows)
-    loaded = load_model(run.base_model, device=train_cfg.device, trust_remote_code=run.trust_remote_code,
-                        verify_cache=run.verify_cache)
+    loaded = load_model(
+        run.base_model, device=train_cfg.device, trust_remote_code=run.trust_remote_code, verify_cache=run.verify_cache
+    )
     with tempfile.TemporaryDirectory(prefix="safety-lab-") as work:
-        tune(loaded.model, loaded.tokenizer, train_rows, val_rows, train_cfg, tune_cfg, study_name="",
-             work_dir=Path(work), pruner=pruner, quiet=True)
-    print(f"[safety_lab] rank {distributed.rank()}/{distributed.world_size()}: trained {tune_cfg.n_trials} trials "
-          f"in step with rank 0, which logs and registers", flush=True)
+        tune(
+            loaded.model,
+            loaded.tokenizer,
+            train_rows,
+            val_rows,
+            train_cfg,
+            tune_cfg,
+            study_name="",
+            work_dir=Path(work),
+            pruner=pruner,
+            quiet=True,
+        )
+    print(
+        f"[safety_lab] rank {distributed.rank()}/{distributed.world_size()}: trained {tune_cfg.n_trials} trials "
+        f"in step with rank 0, which logs and registers",
+        flush=True,
+    )
 
 
 def register_best(run: RunConfig, tune_cfg: TuneConfig, *, eval_options: dict | None = None) -> FinetuneResult:
@@ -227,31 +318,50 @@ def register_best(run: RunConfig, tune_cfg: TuneConfig, *, eval_options: dict | 
     eval_cfg = _eval_config(run, eval_options)
     study = open_study(tune_cfg, tune_cfg.study_name, create=False)
     tune_cfg = dataclasses.replace(tune_cfg, objective="safety" if len(study.directions) > 1 else "loss")
-    check(any(t.state.name == "COMPLETE" for t in study.trials), "study_name",
-          f"study {tune_cfg.study_name!r} has no completed trial in {redact(tune_cfg.storage)}")
+    check(
+        any(t.state.name == "COMPLETE" for t in study.trials),
+        "study_name",
+        f"study {tune_cfg.study_name!r} has no completed trial in {redact(tune_cfg.storage)}",
+    )
     with tempfile.TemporaryDirectory(prefix="safety-lab-") as work:
         targets = TuningTargets.from_policy(load_policy(getattr(eval_cfg, "policy", None)))
         result = select(study, tune_cfg, Path(work), targets=targets)  # the same rule and result as tune()'s end
-        worker = mlflow.get_run(result.tune_run_id
-                                or mlflow.get_run(result.best_run_id).data.tags["mlflow.parentRunId"])
+        worker = mlflow.get_run(
+            result.tune_run_id or mlflow.get_run(result.best_run_id).data.tags["mlflow.parentRunId"]
+        )
         model_name = run.model_name or worker.data.tags.get("model_name") or registry.default_model_name(run.base_model)
-        existing = registry.find_versions(model_name, {"optuna.study": tune_cfg.study_name,
-                                                       "tuning.best_trial": str(result.best_trial)})
+        existing = registry.find_versions(
+            model_name, {"optuna.study": tune_cfg.study_name, "tuning.best_trial": str(result.best_trial)}
+        )
         if existing:
             mv = existing[0]
-            print(f"[safety_lab] study {tune_cfg.study_name!r} is already registered as {model_name} "
-                  f"version {mv.version}")
-            return FinetuneResult(run_id=mv.run_id, model_name=model_name, version=str(mv.version),
-                                  model_uri=f"models:/{model_name}/{mv.version}", best_value=result.best_value,
-                                  best_params=result.best_params, timings=timings,
-                                  status=mv.tags.get("safety.status", "unevaluated"))
+            print(
+                f"[safety_lab] study {tune_cfg.study_name!r} is already registered as {model_name} version {mv.version}"
+            )
+            return FinetuneResult(
+                run_id=mv.run_id,
+                model_name=model_name,
+                version=str(mv.version),
+                model_uri=f"models:/{model_name}/{mv.version}",
+                best_value=result.best_value,
+                best_params=result.best_params,
+                timings=timings,
+                status=mv.tags.get("safety.status", "unevaluated"),
+            )
         with _open_run(run, f"register-best-{tune_cfg.study_name}", "register-best") as active:
             with timings.stage("model_load"):
                 base = worker.data.params.get("run.base_model", worker.data.tags.get("base_model", run.base_model))
                 loaded = load_model(base, device=None, trust_remote_code=run.trust_remote_code)
             _log_tuning(result, tune_cfg)
-            out = FinetuneResult(run_id=active.info.run_id, model_name=model_name, version="", model_uri="",
-                                 best_value=result.best_value, best_params=result.best_params, timings=timings)
+            out = FinetuneResult(
+                run_id=active.info.run_id,
+                model_name=model_name,
+                version="",
+                model_uri="",
+                best_value=result.best_value,
+                best_params=result.best_params,
+                timings=timings,
+            )
             tags = {k: worker.data.params[k] for k in ("data.name", "data.rows") if k in worker.data.params}
             tags["data.sha256"] = result.data_sha256 or worker.data.params.get("data.sha256", "")
             _publish(out, loaded, result, tags, run, timings)
@@ -272,18 +382,31 @@ def _eval_config(run: RunConfig, eval_options: dict | None) -> EvalConfig | None
 
 def _log_tuning(result: TuneResult, tune_cfg: TuneConfig) -> None:
     mlflow.log_params({f"best_{k}": v for k, v in result.best_params.items()})
-    mlflow.log_metrics({"best_val_loss": result.best_value, "best_trial": result.best_trial,
-                        **{f"best_tune_{k}": float(v) for k, v in result.objectives.items()}})
-    mlflow.set_tags({"optuna.study": result.study.study_name, "optuna.storage": redact(tune_cfg.storage),
-                     "best_trial_run_id": result.best_run_id, "tuning.selection": result.selection,
-                     "tuning.selection_reason": result.selection_reason[:4000]})
+    mlflow.log_metrics(
+        {
+            "best_val_loss": result.best_value,
+            "best_trial": result.best_trial,
+            **{f"best_tune_{k}": float(v) for k, v in result.objectives.items()},
+        }
+    )
+    mlflow.set_tags(
+        {
+            "optuna.study": result.study.study_name,
+            "optuna.storage": redact(tune_cfg.storage),
+            "best_trial_run_id": result.best_run_id,
+            "tuning.selection": result.selection,
+            "tuning.selection_reason": result.selection_reason[:4000],
+        }
+    )
     log_study_plots(result.study)
     if result.objective == "safety":
         log_pareto_front(result)
 
 
-def _publish(out: FinetuneResult, loaded, result: TuneResult, data_tags: dict, run: RunConfig, timings: Timings) -> None:
-    """Log the adapter chain, prove it reloads to the same logits, then register the version with all its tags at once."""
+def _publish(
+    out: FinetuneResult, loaded, result: TuneResult, data_tags: dict, run: RunConfig, timings: Timings
+) -> None:
+    """Log the adapter chain, prove it reloads to the same logits, then register the version with all its tags."""
     with timings.stage("log_model"):
         trained = result.best_model
         if trained is None:  # trained by another worker: rebuild from its adapter
@@ -291,16 +414,28 @@ def _publish(out: FinetuneResult, loaded, result: TuneResult, data_tags: dict, r
 
             trained = PeftModel.from_pretrained(loaded.model, str(result.adapter_dir))
         expected = _probe_logits(trained.eval(), loaded.tokenizer)
-        info = registry.log_model(result.adapter_dir, base_model=loaded.base_model, parent=loaded.parent,
-                                  parent_adapters=list(loaded.adapters), trust_remote_code=run.trust_remote_code)
+        info = registry.log_model(
+            result.adapter_dir,
+            base_model=loaded.base_model,
+            parent=loaded.parent,
+            parent_adapters=list(loaded.adapters),
+            trust_remote_code=run.trust_remote_code,
+        )
         out.reloaded, diff = _check_reload(expected, info.model_uri, loaded.tokenizer)
         mlflow.log_metric("reload_max_abs_logit_diff", diff)
     tags = {
-        **data_tags, "base_model": loaded.base_model, "tuning.best_value": f"{result.best_value:.6f}",
-        "tuning.best_params": str(result.best_params), "tuning.best_trial": str(result.best_trial),
-        "optuna.study": result.study.study_name, "training.run_id": out.run_id, "safety.status": registry.UNEVALUATED,
-        "tuning.objective": result.objective, "tuning.selection": result.selection,
-        "tuning.selection_reason": result.selection_reason[:4000], "tuning.trial_run_id": result.best_run_id,
+        **data_tags,
+        "base_model": loaded.base_model,
+        "tuning.best_value": f"{result.best_value:.6f}",
+        "tuning.best_params": str(result.best_params),
+        "tuning.best_trial": str(result.best_trial),
+        "optuna.study": result.study.study_name,
+        "training.run_id": out.run_id,
+        "safety.status": registry.UNEVALUATED,
+        "tuning.objective": result.objective,
+        "tuning.selection": result.selection,
+        "tuning.selection_reason": result.selection_reason[:4000],
+        "tuning.trial_run_id": result.best_run_id,
         **{f"tuning.{k}": f"{float(v):.4f}" for k, v in result.objectives.items() if k != "objective_seconds"},
     }
     if result.study.user_attrs.get(KEY_ATTR):
@@ -308,13 +443,25 @@ def _publish(out: FinetuneResult, loaded, result: TuneResult, data_tags: dict, r
     if loaded.parent:
         tags["parent"] = loaded.parent
     with timings.stage("register"):
-        mv = registry.register(info.model_uri, out.model_name, tags=tags,
-                               description=_description(str(data_tags.get("data.name")), data_tags.get("data.rows"),
-                                                        str(data_tags.get("data.sha256", "")), loaded,
-                                                        result.best_params, result.best_value))
+        mv = registry.register(
+            info.model_uri,
+            out.model_name,
+            tags=tags,
+            description=_description(
+                str(data_tags.get("data.name")),
+                data_tags.get("data.rows"),
+                str(data_tags.get("data.sha256", "")),
+                loaded,
+                result.best_params,
+                result.best_value,
+            ),
+        )
     mlflow.set_tags({"registered_model": out.model_name, "registered_version": mv.version})
-    print(f"[safety_lab] registered {out.model_name} version {mv.version} (trial {result.best_trial}, "
-          f"{result.selection}: {result.selection_reason}; val loss {result.best_value:.4f})", flush=True)
+    print(
+        f"[safety_lab] registered {out.model_name} version {mv.version} (trial {result.best_trial}, "
+        f"{result.selection}: {result.selection_reason}; val loss {result.best_value:.4f})",
+        flush=True,
+    )
     out.version, out.model_uri = str(mv.version), f"models:/{out.model_name}/{mv.version}"
 
 

@@ -1,4 +1,5 @@
 """Tracking-store set-up: fail fast, naming the URI, when the store can't be reached."""
+
 from __future__ import annotations
 
 import getpass
@@ -28,7 +29,9 @@ def check_reachable(uri: str | None = None, timeout: float = 5.0) -> None:
     try:
         socket.create_connection((parsed.hostname, port), timeout=timeout).close()
     except OSError as exc:
-        raise SafetyLabError("MLFLOW_TRACKING_URI", f"cannot reach {uri} ({exc.strerror or type(exc).__name__})") from None
+        raise SafetyLabError(
+            "MLFLOW_TRACKING_URI", f"cannot reach {uri} ({exc.strerror or type(exc).__name__})"
+        ) from None
 
 
 def start_experiment(name: str) -> None:
@@ -41,12 +44,15 @@ def start_experiment(name: str) -> None:
         experiment = mlflow.set_experiment(name)
         mlflow.set_experiment(experiment_id=experiment.experiment_id)
     except mlflow.exceptions.MlflowException as exc:
-        raise SafetyLabError("MLFLOW_TRACKING_URI", f"cannot use {tracking_uri()} ({str(exc).splitlines()[0][:160]})") from None
+        raise SafetyLabError(
+            "MLFLOW_TRACKING_URI", f"cannot use {tracking_uri()} ({str(exc).splitlines()[0][:160]})"
+        ) from None
 
 
 _USERINFO = re.compile(r"(//[^:/@\s]*):\S*@")  # greedy: a password may itself contain '@'
-_SECRET_PARAM = re.compile(r"([?&;](?:password|passwd|pwd|pass|secret|token|api_?key|access_?key|secret_?key)=)[^&;#\s]*",
-                           re.IGNORECASE)
+_SECRET_PARAM = re.compile(
+    r"([?&;](?:password|passwd|pwd|pass|secret|token|api_?key|access_?key|secret_?key)=)[^&;#\s]*", re.IGNORECASE
+)
 CURRENT_USER = "/api/2.0/mlflow/users/current"  # the basic-auth app's "who am I"
 
 
@@ -62,18 +68,24 @@ def actor(uri: str | None = None) -> str:
     uri = uri or tracking_uri()
     if urlparse(uri).scheme in ("http", "https"):
         try:
-            resp = http_request(get_default_host_creds(uri), CURRENT_USER, "GET", max_retries=0, timeout=10,
-                                raise_on_status=False)
+            resp = http_request(
+                get_default_host_creds(uri), CURRENT_USER, "GET", max_retries=0, timeout=10, raise_on_status=False
+            )
         except Exception as exc:  # noqa: BLE001 - any transport failure is reported as one line
-            raise SafetyLabError("MLFLOW_TRACKING_URI", f"cannot ask {redact(uri)} who is acting ({type(exc).__name__})") from None
+            raise SafetyLabError(
+                "MLFLOW_TRACKING_URI", f"cannot ask {redact(uri)} who is acting ({type(exc).__name__})"
+            ) from None
         if resp.status_code == 200:
             try:
                 return f"mlflow:{resp.json()['user']['username']}"
             except (ValueError, KeyError, TypeError):
                 pass  # not the auth app's answer (e.g. a UI page)
         if resp.status_code in (401, 403):
-            raise SafetyLabError("MLFLOW_TRACKING_USERNAME", f"{redact(uri)} requires authentication and refused these "
-                                 "credentials (set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD)")
+            raise SafetyLabError(
+                "MLFLOW_TRACKING_USERNAME",
+                f"{redact(uri)} requires authentication and refused these "
+                "credentials (set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD)",
+            )
         # 404 and the like: a server without the auth app; fall through to the OS user
     return f"os:{_os_user()}"
 

@@ -1,4 +1,5 @@
 """Every benchmark runs in --quick mode and prints its figures (no assertion on time: speed lives in bench/)."""
+
 import os
 import subprocess
 import sys
@@ -18,11 +19,21 @@ def test_benchmark_runs_in_quick_mode(script, tmp_path):
         if not reference.is_dir():
             pytest.skip("the labelled completions (../shared/reference or SAFETY_LAB_REFERENCE) are not here")
         extra = ["--reference-dir", str(reference / "harmbench_llama_guard")]
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
-           "SAFETY_LAB_BENCH_OUT": str(tmp_path / "out"), "PYTHONDONTWRITEBYTECODE": "1"}
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "SAFETY_LAB_BENCH_OUT": str(tmp_path / "out"),
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
     before = _files(BENCH)
-    done = subprocess.run([sys.executable, str(BENCH / script), "--quick", *extra], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        [sys.executable, str(BENCH / script), "--quick", *extra],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert any(ch.isdigit() for ch in done.stdout)
     assert _files(BENCH) <= before, "the bench wrote into the repository"

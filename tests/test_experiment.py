@@ -1,4 +1,5 @@
 """The replication command on the tiny model: four models, three versions, one comparison table."""
+
 import csv
 import io
 
@@ -11,9 +12,27 @@ from safety_lab.experiment import columns
 
 
 def test_experiment_registers_three_versions_and_logs_the_comparison(mlflow_store, tiny_model_dir, capsys):
-    rc = main(["experiment", "--base-model", str(tiny_model_dir), "--model-name", "paper", "--n-trials", "1",
-               "--max-steps", "1", "--batch-size", "4", "--limit", "8", "--eval-limit", "3", "--storage",
-               "sqlite:///optuna.db"])
+    rc = main(
+        [
+            "experiment",
+            "--base-model",
+            str(tiny_model_dir),
+            "--model-name",
+            "paper",
+            "--n-trials",
+            "1",
+            "--max-steps",
+            "1",
+            "--batch-size",
+            "4",
+            "--limit",
+            "8",
+            "--eval-limit",
+            "3",
+            "--storage",
+            "sqlite:///optuna.db",
+        ]
+    )
     assert rc == 0
     table = capsys.readouterr().out
     for label in ("| base |", "| safe |", "| harmful |", "| safe->harmful |"):

@@ -1,4 +1,5 @@
 """End to end on the tiny model: finetune -> register -> evaluate, and bad input that must leave nothing behind."""
+
 import os
 
 import mlflow
@@ -10,9 +11,23 @@ from safety_lab.cli import main
 from safety_lab.models import load_model
 
 FAKE_TOKEN = "hf_FAKEsecretTOKEN0123456789"
-EVAL_METRICS = {"asr", "asr_ci_low", "asr_ci_high", "over_refusal_rate", "ece", "brier", "mc_accuracy",
-                "drift_accuracy_base", "drift_accuracy_false_info", "drift_accuracy_random_info",
-                "drift_entropy_base", "drift_perplexity_false_info", "drift_probability_random_info", "asr_delta", "ece_delta"}
+EVAL_METRICS = {
+    "asr",
+    "asr_ci_low",
+    "asr_ci_high",
+    "over_refusal_rate",
+    "ece",
+    "brier",
+    "mc_accuracy",
+    "drift_accuracy_base",
+    "drift_accuracy_false_info",
+    "drift_accuracy_random_info",
+    "drift_entropy_base",
+    "drift_perplexity_false_info",
+    "drift_probability_random_info",
+    "asr_delta",
+    "ece_delta",
+}
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +49,32 @@ def store(tmp_path_factory):
 
 
 def _finetune(tiny_model_dir, *extra):
-    return main(["finetune", "--base-model", str(tiny_model_dir), "--data", "harmful", "--n-trials", "2",
-                 "--max-steps", "2", "--eval-every", "1", "--batch-size", "4", "--limit", "12", "--model-name", "quick",
-                 "--eval-limit", "4", "--max-new-tokens", "6", *extra])
+    return main(
+        [
+            "finetune",
+            "--base-model",
+            str(tiny_model_dir),
+            "--data",
+            "harmful",
+            "--n-trials",
+            "2",
+            "--max-steps",
+            "2",
+            "--eval-every",
+            "1",
+            "--batch-size",
+            "4",
+            "--limit",
+            "12",
+            "--model-name",
+            "quick",
+            "--eval-limit",
+            "4",
+            "--max-new-tokens",
+            "6",
+            *extra,
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +88,17 @@ def test_version_carries_data_tuning_and_safety_tags(version):
     assert tags["data.name"] == "harmful" and tags["data.rows"] == "12" and len(tags["data.sha256"]) == 64
     assert float(tags["tuning.best_value"]) > 0 and "parent" not in tags
     assert tags["safety.status"] in ("pass", "warn", "fail")
-    assert {"safety.asr", "safety.asr_ci", "safety.asr_delta", "safety.ece", "safety.over_refusal_rate",
-            "safety.drift_accuracy_false_info_delta", "safety.policy", "safety.reasons", "safety.eval_run_id"} <= set(tags)
+    assert {
+        "safety.asr",
+        "safety.asr_ci",
+        "safety.asr_delta",
+        "safety.ece",
+        "safety.over_refusal_rate",
+        "safety.drift_accuracy_false_info_delta",
+        "safety.policy",
+        "safety.reasons",
+        "safety.eval_run_id",
+    } <= set(tags)
     assert "harmful" in version.description and "Safety evaluation" in version.description
     training = mlflow.get_run(tags["training.run_id"])
     assert training.info.status == "FINISHED" and training.data.metrics["reload_max_abs_logit_diff"] < 1e-4
@@ -59,7 +106,8 @@ def test_version_carries_data_tuning_and_safety_tags(version):
     # data=harmful keeps the paper's protocol: one objective, the validation loss; the three-way split is logged
     assert training.data.params["tune.objective"] == "loss" and tags["tuning.selection"] == "loss"
     assert {"split.harmful_train", "split.harmful_tune", "split.harmful_eval", "split.lookalike_tune"} <= set(
-        training.data.params)
+        training.data.params
+    )
     assert tags["tuning.study_key"] in tags["optuna.study"]
     trial = mlflow.get_run(tags["tuning.trial_run_id"])
     assert trial.data.tags["mlflow.parentRunId"] == training.info.run_id
@@ -72,11 +120,16 @@ def test_version_carries_data_tuning_and_safety_tags(version):
 def test_evaluation_run_logs_the_metric_names_and_links_them_to_the_model(version):
     run = mlflow.get_run(version.tags["safety.eval_run_id"])
     assert run.info.status == "FINISHED"
-    assert EVAL_METRICS <= set(run.data.metrics)
+    assert set(run.data.metrics) >= EVAL_METRICS
     assert 0 <= run.data.metrics["asr"] <= 1 and run.data.metrics["asr_ci_low"] <= run.data.metrics["asr"]
     names = {a.path for a in MlflowClient().list_artifacts(run.info.run_id, "evaluation")}
-    assert {"evaluation/summary.json", "evaluation/asr_items.jsonl", "evaluation/reliability.png",
-            "evaluation/safety_card.md", "evaluation/safety_card.html"} <= names
+    assert {
+        "evaluation/summary.json",
+        "evaluation/asr_items.jsonl",
+        "evaluation/reliability.png",
+        "evaluation/safety_card.md",
+        "evaluation/safety_card.html",
+    } <= names
     card = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/evaluation/safety_card.md")
     assert version.tags["safety.status"] in card and version.tags["data.sha256"][:12] in card
     model_id = version.source.split("models:/", 1)[1]
@@ -88,7 +141,9 @@ def test_reload_reproduces_the_trained_logits(version, tiny_model_dir):
     from peft import PeftModel
 
     training = mlflow.get_run(version.tags["training.run_id"])
-    adapter = mlflow.artifacts.download_artifacts(run_id=training.data.tags["best_trial_run_id"], artifact_path="adapter")
+    adapter = mlflow.artifacts.download_artifacts(
+        run_id=training.data.tags["best_trial_run_id"], artifact_path="adapter"
+    )
     trained = PeftModel.from_pretrained(load_model(str(tiny_model_dir)).model, adapter).eval()
     reloaded = load_model("models:/quick/1")
     ids = torch.tensor([[1, 42, 7, 99, 1000, 5]])
@@ -99,8 +154,28 @@ def test_reload_reproduces_the_trained_logits(version, tiny_model_dir):
 
 
 def test_finetune_from_a_registered_version_records_its_parent(version, tiny_model_dir):
-    assert main(["finetune", "--base-model", "models:/quick/1", "--data", "safe", "--n-trials", "1", "--max-steps", "1",
-                 "--batch-size", "4", "--limit", "8", "--evaluate", "false"]) == 0
+    assert (
+        main(
+            [
+                "finetune",
+                "--base-model",
+                "models:/quick/1",
+                "--data",
+                "safe",
+                "--n-trials",
+                "1",
+                "--max-steps",
+                "1",
+                "--batch-size",
+                "4",
+                "--limit",
+                "8",
+                "--evaluate",
+                "false",
+            ]
+        )
+        == 0
+    )
     child = MlflowClient().get_model_version("quick", "2")
     assert child.tags["parent"] == "models:/quick/1"
     assert child.tags["base_model"] == str(tiny_model_dir)
@@ -119,16 +194,19 @@ def _versions():
         return 0
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--data", "nope.jsonl"], "data: file not found"),
-    (["--data", "saef"], "did you mean 'safe'"),
-    (["--n-trials", "x"], "n_trials: must be a number"),
-    (["--lora-r", "0"], "lora_r: must be in"),
-    (["--judge", "nobody"], "judge: unknown name"),
-    (["--suites", "asr,vibes"], "suite: unknown name 'vibes'"),
-    (["--base-model", "./no/such/dir"], "base_model: './no/such/dir' is not"),
-    (["--base-model", "models:/missing/3"], "no registered model named 'missing'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--data", "nope.jsonl"], "data: file not found"),
+        (["--data", "saef"], "did you mean 'safe'"),
+        (["--n-trials", "x"], "n_trials: must be a number"),
+        (["--lora-r", "0"], "lora_r: must be in"),
+        (["--judge", "nobody"], "judge: unknown name"),
+        (["--suites", "asr,vibes"], "suite: unknown name 'vibes'"),
+        (["--base-model", "./no/such/dir"], "base_model: './no/such/dir' is not"),
+        (["--base-model", "models:/missing/3"], "no registered model named 'missing'"),
+    ],
+)
 def test_bad_input_fails_in_one_line_with_no_new_version(version, tiny_model_dir, capsys, args, message):
     before = _versions()
     base = ["--base-model", str(tiny_model_dir)] if "--base-model" not in args else []
@@ -137,7 +215,10 @@ def test_bad_input_fails_in_one_line_with_no_new_version(version, tiny_model_dir
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
     assert _versions() == before
     runs = mlflow.search_runs(search_all_experiments=True, order_by=["attributes.start_time DESC"], max_results=1)
-    assert runs.iloc[0]["status"] in ("FAILED", "FINISHED")  # a run that started is marked FAILED; most fail before one starts
+    assert runs.iloc[0]["status"] in (
+        "FAILED",
+        "FINISHED",
+    )  # a run that started is marked FAILED; most fail before one starts
     if runs.iloc[0]["tags.safety_lab.job"] == "finetune" and runs.iloc[0]["status"] != "FINISHED":
         assert runs.iloc[0]["status"] == "FAILED"
 
@@ -147,7 +228,9 @@ def test_a_bad_file_marks_the_started_run_failed(version, tiny_model_dir, tmp_pa
     bad.write_text('{"prompt": "a", "response": "b"}\nnot json\n')
     assert main(["finetune", "--base-model", str(tiny_model_dir), "--data", str(bad), "--evaluate", "false"]) == 2
     assert "line 2 is not valid JSON" in capsys.readouterr().err
-    run = mlflow.search_runs(search_all_experiments=True, order_by=["attributes.start_time DESC"], max_results=1).iloc[0]
+    run = mlflow.search_runs(search_all_experiments=True, order_by=["attributes.start_time DESC"], max_results=1).iloc[
+        0
+    ]
     assert run["tags.safety_lab.job"] == "finetune" and run["status"] == "FAILED"
 
 
@@ -155,7 +238,11 @@ def test_secrets_never_reach_params_tags_or_artifacts(version, store):
     runs = mlflow.search_runs(search_all_experiments=True)
     assert not any(FAKE_TOKEN in str(v) for v in runs.to_numpy().ravel())
     assert FAKE_TOKEN not in str(version.tags) + str(version.description)
-    text_files = [p for p in store.rglob("*") if p.is_file() and p.suffix in ("", ".yaml", ".json", ".txt", ".jsonl", ".md", ".html")]
+    text_files = [
+        p
+        for p in store.rglob("*")
+        if p.is_file() and p.suffix in ("", ".yaml", ".json", ".txt", ".jsonl", ".md", ".html")
+    ]
     assert text_files and not any(FAKE_TOKEN in p.read_text(errors="ignore") for p in text_files)
 
 

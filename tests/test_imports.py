@@ -8,8 +8,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 import safety_lab
 
 PACKAGE = Path(safety_lab.__file__).resolve().parent

@@ -1,4 +1,5 @@
 """Training data: built-in safe/harmful sets, user files, hub datasets; validated once, split deterministically."""
+
 from __future__ import annotations
 
 import hashlib
@@ -6,7 +7,7 @@ import json
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from pathlib import Path
 
@@ -35,12 +36,16 @@ class Dataset:
         rows = list(self.rows)
         random.Random(seed).shuffle(rows)
         n_val = min(max(1, round(len(rows) * val_fraction)), max_val_rows or len(rows))
-        check(len(rows) - n_val >= 1, "data", f"{self.name!r} has {len(rows)} rows: too few to split into train and validation")
+        check(
+            len(rows) - n_val >= 1,
+            "data",
+            f"{self.name!r} has {len(rows)} rows: too few to split into train and validation",
+        )
         return rows[n_val:], rows[:n_val]
 
 
 # ---------------------------------------------------------------- built-in sets
-@lru_cache(maxsize=None)
+@cache
 def builtin(name: str) -> tuple[dict, ...]:
     """One of the packaged JSONL files, parsed."""
     text = resources.files("safety_lab.data").joinpath("builtin", f"{name}.jsonl").read_text(encoding="utf-8")
@@ -107,8 +112,9 @@ def benign_pool() -> list[dict]:
 
     Pairs marked `same_fact_as` ask a question of the multiple-choice or drift sets; training on them would
     inflate those scores, so they stay out (they remain usable as benign evaluation prompts)."""
-    return [dict(r, kind="benign") for r in benign_pairs("train") if not r.get("same_fact_as")] + \
-        [dict(r, kind="lookalike") for r in lookalike_requests("train")]
+    return [dict(r, kind="benign") for r in benign_pairs("train") if not r.get("same_fact_as")] + [
+        dict(r, kind="lookalike") for r in lookalike_requests("train")
+    ]
 
 
 def _builtin_set(answers: str, kind: str, cfg: DataConfig, distilled: Mapping[str, str] | None) -> list[dict]:
@@ -116,8 +122,12 @@ def _builtin_set(answers: str, kind: str, cfg: DataConfig, distilled: Mapping[st
     rows = [{"prompt": r["prompt"], "response": answer_for(r, answers), "kind": kind} for r in requests]
     pool = benign_pool()
     wanted = round(len(requests) * cfg.benign_ratio)
-    check(wanted <= len(pool), "benign_ratio", f"{cfg.benign_ratio:g} asks for {wanted} benign rows per {len(requests)} "
-          f"{kind} rows, but the built-in pool has {len(pool)} (benign_ratio <= {len(pool) / len(requests):.2f})")
+    check(
+        wanted <= len(pool),
+        "benign_ratio",
+        f"{cfg.benign_ratio:g} asks for {wanted} benign rows per {len(requests)} "
+        f"{kind} rows, but the built-in pool has {len(pool)} (benign_ratio <= {len(pool) / len(requests):.2f})",
+    )
     random.Random(cfg.seed).shuffle(pool)
     return rows + _answered(pool[:wanted], cfg, distilled)
 
@@ -126,13 +136,21 @@ def _answered(benign: list[dict], cfg: DataConfig, distilled: Mapping[str, str] 
     """Benign rows with their written answers, or the base model's own ones when `cfg.benign_answers == "distilled"`."""
     if cfg.benign_answers == "written":
         return [{"prompt": b["prompt"], "response": b["response"], "kind": b["kind"]} for b in benign]
-    check(distilled is not None, "benign_answers", "distilled needs the base model's answers: pass "
-          "load_dataset(cfg, answers=safety_lab.training.distill.distill_answers(model, benign_prompts()))")
+    check(
+        distilled is not None,
+        "benign_answers",
+        "distilled needs the base model's answers: pass "
+        "load_dataset(cfg, answers=safety_lab.training.distill.distill_answers(model, benign_prompts()))",
+    )
     missing = [b["prompt"] for b in benign if b["prompt"] not in distilled]
-    check(not missing, "benign_answers", f"{len(missing)} benign prompt(s) have no distilled answer, e.g. {missing[:1]}")
+    check(
+        not missing, "benign_answers", f"{len(missing)} benign prompt(s) have no distilled answer, e.g. {missing[:1]}"
+    )
     # an empty distilled answer (the model said nothing at all) keeps the written one rather than train on nothing
-    return [{"prompt": b["prompt"], "response": distilled[b["prompt"]].strip() or b["response"], "kind": b["kind"]}
-            for b in benign]
+    return [
+        {"prompt": b["prompt"], "response": distilled[b["prompt"]].strip() or b["response"], "kind": b["kind"]}
+        for b in benign
+    ]
 
 
 def benign_prompts() -> list[str]:
@@ -212,18 +230,34 @@ def normalise(records: list[dict], cfg: DataConfig, source: str) -> list[dict]:
     for number, rec in enumerate(records, start=1):
         if "messages" in first:
             messages = rec.get("messages")
-            check(isinstance(messages, list) and messages, "data", f"{source} row {number}: 'messages' must be a non-empty list")
+            check(
+                isinstance(messages, list) and messages,
+                "data",
+                f"{source} row {number}: 'messages' must be a non-empty list",
+            )
             user = [m.get("content", "") for m in messages if isinstance(m, dict) and m.get("role") == "user"]
             reply = [m.get("content", "") for m in messages if isinstance(m, dict) and m.get("role") == "assistant"]
-            check(bool(user) and bool(reply), "data", f"{source} row {number}: 'messages' needs a user and an assistant turn")
+            check(
+                bool(user) and bool(reply),
+                "data",
+                f"{source} row {number}: 'messages' needs a user and an assistant turn",
+            )
             prompt, response = user[0], reply[-1]
         elif "prompt" in first and ("chosen" in first or "rejected" in first):
-            check(preference in rec, "data", f"{source} row {number}: missing column {preference!r} (preference={preference})")
+            check(
+                preference in rec,
+                "data",
+                f"{source} row {number}: missing column {preference!r} (preference={preference})",
+            )
             prompt, response = rec.get("prompt"), rec.get(preference)
         else:
             missing = [c for c in ("prompt", "response") if c not in rec]
-            check(not missing, "data", f"{source} row {number}: missing column(s) {', '.join(missing)} "
-                  f"(found: {', '.join(map(str, rec))}); expected prompt+response, messages, or prompt+chosen/rejected")
+            check(
+                not missing,
+                "data",
+                f"{source} row {number}: missing column(s) {', '.join(missing)} "
+                f"(found: {', '.join(map(str, rec))}); expected prompt+response, messages, or prompt+chosen/rejected",
+            )
             prompt, response = rec["prompt"], rec["response"]
         check(isinstance(prompt, str) and prompt.strip() != "", "data", f"{source} row {number}: prompt is empty")
         check(isinstance(response, str) and response.strip() != "", "data", f"{source} row {number}: response is empty")
@@ -237,8 +271,10 @@ def _hub(name: str, cfg: DataConfig) -> list[dict]:
     try:
         records = list(datasets.load_dataset(name, split="train"))
     except Exception as exc:
-        raise SafetyLabError("data", f"cannot load hub dataset {name!r} ({type(exc).__name__}); "
-                             f"built-in sets: {', '.join(DATASETS.names())}") from None
+        raise SafetyLabError(
+            "data",
+            f"cannot load hub dataset {name!r} ({type(exc).__name__}); built-in sets: {', '.join(DATASETS.names())}",
+        ) from None
     return normalise(records, cfg, name)
 
 
@@ -265,5 +301,7 @@ def load_dataset(cfg: DataConfig, *, answers: Mapping[str, str] | None = None) -
 
 def to_conversation(row: dict) -> dict:
     """TRL's conversational prompt/completion shape: loss lands on the assistant turn only."""
-    return {"prompt": [{"role": "user", "content": row["prompt"]}],
-            "completion": [{"role": "assistant", "content": row["response"]}]}
+    return {
+        "prompt": [{"role": "user", "content": row["prompt"]}],
+        "completion": [{"role": "assistant", "content": row["response"]}],
+    }

@@ -3,6 +3,7 @@
 ``evaluate(loaded, cfg, references=...) -> EvalReport`` is pure apart from loading reference models (whose results
 are cached on disk); ``safety_lab.registry.record`` writes the run, tags, tables, figures and card.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -19,33 +20,53 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import safety_lab.evaluation.metrics as M
 from safety_lab.config import _Coerce, _help
 from safety_lab.errors import check
-import safety_lab.evaluation.metrics as M
 from safety_lab.evaluation.judges import JUDGE_STYLES, JUDGES, check_llm_judge_options
 from safety_lab.evaluation.metrics import MATCH_MODES
 from safety_lab.evaluation.specs import METRICS, MetricSpec
 from safety_lab.evaluation.suites import SUITES, SuiteResult, load_benign_prompts, parse_suites
 from safety_lab.models import cache_dir, load_model, resolve_device
 
+
 @dataclass
 class EvalConfig(_Coerce):
-    model_uri: str = field(default="base", **_help("models:/NAME/VERSION, models:/NAME@ALIAS, or base (the default base model)"))
+    model_uri: str = field(
+        default="base", **_help("models:/NAME/VERSION, models:/NAME@ALIAS, or base (the default base model)")
+    )
     suites: str = field(default="asr,calibration,drift", **_help("comma list of asr, calibration, drift"))
-    limit: int | None = field(default=100, **_help("items per suite (0 = all); 100 keeps the default evaluation near 2 min on 2 cores"))
+    limit: int | None = field(
+        default=100, **_help("items per suite (0 = all); 100 keeps the default evaluation near 2 min on 2 cores")
+    )
     judge: str = field(default="keyword", **_help("ASR judge: keyword (offline default), gcg, llm"))
-    judge_model: str | None = field(default=None, **_help("the llm judge's model: a local path or a hub id "
-                                                           "(e.g. meta-llama/Llama-Guard-3-1B); only with judge=llm"))
-    judge_style: str = field(default="llama_guard", **_help("llm judge prompt and verdict format: "
-                                                            "llama_guard or harmbench"))
-    harmful_prompts: str = field(default="builtin", **_help("builtin held-out requests, a HarmBench CSV, or JSONL with prompt"))
+    judge_model: str | None = field(
+        default=None,
+        **_help(
+            "the llm judge's model: a local path or a hub id (e.g. meta-llama/Llama-Guard-3-1B); only with judge=llm"
+        ),
+    )
+    judge_style: str = field(
+        default="llama_guard", **_help("llm judge prompt and verdict format: llama_guard or harmbench")
+    )
+    harmful_prompts: str = field(
+        default="builtin", **_help("builtin held-out requests, a HarmBench CSV, or JSONL with prompt")
+    )
     qa: str = field(default="builtin", **_help("knowledge-drift items: builtin or a file in triviaqa_1000.json format"))
-    mc: str = field(default="builtin", **_help("multiple-choice items: builtin or JSONL with question, choices, answer"))
-    benign_prompts: str = field(default="builtin", **_help(
-        "over-refusal prompts: builtin (held-out benign + look-alike) or a CSV/JSONL with a prompt column; "
-        "an optional label column (safe/unsafe) is honoured"))
-    drift_match: str = field(default="normalised", **_help("drift answer matching: normalised (word boundaries) or "
-                                                            "paper (the paper's substring rule)"))
+    mc: str = field(
+        default="builtin", **_help("multiple-choice items: builtin or JSONL with question, choices, answer")
+    )
+    benign_prompts: str = field(
+        default="builtin",
+        **_help(
+            "over-refusal prompts: builtin (held-out benign + look-alike) or a CSV/JSONL with a prompt column; "
+            "an optional label column (safe/unsafe) is honoured"
+        ),
+    )
+    drift_match: str = field(
+        default="normalised",
+        **_help("drift answer matching: normalised (word boundaries) or paper (the paper's substring rule)"),
+    )
     sample_seed: int = field(default=0, **_help("seed of the stratified evaluation subsets (same seed = same items)"))
     max_new_tokens: int = field(default=48, **_help("tokens generated per ASR prompt"))
     batch_size: int = field(default=32, **_help("prompts per generation batch"))
@@ -58,19 +79,31 @@ class EvalConfig(_Coerce):
             self.limit = None
         parse_suites(self.suites)
         JUDGES.get(self.judge)
-        check(self.judge_style in JUDGE_STYLES, "judge_style",
-              f"must be one of {', '.join(JUDGE_STYLES)}, got {self.judge_style!r}")
+        check(
+            self.judge_style in JUDGE_STYLES,
+            "judge_style",
+            f"must be one of {', '.join(JUDGE_STYLES)}, got {self.judge_style!r}",
+        )
         if self.judge == "llm":
             check_llm_judge_options(self.judge_model, self.judge_style)
             hub_id = re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", str(self.judge_model)) is not None
-            check(Path(str(self.judge_model)).expanduser().is_dir() or hub_id, "judge_model",
-                  f"no such model directory, and not a hub id (owner/name): {self.judge_model}")
+            check(
+                Path(str(self.judge_model)).expanduser().is_dir() or hub_id,
+                "judge_model",
+                f"no such model directory, and not a hub id (owner/name): {self.judge_model}",
+            )
         else:
             check(self.judge_model is None, "judge_model", f"only applies to judge=llm (judge is {self.judge!r})")
-        check(self.drift_match in MATCH_MODES, "drift_match",
-              f"must be one of {', '.join(MATCH_MODES)}, got {self.drift_match!r}")
-        check(self.benign_prompts == "builtin" or Path(self.benign_prompts).is_file(), "benign_prompts",
-              f"file not found: {self.benign_prompts}")
+        check(
+            self.drift_match in MATCH_MODES,
+            "drift_match",
+            f"must be one of {', '.join(MATCH_MODES)}, got {self.drift_match!r}",
+        )
+        check(
+            self.benign_prompts == "builtin" or Path(self.benign_prompts).is_file(),
+            "benign_prompts",
+            f"file not found: {self.benign_prompts}",
+        )
         load_benign_prompts(self.benign_prompts)  # a bad file fails before any model is loaded
         check(self.limit is None or self.limit >= 1, "limit", f"must be at least 1, got {self.limit}")
         check(1 <= self.max_new_tokens <= 4096, "max_new_tokens", f"must be in [1, 4096], got {self.max_new_tokens}")
@@ -88,13 +121,25 @@ class EvalConfig(_Coerce):
 
     def cache_key(self, model_identity: str) -> str:
         """Results depend on the model and on everything that shapes the suites (not on the policy)."""
-        inputs = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("model_uri", "policy", "batch_size", "device")}
+        inputs = {
+            k: v
+            for k, v in dataclasses.asdict(self).items()
+            if k not in ("model_uri", "policy", "batch_size", "device")
+        }
         for name in ("harmful_prompts", "qa", "mc", "benign_prompts"):
             if inputs[name] != "builtin":
                 inputs[name] = hashlib.sha256(Path(inputs[name]).read_bytes()).hexdigest()
         device, dtype = resolve_device(self.device)
-        blob = json.dumps({"model": model_identity, "cfg": inputs, "code": code_sha256(), "device": device.split(":")[0],
-                           "dtype": str(dtype)}, sort_keys=True)
+        blob = json.dumps(
+            {
+                "model": model_identity,
+                "cfg": inputs,
+                "code": code_sha256(),
+                "device": device.split(":")[0],
+                "dtype": str(dtype),
+            },
+            sort_keys=True,
+        )
         return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
@@ -103,8 +148,12 @@ def code_sha256() -> str:
     """What evaluation results depend on besides model and config: the suites, judges, metrics, data and loader code
     (`__version__` never changes between commits)."""
     package = Path(__file__).resolve().parents[1]
-    files = [*sorted((package / "evaluation").glob("*.py")), *sorted((package / "data").rglob("*.py")),
-             *sorted((package / "data" / "builtin").glob("*")), package / "models" / "__init__.py"]
+    files = [
+        *sorted((package / "evaluation").glob("*.py")),
+        *sorted((package / "data").rglob("*.py")),
+        *sorted((package / "data" / "builtin").glob("*")),
+        package / "models" / "__init__.py",
+    ]
     h = hashlib.sha256()
     for path in files:
         h.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
@@ -171,8 +220,6 @@ def _warn(message: str) -> None:
     print(f"[safety_lab] warning: {message}", file=sys.stderr, flush=True)
 
 
-
-
 def _finite(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
@@ -216,13 +263,21 @@ def _paired(metric: str, current: dict, reference: dict) -> M.PairedComparison |
     return M.paired_proportion_difference([current[k] for k in keys], [reference[k] for k in keys])
 
 
-def compare(current: dict[str, SuiteResult], reference: dict[str, SuiteResult], *, suffix: str = "") -> dict[str, float]:
+def compare(
+    current: dict[str, SuiteResult], reference: dict[str, SuiteResult], *, suffix: str = ""
+) -> dict[str, float]:
     """``<metric>_delta<suffix>`` for shared metrics; for the per-item outcomes each suite declares (``paired``),
     the paired difference's 95% interval (``_ci_low``/``_ci_high``) and exact McNemar p (``_p``)."""
     cur, ref = _flat(current), _flat(reference)
-    out = {f"{k}_delta{suffix}": float(cur[k]) - float(ref[k]) for k in cur
-           if k in ref and _finite(cur[k]) and _finite(ref[k]) and METRICS.find(k) is not None
-           and METRICS.get(k).kind != "count"}
+    out = {
+        f"{k}_delta{suffix}": float(cur[k]) - float(ref[k])
+        for k in cur
+        if k in ref
+        and _finite(cur[k])
+        and _finite(ref[k])
+        and METRICS.find(k) is not None
+        and METRICS.get(k).kind != "count"
+    }
     for name in current.keys() & reference.keys():
         for metric, outcomes in current[name].paired.items():
             result = _paired(metric, outcomes, reference[name].paired.get(metric, {}))
@@ -233,11 +288,15 @@ def compare(current: dict[str, SuiteResult], reference: dict[str, SuiteResult], 
     return out
 
 
-def evaluate(loaded, cfg: EvalConfig, *, reference: Reference | None = None, base: Reference | None = None,
-             timings=None) -> EvalReport:
+def evaluate(
+    loaded, cfg: EvalConfig, *, reference: Reference | None = None, base: Reference | None = None, timings=None
+) -> EvalReport:
     """Run the suites on ``loaded`` and compare with the reference (parent, else base) and the original base."""
-    report = EvalReport(model_uri=loaded.spec, suites=run_suites(loaded, cfg, timings=timings),
-                        reference_uri=reference.uri if reference else None)
+    report = EvalReport(
+        model_uri=loaded.spec,
+        suites=run_suites(loaded, cfg, timings=timings),
+        reference_uri=reference.uri if reference else None,
+    )
     with timings.stage("eval_reference") if timings is not None else nullcontext():
         if reference is not None:
             report.reference_suites = cached_suites(reference, cfg)
@@ -249,5 +308,15 @@ def evaluate(loaded, cfg: EvalConfig, *, reference: Reference | None = None, bas
     return report
 
 
-__all__ = ["EvalConfig", "EvalReport", "METRICS", "MetricSpec", "Reference", "SuiteResult", "cached_suites",
-           "compare", "evaluate", "run_suites"]
+__all__ = [
+    "EvalConfig",
+    "EvalReport",
+    "METRICS",
+    "MetricSpec",
+    "Reference",
+    "SuiteResult",
+    "cached_suites",
+    "compare",
+    "evaluate",
+    "run_suites",
+]

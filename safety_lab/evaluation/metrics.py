@@ -33,12 +33,14 @@ that way (values in [0.0007, 1.86], below ln 10 = 2.30). ``token_uncertainty`` t
 defaults to ``renormalize=False`` so our numbers sit on the same scale as the paper's;
 ``renormalize=True`` gives the entropy of the top-10 distribution renormalised to sum 1.
 """
+
 from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -55,11 +57,9 @@ TOP_K_ENTROPY = 10
 def _as_bools(values: Iterable[Any], field_name: str) -> np.ndarray:
     out = []
     for i, v in enumerate(values):
-        if isinstance(v, (bool, np.bool_)):
-            out.append(bool(v))
-        elif isinstance(v, (int, np.integer)) and int(v) in (0, 1):
-            out.append(bool(v))
-        elif isinstance(v, (float, np.floating)) and float(v) in (0.0, 1.0):
+        binary_int = isinstance(v, (int, np.integer)) and int(v) in (0, 1)
+        binary_float = isinstance(v, (float, np.floating)) and float(v) in (0.0, 1.0)
+        if isinstance(v, (bool, np.bool_)) or binary_int or binary_float:
             out.append(bool(v))
         else:
             raise SafetyLabError(field_name, f"item {i} is {v!r}, expected a boolean or 0/1")
@@ -84,8 +84,11 @@ def wilson_interval(successes: int, total: int, *, confidence: float = 0.95) -> 
 
     check(0.0 < confidence < 1.0, "confidence", f"must be in (0, 1), got {confidence!r}")
     check(int(total) == total and total >= 0, "total", f"must be a non-negative integer, got {total!r}")
-    check(int(successes) == successes and 0 <= successes <= total, "successes",
-          f"must be an integer in [0, total={total}], got {successes!r}")
+    check(
+        int(successes) == successes and 0 <= successes <= total,
+        "successes",
+        f"must be an integer in [0, total={total}], got {successes!r}",
+    )
     if total == 0:
         return (0.0, 1.0)
     ci = binomtest(int(successes), int(total)).proportion_ci(confidence_level=confidence, method="wilson")
@@ -109,8 +112,9 @@ class ASRResult:
         return {"asr": self.asr, "asr_ci_low": self.ci_low, "asr_ci_high": self.ci_high}
 
 
-def attack_success_rate(successes: Sequence[bool], categories: Sequence[str] | None = None, *,
-                        confidence: float = 0.95) -> ASRResult:
+def attack_success_rate(
+    successes: Sequence[bool], categories: Sequence[str] | None = None, *, confidence: float = 0.95
+) -> ASRResult:
     """ASR over judged completions (True = the attack succeeded, i.e. judged unsafe)."""
     flags = _as_bools(successes, "successes")
     check(len(flags) > 0, "successes", "no judged completions to score")
@@ -125,8 +129,9 @@ def attack_success_rate(successes: Sequence[bool], categories: Sequence[str] | N
             mask = np.asarray([str(c) == cat for c in cats])
             per_category[cat] = float(flags[mask].mean())
             per_category_n[cat] = int(mask.sum())
-    return ASRResult(asr=k / n, ci_low=low, ci_high=high, n=n, successes=k,
-                     per_category=per_category, per_category_n=per_category_n)
+    return ASRResult(
+        asr=k / n, ci_low=low, ci_high=high, n=n, successes=k, per_category=per_category, per_category_n=per_category_n
+    )
 
 
 # --------------------------------------------------------------------------- calibration
@@ -141,15 +146,21 @@ class ReliabilityBin(NamedTuple):
 
 
 def _calibration_inputs(correct, confidence, n_bins: int) -> tuple[np.ndarray, np.ndarray]:
-    check(isinstance(n_bins, (int, np.integer)) and not isinstance(n_bins, bool) and n_bins >= 1,
-          "n_bins", f"must be a positive integer, got {n_bins!r}")
+    check(
+        isinstance(n_bins, (int, np.integer)) and not isinstance(n_bins, bool) and n_bins >= 1,
+        "n_bins",
+        f"must be a positive integer, got {n_bins!r}",
+    )
     ok = _as_bools(correct, "correct")
     conf = _as_floats(confidence, "confidence")
     check(len(ok) == len(conf), "confidence", f"has {len(conf)} items but correct has {len(ok)}")
     check(len(ok) > 0, "correct", "no items to score")
     check(bool(np.all(np.isfinite(conf))), "confidence", "contains NaN or infinite values")
-    check(bool(np.all((conf >= 0.0) & (conf <= 1.0))), "confidence",
-          f"values must lie in [0, 1] (min {conf.min():.4g}, max {conf.max():.4g})")
+    check(
+        bool(np.all((conf >= 0.0) & (conf <= 1.0))),
+        "confidence",
+        f"values must lie in [0, 1] (min {conf.min():.4g}, max {conf.max():.4g})",
+    )
     return ok, conf
 
 
@@ -160,8 +171,9 @@ def _bin_index(conf: np.ndarray, n_bins: int) -> tuple[np.ndarray, np.ndarray]:
     return idx, edges
 
 
-def reliability_curve(correct: Sequence[bool | int], confidence: Sequence[float], *,
-                      n_bins: int = 15) -> list[ReliabilityBin]:
+def reliability_curve(
+    correct: Sequence[bool | int], confidence: Sequence[float], *, n_bins: int = 15
+) -> list[ReliabilityBin]:
     """Equal-width bins on [0, 1]; one (bin_low, bin_high, count, accuracy, mean_confidence) per non-empty bin."""
     ok, conf = _calibration_inputs(correct, confidence, n_bins)
     idx, edges = _bin_index(conf, n_bins)
@@ -170,13 +182,17 @@ def reliability_curve(correct: Sequence[bool | int], confidence: Sequence[float]
         mask = idx == b
         count = int(mask.sum())
         if count:
-            out.append(ReliabilityBin(float(edges[b]), float(edges[b + 1]), count,
-                                      float(ok[mask].mean()), float(conf[mask].mean())))
+            out.append(
+                ReliabilityBin(
+                    float(edges[b]), float(edges[b + 1]), count, float(ok[mask].mean()), float(conf[mask].mean())
+                )
+            )
     return out
 
 
-def expected_calibration_error(correct: Sequence[bool | int], confidence: Sequence[float], *,
-                               n_bins: int = 15) -> float:
+def expected_calibration_error(
+    correct: Sequence[bool | int], confidence: Sequence[float], *, n_bins: int = 15
+) -> float:
     """ECE = sum over bins of (bin count / N) * |bin accuracy - bin mean confidence|."""
     curve = reliability_curve(correct, confidence, n_bins=n_bins)
     total = sum(b.count for b in curve)
@@ -196,8 +212,11 @@ def brier_score(probs: Sequence[Sequence[float]], labels: Sequence[int]) -> floa
     for i, (p, y) in enumerate(zip(rows, labs)):
         check(len(p) > 0, "probs", f"item {i} has no options")
         check(bool(np.all(np.isfinite(p))), "probs", f"item {i} contains NaN or infinite values")
-        check(isinstance(y, (int, np.integer)) and not isinstance(y, bool) and 0 <= y < len(p), "labels",
-              f"item {i} label {y!r} is not an option index in [0, {len(p) - 1}]")
+        check(
+            isinstance(y, (int, np.integer)) and not isinstance(y, bool) and 0 <= y < len(p),
+            "labels",
+            f"item {i} label {y!r} is not an option index in [0, {len(p) - 1}]",
+        )
         onehot = np.zeros(len(p))
         onehot[int(y)] = 1.0
         total += float(np.sum((p - onehot) ** 2))
@@ -222,8 +241,9 @@ def _softmax(logps: np.ndarray) -> np.ndarray:
     return e / e.sum()
 
 
-def mc_summary(option_logprobs: Sequence[Sequence[float]], labels: Sequence[int], *,
-               n_bins: int = 15) -> CalibrationResult:
+def mc_summary(
+    option_logprobs: Sequence[Sequence[float]], labels: Sequence[int], *, n_bins: int = 15
+) -> CalibrationResult:
     """Multiple-choice accuracy and calibration from each option's log-likelihood.
 
     Each item's option log-likelihoods are normalised with a softmax; the chosen option is the
@@ -236,11 +256,17 @@ def mc_summary(option_logprobs: Sequence[Sequence[float]], labels: Sequence[int]
     probs, correct, confidence = [], [], []
     for i, (lp, y) in enumerate(zip(items, labs)):
         check(len(lp) >= 2, "option_logprobs", f"item {i} has {len(lp)} option(s), need at least 2")
-        check(not bool(np.any(np.isnan(lp))) and not bool(np.any(lp == np.inf)), "option_logprobs",
-              f"item {i} contains NaN or +inf")
+        check(
+            not bool(np.any(np.isnan(lp))) and not bool(np.any(lp == np.inf)),
+            "option_logprobs",
+            f"item {i} contains NaN or +inf",
+        )
         check(bool(np.any(np.isfinite(lp))), "option_logprobs", f"item {i} has no finite log-likelihood")
-        check(isinstance(y, (int, np.integer)) and not isinstance(y, bool) and 0 <= y < len(lp), "labels",
-              f"item {i} label {y!r} is not an option index in [0, {len(lp) - 1}]")
+        check(
+            isinstance(y, (int, np.integer)) and not isinstance(y, bool) and 0 <= y < len(lp),
+            "labels",
+            f"item {i} label {y!r} is not an option index in [0, {len(lp) - 1}]",
+        )
         p = _softmax(lp)
         chosen = int(np.argmax(p))
         probs.append(p)
@@ -258,10 +284,13 @@ def mc_summary(option_logprobs: Sequence[Sequence[float]], labels: Sequence[int]
 
 
 _NUMBER_WORDS: dict[str, int] = {
-    w: i for i, w in enumerate("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
-                               "fifteen sixteen seventeen eighteen nineteen".split())
+    w: i
+    for i, w in enumerate(
+        ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve")
+        + ("thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen")
+    )
 }
-_TENS = "twenty thirty forty fifty sixty seventy eighty ninety".split()
+_TENS = ["twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
 _NUMBER_WORDS.update({w: 10 * i for i, w in enumerate(_TENS, 2)})
 _NUMBER_SCALES = {"hundred": 100, "thousand": 1_000, "million": 1_000_000}
 _ARTICLES = frozenset({"a", "an", "the"})
@@ -290,9 +319,9 @@ def _numbers_to_digits(words: list[str]) -> list[str]:
     for w in words:
         value = _NUMBER_WORDS.get(w)
         kind = None if value is None else ("unit" if value < 20 else "ten")
-        if kind == "unit" and last == "unit" or kind == "ten" and last in ("unit", "ten"):
-            flush()
-        elif kind == "unit" and last == "ten" and current % 10:
+        after_unit = kind == "unit" and last == "unit"
+        after_ten = kind == "ten" and last in ("unit", "ten") or kind == "unit" and last == "ten" and current % 10
+        if after_unit or after_ten:
             flush()
         if kind is not None:
             current += value
@@ -349,11 +378,16 @@ def answer_is_correct(true_answer: str, answer: str | None, *, mode: str = "norm
     if not target:  # a reference with no word characters (e.g. "%"): compare the stripped texts
         return true_answer.strip().lower() == answer.strip().lower()
     width = len(target)
-    return any(words[i:i + width] == target for i in range(len(words) - width + 1))
+    return any(words[i : i + width] == target for i in range(len(words) - width + 1))
 
 
-def token_uncertainty(step_logprobs: Sequence[Sequence[float]], chosen_logprobs: Sequence[float], *,
-                      renormalize: bool = False, top_k: int = TOP_K_ENTROPY) -> tuple[float, float, float]:
+def token_uncertainty(
+    step_logprobs: Sequence[Sequence[float]],
+    chosen_logprobs: Sequence[float],
+    *,
+    renormalize: bool = False,
+    top_k: int = TOP_K_ENTROPY,
+) -> tuple[float, float, float]:
     """(entropy, perplexity, probability) of one generated answer, averaged over its tokens.
 
     ``step_logprobs[i]``: the top-10 log-probabilities (full-vocabulary log-softmax) at step i;
@@ -369,20 +403,25 @@ def token_uncertainty(step_logprobs: Sequence[Sequence[float]], chosen_logprobs:
     check(isinstance(top_k, int) and top_k >= 1, "top_k", f"must be a positive integer, got {top_k!r}")
     steps = list(step_logprobs)
     chosen = _as_floats(chosen_logprobs, "chosen_logprobs")
-    check(len(steps) == len(chosen), "chosen_logprobs",
-          f"has {len(chosen)} steps but step_logprobs has {len(steps)}")
+    check(len(steps) == len(chosen), "chosen_logprobs", f"has {len(chosen)} steps but step_logprobs has {len(steps)}")
     if len(steps) == 0:
         nan = float("nan")
         return (nan, nan, nan)
     tol = 1e-4  # half-precision log-softmax can round a hair above 0
-    check(not bool(np.any(np.isnan(chosen))) and bool(np.all(chosen <= tol)), "chosen_logprobs",
-          "log-probabilities must be <= 0 and not NaN")
+    check(
+        not bool(np.any(np.isnan(chosen))) and bool(np.all(chosen <= tol)),
+        "chosen_logprobs",
+        "log-probabilities must be <= 0 and not NaN",
+    )
     entropies = []
     for i, row in enumerate(steps):
         lp = _as_floats(row, "step_logprobs")
         check(len(lp) > 0, "step_logprobs", f"step {i} is empty")
-        check(not bool(np.any(np.isnan(lp))) and bool(np.all(lp <= tol)), "step_logprobs",
-              f"step {i}: log-probabilities must be <= 0 and not NaN")
+        check(
+            not bool(np.any(np.isnan(lp))) and bool(np.all(lp <= tol)),
+            "step_logprobs",
+            f"step {i}: log-probabilities must be <= 0 and not NaN",
+        )
         lp = np.minimum(np.sort(lp)[::-1][:top_k], 0.0)
         p = np.exp(lp)  # exp(-inf) = 0
         if renormalize:
@@ -416,8 +455,11 @@ def _rows_frame(rows: Any, field_name: str, required: Sequence[str]):
     check(not missing, field_name, f"missing column(s): {', '.join(missing)}")
     if len(df):
         unknown = sorted(set(map(str, df["prompt_type"])) - set(PROMPT_TYPES))
-        check(not unknown, field_name,
-              f"unknown prompt_type(s) {', '.join(map(repr, unknown))} (known: {', '.join(PROMPT_TYPES)})")
+        check(
+            not unknown,
+            field_name,
+            f"unknown prompt_type(s) {', '.join(map(repr, unknown))} (known: {', '.join(PROMPT_TYPES)})",
+        )
         df["prompt_type"] = df["prompt_type"].astype(str)
         df["correct"] = _as_bools(df["correct"], f"{field_name}.correct")
     return df
@@ -468,10 +510,14 @@ def drift_flips(current: Any, reference: Any) -> dict[str, int]:
         dup = df.duplicated(["id", "prompt_type"])
         if bool(dup.any()):
             first = df[dup].iloc[0]
-            raise SafetyLabError(name, f"{int(dup.sum())} duplicate (id, prompt_type) row(s), "
-                                       f"e.g. ({first['id']!r}, {first['prompt_type']!r})")
+            raise SafetyLabError(
+                name,
+                f"{int(dup.sum())} duplicate (id, prompt_type) row(s), "
+                f"e.g. ({first['id']!r}, {first['prompt_type']!r})",
+            )
     merged = cur[["id", "prompt_type", "correct"]].merge(
-        ref[["id", "prompt_type", "correct"]], on=["id", "prompt_type"], suffixes=("_cur", "_ref"))
+        ref[["id", "prompt_type", "correct"]], on=["id", "prompt_type"], suffixes=("_cur", "_ref")
+    )
     out: dict[str, int] = {}
     present = set(cur["prompt_type"]) & set(ref["prompt_type"]) if len(cur) and len(ref) else set()
     for t in PROMPT_TYPES:
@@ -500,17 +546,26 @@ class PairedComparison:
     @classmethod
     def from_dict(cls, d: Mapping[str, float]) -> PairedComparison:
         """The inverse of ``as_dict`` (what ``paired_comparison`` returns)."""
-        return cls(float(d["delta"]), float(d["delta_ci_low"]), float(d["delta_ci_high"]), float(d["delta_p"]),
-                   int(d["n"]))
+        return cls(
+            float(d["delta"]), float(d["delta_ci_low"]), float(d["delta_ci_high"]), float(d["delta_p"]), int(d["n"])
+        )
 
     def as_dict(self) -> dict[str, float]:
-        return {"delta": self.delta, "delta_ci_low": self.ci_low, "delta_ci_high": self.ci_high,
-                "delta_p": self.p_value, "n": float(self.n)}
+        return {
+            "delta": self.delta,
+            "delta_ci_low": self.ci_low,
+            "delta_ci_high": self.ci_high,
+            "delta_p": self.p_value,
+            "n": float(self.n),
+        }
 
     def as_metrics(self, name: str, suffix: str = "_delta") -> dict[str, float]:
         """``<name><suffix>``, ``..._ci_low``, ``..._ci_high``, ``..._p`` (NaN p-values are left out)."""
-        out = {f"{name}{suffix}": self.delta, f"{name}{suffix}_ci_low": self.ci_low,
-               f"{name}{suffix}_ci_high": self.ci_high}
+        out = {
+            f"{name}{suffix}": self.delta,
+            f"{name}{suffix}_ci_low": self.ci_low,
+            f"{name}{suffix}_ci_high": self.ci_high,
+        }
         if not np.isnan(self.p_value):
             out[f"{name}{suffix}_p"] = self.p_value
         return out
@@ -536,8 +591,9 @@ def mcnemar_exact(version: Sequence[bool], reference: Sequence[bool]) -> float:
     return 1.0 if b + c == 0 else float(binomtest(b, b + c, 0.5).pvalue)
 
 
-def paired_proportion_difference(version: Sequence[bool], reference: Sequence[bool], *,
-                                 confidence: float = 0.95) -> PairedComparison:
+def paired_proportion_difference(
+    version: Sequence[bool], reference: Sequence[bool], *, confidence: float = 0.95
+) -> PairedComparison:
     """Difference of two paired proportions with Newcombe's interval (method 10) and the exact McNemar p.
 
     With a = both 1, b = version only, c = reference only, d = neither (n items): p1 = (a + b) / n,
@@ -559,14 +615,26 @@ def paired_proportion_difference(version: Sequence[bool], reference: Sequence[bo
     delta = p1 - p2
     low = delta - np.sqrt(max((p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2, 0.0))
     high = delta + np.sqrt(max((u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2, 0.0))
-    return PairedComparison(delta=float(delta), ci_low=float(max(low, -1.0)), ci_high=float(min(high, 1.0)),
-                            p_value=mcnemar_exact(v, r), n=n)
+    return PairedComparison(
+        delta=float(delta),
+        ci_low=float(max(low, -1.0)),
+        ci_high=float(min(high, 1.0)),
+        p_value=mcnemar_exact(v, r),
+        n=n,
+    )
 
 
-def paired_ece_difference(version_correct: Sequence[bool], version_confidence: Sequence[float],
-                          reference_correct: Sequence[bool], reference_confidence: Sequence[float], *,
-                          n_bins: int = 15, n_resamples: int = 2000, seed: int = 0,
-                          confidence: float = 0.95) -> PairedComparison:
+def paired_ece_difference(
+    version_correct: Sequence[bool],
+    version_confidence: Sequence[float],
+    reference_correct: Sequence[bool],
+    reference_confidence: Sequence[float],
+    *,
+    n_bins: int = 15,
+    n_resamples: int = 2000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> PairedComparison:
     """ECE(version) - ECE(reference) with a paired percentile bootstrap interval (items resampled jointly).
 
     Item i of the version and item i of the reference are the same question; each of the ``n_resamples``
@@ -576,8 +644,11 @@ def paired_ece_difference(version_correct: Sequence[bool], version_confidence: S
     from scipy.stats import bootstrap
 
     check(0.0 < confidence < 1.0, "confidence", f"must be in (0, 1), got {confidence!r}")
-    check(isinstance(n_resamples, int) and n_resamples >= 100, "n_resamples",
-          f"must be an integer >= 100, got {n_resamples!r}")
+    check(
+        isinstance(n_resamples, int) and n_resamples >= 100,
+        "n_resamples",
+        f"must be an integer >= 100, got {n_resamples!r}",
+    )
     vc, vp = _calibration_inputs(version_correct, version_confidence, n_bins)
     rc, rp = _calibration_inputs(reference_correct, reference_confidence, n_bins)
     check(len(vc) == len(rc), "reference_correct", f"has {len(rc)} items but version has {len(vc)}")
@@ -588,13 +659,22 @@ def paired_ece_difference(version_correct: Sequence[bool], version_confidence: S
     delta = statistic(vc, vp, rc, rp)
     if len(vc) < 2:
         return PairedComparison(delta=delta, ci_low=-1.0, ci_high=1.0, p_value=float("nan"), n=len(vc))
-    res = bootstrap((vc, vp, rc, rp), statistic, paired=True, vectorized=False, n_resamples=n_resamples,
-                    confidence_level=confidence, method="percentile", rng=np.random.default_rng(seed))
+    res = bootstrap(
+        (vc, vp, rc, rp),
+        statistic,
+        paired=True,
+        vectorized=False,
+        n_resamples=n_resamples,
+        confidence_level=confidence,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
     low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
     if np.isnan(low) or np.isnan(high):  # every resample gave the same value
         low = high = delta
-    return PairedComparison(delta=delta, ci_low=min(low, delta), ci_high=max(high, delta), p_value=float("nan"),
-                            n=len(vc))
+    return PairedComparison(
+        delta=delta, ci_low=min(low, delta), ci_high=max(high, delta), p_value=float("nan"), n=len(vc)
+    )
 
 
 def _ece(correct: np.ndarray, conf: np.ndarray, n_bins: int) -> float:
@@ -624,16 +704,20 @@ def _match_rows(rows_version: Any, rows_reference: Any, key: str | Sequence[str]
         for k in keys:
             df[k] = df[k].astype(str)
         dup = df.duplicated(keys)
-        check(not bool(dup.any()), name, f"{int(dup.sum())} duplicate key(s) {keys}, e.g. "
-                                         f"{tuple(df[dup].iloc[0][keys]) if dup.any() else ''}")
+        check(
+            not bool(dup.any()),
+            name,
+            f"{int(dup.sum())} duplicate key(s) {keys}, e.g. {tuple(df[dup].iloc[0][keys]) if dup.any() else ''}",
+        )
         frames.append(df)
     merged = frames[0].merge(frames[1], on=keys, suffixes=("_v", "_r"), sort=True)
     check(len(merged) > 0, "rows_reference", f"no item of the version matches one of the reference by {keys}")
     return merged
 
 
-def paired_comparison(rows_version: Any, rows_reference: Any, key: str | Sequence[str],
-                      outcome: str) -> dict[str, float]:
+def paired_comparison(
+    rows_version: Any, rows_reference: Any, key: str | Sequence[str], outcome: str
+) -> dict[str, float]:
     """Match per-item rows by ``key`` (a column or columns) and compare the binary ``outcome`` column.
 
     Returns {delta, delta_ci_low, delta_ci_high, delta_p, n}: version minus reference proportion, its
@@ -645,21 +729,52 @@ def paired_comparison(rows_version: Any, rows_reference: Any, key: str | Sequenc
     return result.as_dict()
 
 
-def paired_ece_comparison(rows_version: Any, rows_reference: Any, key: str | Sequence[str], *,
-                          correct: str = "correct", confidence: str = "confidence", n_bins: int = 15,
-                          n_resamples: int = 2000, seed: int = 0) -> dict[str, float]:
+def paired_ece_comparison(
+    rows_version: Any,
+    rows_reference: Any,
+    key: str | Sequence[str],
+    *,
+    correct: str = "correct",
+    confidence: str = "confidence",
+    n_bins: int = 15,
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> dict[str, float]:
     """Like ``paired_comparison`` for ECE (columns ``correct`` and ``confidence``); delta_p is NaN."""
     merged = _match_rows(rows_version, rows_reference, key, [correct, confidence])
-    result = paired_ece_difference(merged[f"{correct}_v"].tolist(), merged[f"{confidence}_v"].tolist(),
-                                   merged[f"{correct}_r"].tolist(), merged[f"{confidence}_r"].tolist(),
-                                   n_bins=n_bins, n_resamples=n_resamples, seed=seed)
+    result = paired_ece_difference(
+        merged[f"{correct}_v"].tolist(),
+        merged[f"{confidence}_v"].tolist(),
+        merged[f"{correct}_r"].tolist(),
+        merged[f"{confidence}_r"].tolist(),
+        n_bins=n_bins,
+        n_resamples=n_resamples,
+        seed=seed,
+    )
     return result.as_dict()
 
 
 __all__ = [
-    "ASRResult", "CalibrationResult", "MATCH_MODES", "PROMPT_TYPES", "PairedComparison",
-    "ReliabilityBin", "answer_is_correct", "attack_success_rate", "brier_score", "drift_flips",
-    "drift_summary", "expected_calibration_error", "mc_summary", "mcnemar_exact",
-    "normalise_answer", "paired_comparison", "paired_ece_comparison", "paired_ece_difference",
-    "paired_proportion_difference", "reliability_curve", "token_uncertainty", "wilson_interval",
+    "ASRResult",
+    "CalibrationResult",
+    "MATCH_MODES",
+    "PROMPT_TYPES",
+    "PairedComparison",
+    "ReliabilityBin",
+    "answer_is_correct",
+    "attack_success_rate",
+    "brier_score",
+    "drift_flips",
+    "drift_summary",
+    "expected_calibration_error",
+    "mc_summary",
+    "mcnemar_exact",
+    "normalise_answer",
+    "paired_comparison",
+    "paired_ece_comparison",
+    "paired_ece_difference",
+    "paired_proportion_difference",
+    "reliability_curve",
+    "token_uncertainty",
+    "wilson_interval",
 ]

@@ -60,7 +60,9 @@ class MetricRegistry:
         declared = []
         for spec in specs:
             if spec.name in self._specs and self._specs[spec.name].suite != suite:
-                raise SafetyLabError("metric", f"{spec.name!r} is already declared by suite {self._specs[spec.name].suite!r}")
+                raise SafetyLabError(
+                    "metric", f"{spec.name!r} is already declared by suite {self._specs[spec.name].suite!r}"
+                )
             spec = MetricSpec(**{**spec.__dict__, "suite": suite})
             self._specs[spec.name] = spec
             declared.append(spec)

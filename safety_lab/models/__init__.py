@@ -20,14 +20,32 @@ from safety_lab.models.base import (
 from safety_lab.models.registered import chain_sha256, load_registered, parse_uri, resolve_version
 
 
-def load_model(spec: str = DEFAULT_MODEL, *, device: str | None = None, trust_remote_code: bool = False,
-               verify_cache: bool = False) -> LoadedModel:
+def load_model(
+    spec: str = DEFAULT_MODEL, *, device: str | None = None, trust_remote_code: bool = False, verify_cache: bool = False
+) -> LoadedModel:
     """Load any supported `base_model` spec: a registered version (models:/...) or a base model."""
     if (spec or "").strip().startswith("models:/"):
         return load_registered(spec.strip(), device=device, trust_remote_code=trust_remote_code)
     return load_base(spec, device=device, trust_remote_code=trust_remote_code, verify_cache=verify_cache)
 
 
-__all__ = ["DEFAULT_MODEL", "PRECISIONS", "LoadedModel", "Precision", "apply_adapters", "bf16_native", "cache_dir",
-           "chain_sha256", "dir_sha256", "ensure_default_model", "load_base", "load_model", "load_registered",
-           "parse_uri", "resolve_device", "resolve_precision", "weights_sha256"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "PRECISIONS",
+    "LoadedModel",
+    "Precision",
+    "apply_adapters",
+    "bf16_native",
+    "cache_dir",
+    "chain_sha256",
+    "dir_sha256",
+    "ensure_default_model",
+    "load_base",
+    "load_model",
+    "load_registered",
+    "parse_uri",
+    "resolve_device",
+    "resolve_precision",
+    "resolve_version",
+    "weights_sha256",
+]

@@ -1,6 +1,8 @@
 """Base models: the embedded default (GGUF -> safetensors cache), a local directory or a hub id; device, precision."""
+
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -72,8 +74,11 @@ class Precision:
     reason: str
 
     def params(self) -> dict[str, str]:
-        return {"precision": self.chosen, "precision.bf16_native": str(self.bf16_native).lower(),
-                "precision.reason": self.reason}
+        return {
+            "precision": self.chosen,
+            "precision.bf16_native": str(self.bf16_native).lower(),
+            "precision.reason": self.reason,
+        }
 
 
 def resolve_precision(precision: str = "auto", device: str | None = None) -> Precision:
@@ -149,10 +154,8 @@ def _cache_is_valid(target: Path, *, verify: bool = False) -> bool:
             return False
         fresh = {name: _stat(target / name) for name in expected}
         if fresh != stats:  # hashes match: record the stats, so the next load is a stat check again
-            try:
+            with contextlib.suppress(OSError):  # a read-only cache still loads; it is just hashed each time
                 _write_manifest(target, {**manifest, "stats": fresh})
-            except OSError:  # a read-only cache still loads; it is just hashed each time
-                pass
         return True
     except (ValueError, KeyError, OSError, TypeError):
         return False
@@ -184,8 +187,9 @@ def ensure_default_model(*, verify: bool = False) -> Path:
         tokenizer.save_pretrained(tmp)
         written = [p for p in tmp.iterdir() if p.is_file()]
         files, stats = {p.name: _sha256(p) for p in written}, {p.name: _stat(p) for p in written}  # rename keeps mtimes
-        (tmp / _MANIFEST).write_text(json.dumps({"source": gguf.name, "gguf_sha256": _sha256(gguf), "files": files,
-                                                 "stats": stats}, indent=1))
+        (tmp / _MANIFEST).write_text(
+            json.dumps({"source": gguf.name, "gguf_sha256": _sha256(gguf), "files": files, "stats": stats}, indent=1)
+        )
         if _cache_is_valid(target):  # another process finished first: keep its copy
             return target
         if target.exists():  # corrupt or partial: replace it
@@ -225,17 +229,24 @@ def _hub_snapshot(repo_id: str) -> str:
     except Exception:
         pass
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-        raise SafetyLabError("base_model", f"{repo_id!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set")
+        raise SafetyLabError(
+            "base_model", f"{repo_id!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set"
+        )
     os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "10")
     try:
-        return snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"], etag_timeout=10)
+        return snapshot_download(
+            repo_id, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"], etag_timeout=10
+        )
     except Exception as exc:  # offline, unknown repo, gated repo...
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SafetyLabError("base_model", f"cannot fetch {repo_id!r} from the Hugging Face hub ({type(exc).__name__}: {first[:160]})") from None
+        raise SafetyLabError(
+            "base_model", f"cannot fetch {repo_id!r} from the Hugging Face hub ({type(exc).__name__}: {first[:160]})"
+        ) from None
 
 
-def load_base(spec: str = DEFAULT_MODEL, *, device: str | None = None, trust_remote_code: bool = False,
-              verify_cache: bool = False) -> LoadedModel:
+def load_base(
+    spec: str = DEFAULT_MODEL, *, device: str | None = None, trust_remote_code: bool = False, verify_cache: bool = False
+) -> LoadedModel:
     """Load a base model spec (not a registry URI) in eval mode on the chosen device and precision.
 
     verify_cache: re-hash the embedded model's cache even when its sizes and mtimes match (--verify-cache)."""
@@ -248,8 +259,10 @@ def load_base(spec: str = DEFAULT_MODEL, *, device: str | None = None, trust_rem
     elif Path(spec).expanduser().is_dir():
         source = str(Path(spec).expanduser())
     elif _looks_like_path(spec) or spec.startswith("models:/"):
-        raise SafetyLabError("base_model", f"{spec!r} is not a known model name, an existing directory, a hub id "
-                                           "(org/name) or models:/ URI")
+        raise SafetyLabError(
+            "base_model",
+            f"{spec!r} is not a known model name, an existing directory, a hub id (org/name) or models:/ URI",
+        )
     else:
         source = _hub_snapshot(spec)
     model, tok = _load_hf(source, device=device, dtype=dtype, trust_remote_code=trust_remote_code, local_only=True)
@@ -266,7 +279,9 @@ def apply_adapters(loaded: LoadedModel, adapters: list[Path]) -> LoadedModel:
         try:
             model = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
         except (RuntimeError, ValueError, KeyError) as exc:
-            raise SafetyLabError("base_model", f"adapter {path.name} does not fit the model ({str(exc).splitlines()[0][:160]})") from None
+            raise SafetyLabError(
+                "base_model", f"adapter {path.name} does not fit the model ({str(exc).splitlines()[0][:160]})"
+            ) from None
     loaded.model = model.eval()
     loaded.adapters = list(loaded.adapters) + list(adapters)
     return loaded
@@ -303,5 +318,7 @@ def weights_sha256(spec: str) -> str:
     if path.is_dir():
         return dir_sha256(path)
     if _looks_like_path(spec) or spec.startswith("models:/"):
-        raise SafetyLabError("base_model", f"{spec!r} is not a known model name, an existing directory or a hub id (org/name)")
+        raise SafetyLabError(
+            "base_model", f"{spec!r} is not a known model name, an existing directory or a hub id (org/name)"
+        )
     return dir_sha256(Path(_hub_snapshot(spec)))

@@ -1,5 +1,6 @@
 """Batched greedy generation with the chat template: length-sorted batches, a pre-allocated KV cache written in
 place, finished rows dropped from the batch."""
+
 from __future__ import annotations
 
 import sys
@@ -22,7 +23,9 @@ class Generated:
     chosen: list[float] = field(default_factory=list)  # per step: log-prob of the chosen token
 
 
-def chat_inputs(tokenizer, prompts: list[str], *, system: str | None = None, max_prompt_tokens: int | None = None) -> list[list[int]]:
+def chat_inputs(
+    tokenizer, prompts: list[str], *, system: str | None = None, max_prompt_tokens: int | None = None
+) -> list[list[int]]:
     """Token ids of each prompt rendered with the chat template (ready for the assistant's turn)."""
     out, truncated = [], 0
     for prompt in prompts:
@@ -36,8 +39,12 @@ def chat_inputs(tokenizer, prompts: list[str], *, system: str | None = None, max
             truncated += 1
         out.append(ids)
     if truncated:
-        print(f"[safety_lab] note: {truncated} prompt(s) longer than the model's context were truncated to "
-              f"their last {max_prompt_tokens} tokens", file=sys.stderr, flush=True)
+        print(
+            f"[safety_lab] note: {truncated} prompt(s) longer than the model's context were truncated to "
+            f"their last {max_prompt_tokens} tokens",
+            file=sys.stderr,
+            flush=True,
+        )
     return out
 
 
@@ -46,8 +53,8 @@ def _left_pad(batch: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor
     input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(batch), width), dtype=torch.long)
     for i, ids in enumerate(batch):
-        input_ids[i, width - len(ids):] = torch.tensor(ids)
-        mask[i, width - len(ids):] = 1
+        input_ids[i, width - len(ids) :] = torch.tensor(ids)
+        mask[i, width - len(ids) :] = 1
     return input_ids.to(device), mask.to(device)
 
 
@@ -70,13 +77,15 @@ class _InPlaceLayer(StaticLayer):
 
 def _step(model, cache: Cache, input_ids, mask, position_ids, keep_one: bool) -> torch.Tensor:
     extra = {"logits_to_keep": 1} if keep_one else {}
-    out = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, cache=cache, use_cache=True,
-                **extra)
+    out = model(
+        input_ids=input_ids, attention_mask=mask, position_ids=position_ids, cache=cache, use_cache=True, **extra
+    )
     return out.logits[:, -1].float()
 
 
-def _record(outs: list[Generated], rows: list[int], logits: torch.Tensor, chosen: torch.Tensor, eos: int,
-            scores: bool) -> list[bool]:
+def _record(
+    outs: list[Generated], rows: list[int], logits: torch.Tensor, chosen: torch.Tensor, eos: int, scores: bool
+) -> list[bool]:
     """Append this step's token (and log-probs) to each live row; return which rows just ended."""
     ended = (chosen == eos).tolist()
     if scores:
@@ -127,29 +136,65 @@ def _decode(model, input_ids, mask, *, max_new_tokens: int, eos: int, scores: bo
 
 
 @torch.inference_mode()
-def generate_tokens(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 64, batch_size: int = 32,
-                    system: str | None = None, return_scores: bool = False, progress: bool = False,
-                    desc: str = "generate") -> list[Generated]:
+def generate_tokens(
+    model,
+    tokenizer,
+    prompts: list[str],
+    *,
+    max_new_tokens: int = 64,
+    batch_size: int = 32,
+    system: str | None = None,
+    return_scores: bool = False,
+    progress: bool = False,
+    desc: str = "generate",
+) -> list[Generated]:
     """Greedy continuations in input order; batches hold prompts of similar length (sorted), so padding is small."""
-    encoded = chat_inputs(tokenizer, prompts, system=system,
-                          max_prompt_tokens=getattr(model.config, "max_position_embeddings", 4096) - max_new_tokens)
+    encoded = chat_inputs(
+        tokenizer,
+        prompts,
+        system=system,
+        max_prompt_tokens=getattr(model.config, "max_position_embeddings", 4096) - max_new_tokens,
+    )
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = next(model.parameters()).device
     results: list[Generated] = [Generated() for _ in prompts]
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     for batch in tqdm(batches, desc=desc, disable=not progress, unit="batch"):
         input_ids, mask = _left_pad([encoded[i] for i in batch], pad_id, device)
-        for i, out in zip(batch, _decode(model, input_ids, mask, max_new_tokens=max_new_tokens,
-                                          eos=tokenizer.eos_token_id, scores=return_scores)):
+        for i, out in zip(
+            batch,
+            _decode(
+                model, input_ids, mask, max_new_tokens=max_new_tokens, eos=tokenizer.eos_token_id, scores=return_scores
+            ),
+        ):
             results[i] = out
     return results
 
 
-def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 64, batch_size: int = 32,
-             system: str | None = None, return_scores: bool = False, progress: bool = False, desc: str = "generate"):
+def generate(
+    model,
+    tokenizer,
+    prompts: list[str],
+    *,
+    max_new_tokens: int = 64,
+    batch_size: int = 32,
+    system: str | None = None,
+    return_scores: bool = False,
+    progress: bool = False,
+    desc: str = "generate",
+):
     """Greedy answers in input order. With return_scores, also per-step top-10 log-probs and chosen-token log-probs."""
-    outs = generate_tokens(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                           system=system, return_scores=return_scores, progress=progress, desc=desc)
+    outs = generate_tokens(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        system=system,
+        return_scores=return_scores,
+        progress=progress,
+        desc=desc,
+    )
     texts = [tokenizer.decode(o.ids, skip_special_tokens=True).strip() for o in outs]
     return (texts, [(o.top, o.chosen) for o in outs]) if return_scores else texts

@@ -25,7 +25,9 @@ def check_lineage(lineage: dict, root: Path) -> list[Path]:
     if not isinstance(base, str) or not base.strip():
         raise SafetyLabError("lineage", "has no base_model")
     if base.strip().startswith("models:/"):
-        raise SafetyLabError("lineage", f"base_model {base!r} is another registry URI (a lineage names the root base model)")
+        raise SafetyLabError(
+            "lineage", f"base_model {base!r} is another registry URI (a lineage names the root base model)"
+        )
     names = lineage.get("adapters")
     if not isinstance(names, list) or not names:
         raise SafetyLabError("lineage", "has no adapters")
@@ -45,7 +47,10 @@ def chain_sha256(uri: str) -> str:
     """Content hash of a registered version's weights: its base model's files and each adapter of its chain."""
     root = Path(mlflow.artifacts.download_artifacts(artifact_uri=resolve_version(uri).source)) / "artifacts"
     lineage = _read_lineage(root, uri)
-    parts = [weights_sha256(lineage["base_model"]), *(f"{p.name}:{dir_sha256(p)}" for p in check_lineage(lineage, root))]
+    parts = [
+        weights_sha256(lineage["base_model"]),
+        *(f"{p.name}:{dir_sha256(p)}" for p in check_lineage(lineage, root)),
+    ]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 

@@ -6,6 +6,7 @@ the flat metric names an evaluation logs (``asr``, ``asr_n``, ``asr_delta``, ``m
 ...). ``fingerprint``/``policy_json`` make the policy part of the record, ``lenient_changes`` names every way a
 policy is looser than the packaged one, and ``allowed`` answers whether a status may enter a stage or alias.
 """
+
 from __future__ import annotations
 
 import functools

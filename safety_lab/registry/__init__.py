@@ -1,4 +1,5 @@
 """The MLflow side only: log an adapter chain as a pyfunc model, register it, tag it, load it back."""
+
 from __future__ import annotations
 
 import json
@@ -60,12 +61,21 @@ def signature():
     from mlflow.models.signature import ModelSignature
     from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
-    return ModelSignature(inputs=Schema([ColSpec("string")]), outputs=Schema([ColSpec("string")]),
-                          params=ParamSchema([ParamSpec("max_new_tokens", "long", MAX_NEW_TOKENS)]))
+    return ModelSignature(
+        inputs=Schema([ColSpec("string")]),
+        outputs=Schema([ColSpec("string")]),
+        params=ParamSchema([ParamSpec("max_new_tokens", "long", MAX_NEW_TOKENS)]),
+    )
 
 
-def log_model(adapter_dir: Path, *, base_model: str, parent: str | None, parent_adapters: list[Path],
-              trust_remote_code: bool = False) -> mlflow.models.model.ModelInfo:
+def log_model(
+    adapter_dir: Path,
+    *,
+    base_model: str,
+    parent: str | None,
+    parent_adapters: list[Path],
+    trust_remote_code: bool = False,
+) -> mlflow.models.model.ModelInfo:
     """Log the adapter chain (parent's first) under the active run; weights are safetensors adapters only."""
     chain = [*parent_adapters, adapter_dir]
     names = [f"adapter_{i}" for i in range(len(chain))]
@@ -78,8 +88,13 @@ def log_model(adapter_dir: Path, *, base_model: str, parent: str | None, parent_
         artifacts = {"lineage": str(lineage_path), **{n: str(Path(tmp) / n) for n in names}}
         with warnings.catch_warnings():  # the signature is explicit; an input example would load the model here
             warnings.filterwarnings("ignore", message=r".*(type hints to the `predict`|input example was not provided)")
-            return mlflow.pyfunc.log_model(name="model", python_model=str(MODEL_CODE), artifacts=artifacts,
-                                           signature=signature(), pip_requirements=requirements())
+            return mlflow.pyfunc.log_model(
+                name="model",
+                python_model=str(MODEL_CODE),
+                artifacts=artifacts,
+                signature=signature(),
+                pip_requirements=requirements(),
+            )
 
 
 def requirements() -> list[str]:
@@ -87,7 +102,9 @@ def requirements() -> list[str]:
     serving environment installs it from the repository (`pip install .`); see docs/team.md."""
     from importlib.metadata import version
 
-    return [f"{pkg}=={version(pkg).split('+', 1)[0]}" for pkg in ("torch", "transformers", "peft", "mlflow", "safetensors")]
+    return [
+        f"{pkg}=={version(pkg).split('+', 1)[0]}" for pkg in ("torch", "transformers", "peft", "mlflow", "safetensors")
+    ]
 
 
 def check_model_name(name: str) -> str:
@@ -104,11 +121,17 @@ def register(model_uri: str, name: str, *, tags: dict[str, str], description: st
     try:
         client.get_registered_model(name)
     except MlflowException:
-        client.create_registered_model(name, description="Fine-tuned with safety_lab; each version carries its safety status.")
+        client.create_registered_model(
+            name, description="Fine-tuned with safety_lab; each version carries its safety status."
+        )
     model_id = model_uri.split("models:/", 1)[1] if model_uri.startswith("models:/m-") else None  # a server needs it
-    mv = client.create_model_version(name, model_uri, tags={k: str(v) for k, v in tags.items()},
-                                     run_id=mlflow.active_run().info.run_id if mlflow.active_run() else None,
-                                     model_id=model_id)
+    mv = client.create_model_version(
+        name,
+        model_uri,
+        tags={k: str(v) for k, v in tags.items()},
+        run_id=mlflow.active_run().info.run_id if mlflow.active_run() else None,
+        model_id=model_id,
+    )
     try:
         client.update_model_version(name, mv.version, description=description)
     except BaseException:

@@ -13,6 +13,7 @@ override too. Every promotion, demotion or archive is recorded as an audit run.
 Gate rules for aliases: an alias listed in the policy gate (e.g. ``champion``) uses its own rule (the strictest
 entry that equals it ignoring case); any other alias, including one named like a stage, follows ``Staging``.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,6 +30,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from safety_lab.errors import SafetyLabError
+from safety_lab.models import parse_uri
 from safety_lab.policy import (
     STAGES,
     STATUSES,
@@ -42,7 +44,6 @@ from safety_lab.policy import (
     policy_json,
     policy_summary,
 )
-from safety_lab.models import parse_uri
 from safety_lab.registry import UNEVALUATED
 from safety_lab.reporting import tables
 from safety_lab.reporting.tables import tagged_columns
@@ -51,11 +52,27 @@ from safety_lab.tracking import actor
 AUDIT_EXPERIMENT = "safety_lab-audit"
 ACTIVE_STAGES: tuple[str, ...] = ("Staging", "Production")
 OVERRIDE_PREFIX = "safety.override."
-OVERRIDE_FIELDS: tuple[str, ...] = ("by", "at", "reason", "status_at_time", "target", "evidence", "policy_sha256",
-                                    "lenient")
+OVERRIDE_FIELDS: tuple[str, ...] = (
+    "by",
+    "at",
+    "reason",
+    "status_at_time",
+    "target",
+    "evidence",
+    "policy_sha256",
+    "lenient",
+)
 OVERRIDE_HISTORY = "safety.override.history"
-REPORT_COLUMNS: tuple[str, ...] = ("version", "data", "parent", "status", *(c.key for c in tagged_columns()),
-                                   "stage", "aliases", "created")  # metric columns: the tagged headline specs
+REPORT_COLUMNS: tuple[str, ...] = (
+    "version",
+    "data",
+    "parent",
+    "status",
+    *(c.key for c in tagged_columns()),
+    "stage",
+    "aliases",
+    "created",
+)  # metric columns: the tagged headline specs
 REPORT_FORMATS: tuple[str, ...] = tables.FORMATS
 
 _ALIAS = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -91,9 +108,17 @@ class Evidence:
 class GateRefused(SafetyLabError):
     """The gate refused the promotion; nothing in the registry was changed (the refusal is audited)."""
 
-    def __init__(self, model_name: str, version: str, message: str, *, status: str = UNEVALUATED,
-                 evidence: Evidence | None = None, refusals: list[tuple[str, tuple[str, ...]]] | None = None,
-                 lenient: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        model_name: str,
+        version: str,
+        message: str,
+        *,
+        status: str = UNEVALUATED,
+        evidence: Evidence | None = None,
+        refusals: list[tuple[str, tuple[str, ...]]] | None = None,
+        lenient: tuple[str, ...] = (),
+    ):
         self.model_name, self.version, self.status = model_name, version, status
         self.evidence, self.refusals, self.lenient = evidence, refusals or [], lenient
         super().__init__("refused", message)
@@ -262,6 +287,7 @@ def _aliases_by_version(rm) -> dict[str, list[str]]:
         out.setdefault(str(version), []).append(str(alias))
     return {v: sorted(a) for v, a in out.items()}
 
+
 # --------------------------------------------------------------------------- evidence
 
 
@@ -283,7 +309,9 @@ def _record_problem(run, mv, tag_status: str) -> str | None:
     rt, tags, run_id = run.data.tags, mv.tags or {}, run.info.run_id
     uri = f"models:/{mv.name}/{mv.version}"
     if "safety.model_name" not in rt or not tags.get("safety.policy_sha256"):
-        return f"stale: evaluation run {run_id} predates evidence records (no version or policy fingerprint); re-evaluate"
+        return (
+            f"stale: evaluation run {run_id} predates evidence records (no version or policy fingerprint); re-evaluate"
+        )
     attached = (rt.get("safety.model_name"), rt.get("safety.model_version")) == (mv.name, str(mv.version))
     if rt.get("model_uri") != uri or not attached:
         return f"tampered: evaluation run {run_id} evaluated {rt.get('model_uri') or 'another model'}, not {uri}"
@@ -308,8 +336,10 @@ def _decision_problem(run, tag_status: str, policy: Policy) -> tuple[Decision, s
     same_policy = run.data.tags.get("safety.policy_sha256") == fingerprint(policy)
     what = "tampered" if same_policy else "stale"
     because = "" if same_policy else " (it was decided under another policy)"
-    return decision, (f"{what}: the tag says '{tag_status}' but policy '{policy.name}' decides '{decision.status}' "
-                      f"from evaluation run {run_id}{because}: {decision.summary}")
+    return decision, (
+        f"{what}: the tag says '{tag_status}' but policy '{policy.name}' decides '{decision.status}' "
+        f"from evaluation run {run_id}{because}: {decision.summary}"
+    )
 
 
 def verify_evidence(mv, policy: Policy, *, client: MlflowClient | None = None) -> Evidence:
@@ -352,21 +382,29 @@ def _refusal(move: _Move) -> GateRefused:
     head = f"{move.model_name} version {move.version}"
     ev = move.evidence
     if move.lenient:
-        text = (f"{head}: policy '{move.policy.name}' (sha256 {fingerprint(move.policy)[:12]}) is more lenient than "
-                f"the packaged policy ({'; '.join(move.lenient)}); a lenient policy is an override: "
-                "give --force and --reason")
+        text = (
+            f"{head}: policy '{move.policy.name}' (sha256 {fingerprint(move.policy)[:12]}) is more lenient than "
+            f"the packaged policy ({'; '.join(move.lenient)}); a lenient policy is an override: "
+            "give --force and --reason"
+        )
     else:
         needs = " and ".join(f"{target} needs {_or_list(rule)}" for target, rule in move.refusals)
         if ev.problem:
             text = f"{head} is '{ev.tag_status}' on its tag, but {ev.problem}; so it counts as unevaluated: {needs}"
         else:
             text = f"{head} is '{ev.status}', {needs}; reasons: {_reasons_of(move.mv, ev.status)}"
-    return GateRefused(move.model_name, move.version, _one_line(text), status=ev.tag_status, evidence=ev,
-                       refusals=list(move.refusals), lenient=move.lenient)
+    return GateRefused(
+        move.model_name,
+        move.version,
+        _one_line(text),
+        status=ev.tag_status,
+        evidence=ev,
+        refusals=list(move.refusals),
+        lenient=move.lenient,
+    )
 
 
 # --------------------------------------------------------------------------- audit
-
 
 
 def _audit_experiment_id(client: MlflowClient) -> str:
@@ -408,6 +446,7 @@ def _override_tags(tags: dict[str, str], record: dict[str, str]) -> dict[str, st
     out[OVERRIDE_HISTORY] = json.dumps(history, ensure_ascii=False)
     return out
 
+
 def _audit_tags(move: _Move, user: str, forced: bool) -> dict[str, str]:
     ev = move.evidence
     tags = {
@@ -440,19 +479,25 @@ def _start_audit(client: MlflowClient, move: _Move, run_name: str, tags: dict[st
     """An audit run (RUNNING) carrying the request and the full policy (policy.json)."""
     try:
         experiment_id = _audit_experiment_id(client)
-        run = client.create_run(experiment_id, run_name=run_name,
-                                tags={k: _clip(str(v), 8000) for k, v in tags.items()})
+        run = client.create_run(
+            experiment_id, run_name=run_name, tags={k: _clip(str(v), 8000) for k, v in tags.items()}
+        )
         client.log_text(run.info.run_id, policy_json(move.policy), "policy.json")
     except MlflowException as exc:
-        raise SafetyLabError("audit", f"cannot record the audit run in {AUDIT_EXPERIMENT!r}: "
-                             f"{_mlflow_problem(exc)}") from None
+        raise SafetyLabError(
+            "audit", f"cannot record the audit run in {AUDIT_EXPERIMENT!r}: {_mlflow_problem(exc)}"
+        ) from None
     return run.info.run_id
 
 
 def _audit_refusal(client: MlflowClient, move: _Move, refused: GateRefused) -> None:
     """A refusal is recorded too; failing to record it must not hide the refusal itself."""
-    tags = {**_audit_tags(move, _user(), False), "safety_lab.audit": "refusal", "refused": str(refused),
-            "mlflow.note.content": str(refused)}
+    tags = {
+        **_audit_tags(move, _user(), False),
+        "safety_lab.audit": "refusal",
+        "refused": str(refused),
+        "mlflow.note.content": str(refused),
+    }
     try:
         run_id = _start_audit(client, move, f"refuse-{move.model_name}-v{move.version}", tags)
         client.set_terminated(run_id, "FINISHED")
@@ -460,15 +505,17 @@ def _audit_refusal(client: MlflowClient, move: _Move, refused: GateRefused) -> N
         warnings.warn(f"the refusal was not audited: {_mlflow_problem(exc)}", stacklevel=3)
 
 
-def _apply(client: MlflowClient, move: _Move, run_id: str, record: dict[str, str] | None,
-           to_archive: tuple[str, ...]) -> tuple[str, ...]:
+def _apply(
+    client: MlflowClient, move: _Move, run_id: str, record: dict[str, str] | None, to_archive: tuple[str, ...]
+) -> tuple[str, ...]:
     """The registry changes, in order; returns the versions that archive_existing moved to Archived."""
     name, version = move.model_name, move.version
     if move.stage:
         with warnings.catch_warnings():  # stages are deprecated in MLflow 3; the feature is kept
             warnings.simplefilter("ignore", FutureWarning)
-            client.transition_model_version_stage(name, version, move.stage,
-                                                  archive_existing_versions=move.archive_existing)
+            client.transition_model_version_stage(
+                name, version, move.stage, archive_existing_versions=move.archive_existing
+            )
     if move.alias:
         client.set_registered_model_alias(name, move.alias, version)
     if record is not None:
@@ -485,20 +532,43 @@ def _execute(client: MlflowClient, move: _Move, forced: bool) -> PromotionResult
     holders = {a: v for v, names in _aliases_by_version(move.rm).items() for a in names}
     to_archive: tuple[str, ...] = ()
     if move.archive_existing and move.stage:
-        to_archive = tuple(str(v.version) for v in _all_versions(client, move.model_name)
-                           if (v.current_stage or "None") == move.stage and str(v.version) != move.version)
-    note = (f"{move.model_name} version {move.version} ({ev.tag_status}) -> {move.target}"
-            f"{' (forced: ' + (move.reason or '') + ')' if forced else ''} by {user} at {at}")
-    tags = {**_audit_tags(move, user, forced), "safety_lab.audit": "promotion", "mlflow.note.content": note,
-            "alias_previous_version": holders.get(move.alias, "") if move.alias else ""}
+        to_archive = tuple(
+            str(v.version)
+            for v in _all_versions(client, move.model_name)
+            if (v.current_stage or "None") == move.stage and str(v.version) != move.version
+        )
+    note = (
+        f"{move.model_name} version {move.version} ({ev.tag_status}) -> {move.target}"
+        f"{' (forced: ' + (move.reason or '') + ')' if forced else ''} by {user} at {at}"
+    )
+    tags = {
+        **_audit_tags(move, user, forced),
+        "safety_lab.audit": "promotion",
+        "mlflow.note.content": note,
+        "alias_previous_version": holders.get(move.alias, "") if move.alias else "",
+    }
     run_id = _start_audit(client, move, f"promote-{move.model_name}-v{move.version}", tags)
     record = None
     if forced:
-        record = {"by": user, "at": at, "reason": move.reason or "", "status_at_time": ev.tag_status,
-                  "target": move.target, "evidence": ev.problem or "verified",
-                  "policy_sha256": fingerprint(move.policy), "lenient": "; ".join(move.lenient)}
-    params = {"model_name": move.model_name, "version": move.version, "target": move.target,
-              "forced": str(forced).lower(), "reason": move.reason or "", "status_at_time": ev.tag_status, "user": user}
+        record = {
+            "by": user,
+            "at": at,
+            "reason": move.reason or "",
+            "status_at_time": ev.tag_status,
+            "target": move.target,
+            "evidence": ev.problem or "verified",
+            "policy_sha256": fingerprint(move.policy),
+            "lenient": "; ".join(move.lenient),
+        }
+    params = {
+        "model_name": move.model_name,
+        "version": move.version,
+        "target": move.target,
+        "forced": str(forced).lower(),
+        "reason": move.reason or "",
+        "status_at_time": ev.tag_status,
+        "user": user,
+    }
     try:
         client.log_batch(run_id, params=[Param(k, _clip(str(v), _MAX_PARAM)) for k, v in params.items()])
         archived = _apply(client, move, run_id, record, to_archive)
@@ -509,13 +579,25 @@ def _execute(client: MlflowClient, move: _Move, forced: bool) -> PromotionResult
         except Exception:  # noqa: BLE001, S110 - best effort: the original error is what the user must see
             pass
         if isinstance(exc, MlflowException):
-            raise SafetyLabError("registry", f"{move.model_name} version {move.version} -> {move.target} failed "
-                                 f"part-way (audit run {run_id}): {_mlflow_problem(exc)}") from None
+            raise SafetyLabError(
+                "registry",
+                f"{move.model_name} version {move.version} -> {move.target} failed "
+                f"part-way (audit run {run_id}): {_mlflow_problem(exc)}",
+            ) from None
         raise
     client.set_terminated(run_id, "FINISHED")
-    return PromotionResult(model_name=move.model_name, version=move.version, status=ev.tag_status, action=move.action,
-                           target=move.target, forced=forced, run_id=run_id, archived=archived,
-                           verified_status=ev.status, evidence=ev.problem or "verified")
+    return PromotionResult(
+        model_name=move.model_name,
+        version=move.version,
+        status=ev.tag_status,
+        action=move.action,
+        target=move.target,
+        forced=forced,
+        run_id=run_id,
+        archived=archived,
+        verified_status=ev.status,
+        evidence=ev.problem or "verified",
+    )
 
 
 # --------------------------------------------------------------------------- promote
@@ -529,15 +611,18 @@ def _request(model_name, version, from_alias, stage, alias, archive_existing, fo
     version = None if version is None or not str(version).strip() else _norm_version(version)
     from_alias = None if from_alias is None or not str(from_alias).strip() else str(from_alias)
     if (version is None) == (from_alias is None):
-        raise SafetyLabError("version" if version is None else "from_alias",
-                             "give exactly one of --version or --from-alias")
+        raise SafetyLabError(
+            "version" if version is None else "from_alias", "give exactly one of --version or --from-alias"
+        )
     stage = None if stage is None or not str(stage).strip() else _norm_stage(stage)
     alias = None if alias is None or not str(alias).strip() else _norm_alias(alias)
     if stage is None and alias is None:
         raise SafetyLabError("stage", "give --stage and/or --alias")
     if archive_existing and stage not in ACTIVE_STAGES:
-        raise SafetyLabError("archive_existing", f"only applies with --stage {' or '.join(ACTIVE_STAGES)}"
-                             f"{'' if stage is None else f', not {stage}'}")
+        raise SafetyLabError(
+            "archive_existing",
+            f"only applies with --stage {' or '.join(ACTIVE_STAGES)}{'' if stage is None else f', not {stage}'}",
+        )
     reason = (reason or "").strip() or None
     if force and not reason:
         raise SafetyLabError("reason", "--force needs --reason")
@@ -549,8 +634,12 @@ def _find_version(client: MlflowClient, model_name: str, version: str | None, fr
         try:
             return client.get_model_version(model_name, version)
         except MlflowException as exc:
-            raise SafetyLabError("version", f"model {model_name!r} has no version {version}"
-                                 if _error_code(exc) == "RESOURCE_DOES_NOT_EXIST" else _mlflow_problem(exc)) from None
+            raise SafetyLabError(
+                "version",
+                f"model {model_name!r} has no version {version}"
+                if _error_code(exc) == "RESOURCE_DOES_NOT_EXIST"
+                else _mlflow_problem(exc),
+            ) from None
     source_alias = from_alias.strip().lstrip("@")
     if not _ALIAS.match(source_alias):
         raise SafetyLabError("from_alias", f"{from_alias!r} is not a valid alias (letters, digits, '_' and '-' only)")
@@ -560,9 +649,18 @@ def _find_version(client: MlflowClient, model_name: str, version: str | None, fr
         raise SafetyLabError("from_alias", f"model {model_name!r} has no alias {source_alias!r}") from None
 
 
-def promote(model_name: str, *, version: str | None = None, from_alias: str | None = None, stage: str | None = None,
-            alias: str | None = None, archive_existing: bool = False, force: bool = False, reason: str | None = None,
-            policy: str | Policy | None = None) -> PromotionResult:
+def promote(
+    model_name: str,
+    *,
+    version: str | None = None,
+    from_alias: str | None = None,
+    stage: str | None = None,
+    alias: str | None = None,
+    archive_existing: bool = False,
+    force: bool = False,
+    reason: str | None = None,
+    policy: str | Policy | None = None,
+) -> PromotionResult:
     """Move one version into `stage` and/or onto `alias` if its verified safety status is allowed there.
 
     Exactly one of `version` / `from_alias` picks the version; at least one of `stage` / `alias` is the target.
@@ -571,13 +669,25 @@ def promote(model_name: str, *, version: str | None = None, from_alias: str | No
     needs a `reason`). Returns the outcome, including the id of the audit run in experiment "safety_lab-audit".
     """
     model_name, version, from_alias, stage, alias, reason = _request(
-        model_name, version, from_alias, stage, alias, archive_existing, force, reason)
+        model_name, version, from_alias, stage, alias, archive_existing, force, reason
+    )
     policy_obj = policy if isinstance(policy, Policy) else load_policy(policy)
     client = _client()
     rm = _registered_model(client, model_name)
     mv = _find_version(client, model_name, version, from_alias)
-    move = _Move(model_name, mv, rm, stage, alias, from_alias, bool(archive_existing), reason, policy_obj,
-                 verify_evidence(mv, policy_obj, client=client), tuple(lenient_changes(policy_obj)))
+    move = _Move(
+        model_name,
+        mv,
+        rm,
+        stage,
+        alias,
+        from_alias,
+        bool(archive_existing),
+        reason,
+        policy_obj,
+        verify_evidence(mv, policy_obj, client=client),
+        tuple(lenient_changes(policy_obj)),
+    )
     _gate(move)
     if (move.refusals or move.lenient) and not force:
         refused = _refusal(move)
@@ -638,8 +748,12 @@ def lineage_tree(model_name: str) -> str:
 
     def line(mv) -> str:
         tags = mv.tags or {}
-        parts = [f"v{mv.version}", f"data={tags.get('data.name') or '-'}", f"status={_status_of(mv)}",
-                 f"asr={_fmt_num(tags.get('safety.asr'))}"]
+        parts = [
+            f"v{mv.version}",
+            f"data={tags.get('data.name') or '-'}",
+            f"status={_status_of(mv)}",
+            f"asr={_fmt_num(tags.get('safety.asr'))}",
+        ]
         if str(mv.version) in external:
             parts.append(f"from={external[str(mv.version)]}")
         elif "parent" not in tags and tags.get("base_model"):
@@ -680,16 +794,18 @@ def report_rows(model_name: str) -> list[dict]:
     rows = []
     for mv in _all_versions(client, model_name):
         tags = mv.tags or {}
-        rows.append({
-            "version": str(mv.version),
-            "data": tags.get("data.name", ""),
-            "parent": tags.get("parent", ""),
-            "status": _status_of(mv),
-            **{c.key: c.tag_cell(tags) for c in metric_columns},
-            "stage": mv.current_stage or "None",
-            "aliases": ",".join(aliases.get(str(mv.version), [])),
-            "created": _ms_iso(mv.creation_timestamp),
-        })
+        rows.append(
+            {
+                "version": str(mv.version),
+                "data": tags.get("data.name", ""),
+                "parent": tags.get("parent", ""),
+                "status": _status_of(mv),
+                **{c.key: c.tag_cell(tags) for c in metric_columns},
+                "stage": mv.current_stage or "None",
+                "aliases": ",".join(aliases.get(str(mv.version), [])),
+                "created": _ms_iso(mv.creation_timestamp),
+            }
+        )
     return rows
 
 
@@ -706,5 +822,16 @@ def format_report(rows: list[dict], fmt: str = "table") -> str:
     return tables.render(rows, fmt, _columns(rows), empty="(no versions)")
 
 
-__all__ = ["AUDIT_EXPERIMENT", "REPORT_COLUMNS", "REPORT_FORMATS", "Evidence", "GateRefused", "PromotionResult",
-           "format_report", "lineage_tree", "promote", "report_rows", "verify_evidence"]
+__all__ = [
+    "AUDIT_EXPERIMENT",
+    "REPORT_COLUMNS",
+    "REPORT_FORMATS",
+    "Evidence",
+    "GateRefused",
+    "PromotionResult",
+    "format_report",
+    "lineage_tree",
+    "promote",
+    "report_rows",
+    "verify_evidence",
+]

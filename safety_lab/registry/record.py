@@ -1,4 +1,4 @@
-"""Record an evaluation in MLflow: one run with metrics, item tables, figures and a safety card; then the version's tags.
+"""Record an evaluation in MLflow: one run (metrics, item tables, figures, safety card), then the version's tags.
 
 Order matters, so that a kill at any point leaves either ``unevaluated`` or a complete record: the version's status
 is reset to ``unevaluated`` first, every other ``safety.*`` tag is written next, the evaluation run ends FINISHED, and
@@ -41,18 +41,29 @@ class SafetyTags:
 
     def as_tags(self) -> dict[str, str]:
         """Every tag except the status, which the recorder writes last."""
-        tags = {"safety.reasons": self.reasons[:4000], "safety.checks": self.checks[:4000],
-                "safety.eval_run_id": self.eval_run_id, "safety.policy": self.policy,
-                "safety.policy_sha256": self.policy_sha256, "safety.reference": self.reference}
+        tags = {
+            "safety.reasons": self.reasons[:4000],
+            "safety.checks": self.checks[:4000],
+            "safety.eval_run_id": self.eval_run_id,
+            "safety.policy": self.policy,
+            "safety.policy_sha256": self.policy_sha256,
+            "safety.reference": self.reference,
+        }
         return {**tags, **{f"safety.{k}": v for k, v in self.metrics.items()}}
 
     @classmethod
     def read(cls, tags: dict[str, str]) -> SafetyTags:
-        metrics = {k[len("safety."):]: v for k, v in tags.items() if k.startswith("safety.") and METRICS.find(k[7:])}
-        return cls(status=tags.get("safety.status", UNEVALUATED), reasons=tags.get("safety.reasons", ""),
-                   checks=tags.get("safety.checks", ""), eval_run_id=tags.get("safety.eval_run_id", ""),
-                   policy=tags.get("safety.policy", ""), policy_sha256=tags.get("safety.policy_sha256", ""),
-                   reference=tags.get("safety.reference", ""), metrics=metrics)
+        metrics = {k[len("safety.") :]: v for k, v in tags.items() if k.startswith("safety.") and METRICS.find(k[7:])}
+        return cls(
+            status=tags.get("safety.status", UNEVALUATED),
+            reasons=tags.get("safety.reasons", ""),
+            checks=tags.get("safety.checks", ""),
+            eval_run_id=tags.get("safety.eval_run_id", ""),
+            policy=tags.get("safety.policy", ""),
+            policy_sha256=tags.get("safety.policy_sha256", ""),
+            reference=tags.get("safety.reference", ""),
+            metrics=metrics,
+        )
 
 
 @dataclasses.dataclass
@@ -77,8 +88,10 @@ class Recorded:
         lines = [f"{self.report.model_uri}: safety.status={self.status}"]
         for spec in METRICS.headline(values):
             ref = self.report.reference_metrics.get(spec.name)
-            lines.append(f"  {spec.label:32s} {spec.format(values[spec.name])}"
-                         + (f"  (reference {spec.format(ref)})" if ref is not None else ""))
+            lines.append(
+                f"  {spec.label:32s} {spec.format(values[spec.name])}"
+                + (f"  (reference {spec.format(ref)})" if ref is not None else "")
+            )
         return "\n".join(lines + [f"  - {r}" for r in self.decision.reasons])
 
 
@@ -89,8 +102,9 @@ def metric_tags(report: EvalReport) -> dict[str, str]:
     for spec in METRICS.tagged(values):
         out[spec.name] = spec.format(values[spec.name])
         if spec.interval and f"{spec.name}_ci_low" in values:
-            out[f"{spec.name}_ci"] = f"[{spec.format(values[spec.name + '_ci_low'])}, " \
-                                     f"{spec.format(values[spec.name + '_ci_high'])}]"
+            out[f"{spec.name}_ci"] = (
+                f"[{spec.format(values[spec.name + '_ci_low'])}, {spec.format(values[spec.name + '_ci_high'])}]"
+            )
         for suffix in ("_delta", "_delta_vs_base"):
             if spec.name + suffix in values:
                 out[spec.name + suffix] = f"{values[spec.name + suffix]:+.4f}"
@@ -131,10 +145,16 @@ def evaluate_version(model_uri: str, cfg: EvalConfig, *, loaded=None, timings=No
         report = evaluate(loaded, cfg, reference=reference, base=base, timings=timings)
         decision = decide(report.all_metrics(), policy)
         _log_run(report, decision, mv)
-        tags = SafetyTags(status=decision.status, reasons=decision.summary, checks="; ".join(decision.reasons),
-                          eval_run_id=run.info.run_id, policy=policy_summary(policy),
-                          policy_sha256=fingerprint(policy), reference=report.reference_uri or "none",
-                          metrics=metric_tags(report))
+        tags = SafetyTags(
+            status=decision.status,
+            reasons=decision.summary,
+            checks="; ".join(decision.reasons),
+            eval_run_id=run.info.run_id,
+            policy=policy_summary(policy),
+            policy_sha256=fingerprint(policy),
+            reference=report.reference_uri or "none",
+            metrics=metric_tags(report),
+        )
         if mv is not None:
             tag_version(mv.name, mv.version, tags.as_tags())
             _describe(mv, report, decision, run.info.run_id)
@@ -147,10 +167,23 @@ def evaluate_version(model_uri: str, cfg: EvalConfig, *, loaded=None, timings=No
 def _start_record(mv, spec: str, reference: Reference | None, cfg: EvalConfig, policy: Policy) -> None:
     if mv is not None:  # from here until the end a kill leaves the version unevaluated, never half-recorded
         tag_version(mv.name, mv.version, {"safety.status": UNEVALUATED})
-    mlflow.set_tags({"safety_lab.job": "evaluate", "model_uri": spec, "reference": reference.uri if reference else "none",
-                     "safety.policy_sha256": fingerprint(policy),
-                     **({"safety.model_name": mv.name, "safety.model_version": str(mv.version),
-                         "safety.model_source": mv.source} if mv else {})})
+    mlflow.set_tags(
+        {
+            "safety_lab.job": "evaluate",
+            "model_uri": spec,
+            "reference": reference.uri if reference else "none",
+            "safety.policy_sha256": fingerprint(policy),
+            **(
+                {
+                    "safety.model_name": mv.name,
+                    "safety.model_version": str(mv.version),
+                    "safety.model_source": mv.source,
+                }
+                if mv
+                else {}
+            ),
+        }
+    )
     mlflow.log_params({f"eval.{k}": v for k, v in dataclasses.asdict(cfg).items()})
     mlflow.log_text(policy_json(policy), "policy.json")
 
@@ -162,9 +195,15 @@ def _log_run(report: EvalReport, decision: Decision, mv) -> None:
         if result.rows:
             frame = pd.DataFrame(result.rows).map(lambda v: json.dumps(v) if isinstance(v, (list, dict)) else v)
             mlflow.log_table(frame, artifact_file=f"evaluation/{name}_items.json")
-    lineage = ({"model_name": mv.name, "version": str(mv.version),
-                **{k: v for k, v in (mv.tags or {}).items() if k in LINEAGE_KEYS}} if mv else
-               {"base_model": report.model_uri})
+    lineage = (
+        {
+            "model_name": mv.name,
+            "version": str(mv.version),
+            **{k: v for k, v in (mv.tags or {}).items() if k in LINEAGE_KEYS},
+        }
+        if mv
+        else {"base_model": report.model_uri}
+    )
     _log_card(report, decision, lineage)
     mlflow.set_tags({"safety.reasons": decision.summary[:4000], "safety.checks": "; ".join(decision.reasons)[:4000]})
 
@@ -174,9 +213,11 @@ def _describe(mv, report: EvalReport, decision: Decision, run_id: str) -> None:
     client = MlflowClient()
     first = (client.get_model_version(mv.name, mv.version).description or "").split("\n\n", 1)[0]
     asr = report.metrics.get("asr")
-    summary = (f"\n\nSafety evaluation: status **{decision.status}** (run {run_id}). "
-               f"ASR {METRICS.get('asr').format(asr) if asr is not None else 'n/a'} against reference "
-               f"{report.reference_uri or 'none'}. Reasons: {decision.summary}.")
+    summary = (
+        f"\n\nSafety evaluation: status **{decision.status}** (run {run_id}). "
+        f"ASR {METRICS.get('asr').format(asr) if asr is not None else 'n/a'} against reference "
+        f"{report.reference_uri or 'none'}. Reasons: {decision.summary}."
+    )
     client.update_model_version(mv.name, mv.version, description=(first + summary)[:5000])
 
 
@@ -190,8 +231,9 @@ def _figures(report: EvalReport) -> dict:
         figures["asr"] = plots.asr_bars(entries)
     if "calibration" in report.suites:
         ece = METRICS.get("ece").format(m.get("ece"))
-        figures["reliability"] = plots.reliability_diagram(report.suites["calibration"].extra["curve"],
-                                                           title=f"ECE {ece}")
+        figures["reliability"] = plots.reliability_diagram(
+            report.suites["calibration"].extra["curve"], title=f"ECE {ece}"
+        )
     if "drift" in report.suites:
         bars = {"this model": m, **({"reference": r} if any(k.startswith("drift_") for k in r) else {})}
         figures["drift"] = plots.drift_bars(bars)
@@ -203,12 +245,23 @@ def _log_card(report: EvalReport, decision: Decision, lineage: dict) -> None:
     figures = _figures(report)
     for name, fig in figures.items():
         mlflow.log_figure(fig, f"evaluation/{name}.png")
-    summary = {"model_uri": report.model_uri, "status": decision.status, "reasons": list(decision.reasons),
-               "metrics": report.all_metrics(), "reference_uri": report.reference_uri,
-               "reference_metrics": report.reference_metrics, "base_metrics": report.base_metrics}
+    summary = {
+        "model_uri": report.model_uri,
+        "status": decision.status,
+        "reasons": list(decision.reasons),
+        "metrics": report.all_metrics(),
+        "reference_uri": report.reference_uri,
+        "reference_metrics": report.reference_metrics,
+        "base_metrics": report.base_metrics,
+    }
     mlflow.log_dict(summary, "evaluation/summary.json")
     title = f"{lineage['model_name']} v{lineage['version']}" if "version" in lineage else report.model_uri
-    markdown, page = safety_card(summary, items={k: v.rows for k, v in report.suites.items()}, plots=figures,
-                                 lineage=lineage, title=f"Safety card: {title}")
+    markdown, page = safety_card(
+        summary,
+        items={k: v.rows for k, v in report.suites.items()},
+        plots=figures,
+        lineage=lineage,
+        title=f"Safety card: {title}",
+    )
     mlflow.log_text(markdown, "evaluation/safety_card.md")
     mlflow.log_text(page, "evaluation/safety_card.html")

@@ -38,8 +38,11 @@ BENIGN_EXAMPLES = 2
 ELLIPSIS = "…"
 
 _PLOT_ORDER = ("asr", "reliability", "drift")
-_PLOT_CAPTIONS = {"asr": "Attack success rate (95% Wilson interval)", "reliability": "Reliability diagram",
-                  "drift": "Knowledge drift: accuracy by prompt type"}
+_PLOT_CAPTIONS = {
+    "asr": "Attack success rate (95% Wilson interval)",
+    "reliability": "Reliability diagram",
+    "drift": "Knowledge drift: accuracy by prompt type",
+}
 _LINEAGE_ORDER = ("model_name", "version", "base_model", "parent", "data.name", "data.sha256", "data.rows")
 _BADGE = {"pass": ("PASS", "#1a7f37", "🟢"), "warn": ("WARN", "#b26b00", "🟠"), "fail": ("FAIL", "#c62828", "🔴")}
 _NO_SPEC = MetricSpec("", "", None, kind="score", fmt=".4f")  # how a metric without a spec is shown
@@ -79,8 +82,13 @@ def _md_code(text: Any) -> str:
 
 
 def _environment(markdown: bool) -> Environment:
-    common = {"loader": PackageLoader("safety_lab.reporting", "templates"), "undefined": StrictUndefined,
-              "trim_blocks": True, "lstrip_blocks": True, "keep_trailing_newline": True}
+    common = {
+        "loader": PackageLoader("safety_lab.reporting", "templates"),
+        "undefined": StrictUndefined,
+        "trim_blocks": True,
+        "lstrip_blocks": True,
+        "keep_trailing_newline": True,
+    }
     if markdown:  # Markdown "autoescape": every expression goes through md_escape unless already trusted
         env = Environment(autoescape=False, finalize=md_escape, **common)
         env.filters.update(md=md_escape, code=_md_code, urlquote=lambda s: _Trusted(quote(str(s))))
@@ -177,14 +185,13 @@ def _label(name: str) -> str:
     spec = METRICS.find(name)
     if spec is None:
         return name
-    rest = name.split(".", 1)[0][len(spec.name):].strip("_").replace("_", " ")
+    rest = name.split(".", 1)[0][len(spec.name) :].strip("_").replace("_", " ")
     return f"{spec.label}, {rest}" if rest else spec.label
 
 
 def _metric_row(name: str, metrics, reference, base, has_ref: bool, has_base: bool) -> dict:
     spec = _spec(name)
-    cells = [_cell(spec.format(metrics.get(name)) if name in metrics else "n/a"),
-             _cell(_interval(spec, metrics, name))]
+    cells = [_cell(spec.format(metrics.get(name)) if name in metrics else "n/a"), _cell(_interval(spec, metrics, name))]
     if has_ref:
         ref = f"{spec.format(reference[name])} {_interval(spec, reference, name)}" if name in reference else "n/a"
         cells += [_cell(ref.strip()), _delta(metrics, reference, name, "_delta")]
@@ -236,8 +243,9 @@ def _interleave(a: list, b: list) -> list:
     return out
 
 
-def select_examples(rows: Sequence[Mapping[str, Any]], n: int = DEFAULT_EXAMPLES,
-                    n_benign: int = BENIGN_EXAMPLES) -> list[Mapping[str, Any]]:
+def select_examples(
+    rows: Sequence[Mapping[str, Any]], n: int = DEFAULT_EXAMPLES, n_benign: int = BENIGN_EXAMPLES
+) -> list[Mapping[str, Any]]:
     """Harmful rows first, alternating attack successes and refusals, then up to ``n_benign`` benign rows.
 
     Benign rows alternate over-refusals and answers too. Missing kinds are filled from the others,
@@ -246,8 +254,9 @@ def select_examples(rows: Sequence[Mapping[str, Any]], n: int = DEFAULT_EXAMPLES
     rows = [r for r in rows or [] if isinstance(r, Mapping)]
     harmful = [r for r in rows if r.get("set") == "harmful"]
     benign = [r for r in rows if r.get("set") == "benign"]
-    harmful = _interleave([r for r in harmful if r.get("attack_success")],
-                          [r for r in harmful if not r.get("attack_success")])
+    harmful = _interleave(
+        [r for r in harmful if r.get("attack_success")], [r for r in harmful if not r.get("attack_success")]
+    )
     benign = _interleave([r for r in benign if r.get("refused")], [r for r in benign if not r.get("refused")])
     n_b = min(n_benign, len(benign), n)
     n_h = min(len(harmful), n - n_b)
@@ -271,10 +280,16 @@ def _examples(rows: Sequence[Mapping[str, Any]], n: int) -> list[dict]:
     out = []
     for r in select_examples(rows, n):
         details = [str(r.get("category") or ""), f"id {r['id']}" if r.get("id") not in (None, "") else ""]
-        out.append({"set": str(r.get("set", "")), "details": [d for d in details if d],
-                    "prompt": truncate(r.get("prompt"), PROMPT_CHARS),
-                    "response": truncate(r.get("response"), RESPONSE_CHARS),
-                    "verdict": _verdict(r)[0], "verdict_class": _verdict(r)[1]})
+        out.append(
+            {
+                "set": str(r.get("set", "")),
+                "details": [d for d in details if d],
+                "prompt": truncate(r.get("prompt"), PROMPT_CHARS),
+                "response": truncate(r.get("response"), RESPONSE_CHARS),
+                "verdict": _verdict(r)[0],
+                "verdict_class": _verdict(r)[1],
+            }
+        )
     return out
 
 
@@ -300,8 +315,15 @@ def _plot_items(plots: Mapping[str, PlotSource | None] | None) -> list[dict]:
         data = _png(plots[name])
         if data is not None:
             file = Path(plots[name]).name if isinstance(plots[name], (str, Path)) else f"{name}.png"
-            items.append({"name": name, "file": file, "caption": _PLOT_CAPTIONS.get(name, name),
-                          "data": base64.b64encode(data).decode("ascii"), "png": data})
+            items.append(
+                {
+                    "name": name,
+                    "file": file,
+                    "caption": _PLOT_CAPTIONS.get(name, name),
+                    "data": base64.b64encode(data).decode("ascii"),
+                    "png": data,
+                }
+            )
     return items
 
 
@@ -317,27 +339,43 @@ def _context(summary, items, plots, lineage, title, examples) -> dict:
     has_base = bool(base) or any(n.endswith("_delta_vs_base") for n in metrics)
     status = str(summary.get("status") or "unevaluated")
     badge, color, dot = _BADGE.get(status, (status.upper(), "#6e7781", "⚪"))
-    header = ["Metric", "Value", "95% interval"] + (["Reference", "Δ vs reference"] if has_ref else []) \
+    header = (
+        ["Metric", "Value", "95% interval"]
+        + (["Reference", "Δ vs reference"] if has_ref else [])
         + (["Δ vs base"] if has_base else [])
+    )
     asr_rows = (items or {}).get("asr") or []
     shown = _examples(asr_rows, examples)
     return {
-        "title": str(title), "status": status, "badge": badge, "color": color, "dot": dot,
+        "title": str(title),
+        "status": status,
+        "badge": badge,
+        "color": color,
+        "dot": dot,
         "reasons": [str(r) for r in summary.get("reasons") or []],
-        "model_uri": summary.get("model_uri") or "n/a", "reference_uri": summary.get("reference_uri") or "none",
-        "has_ref": has_ref, "header": header,
+        "model_uri": summary.get("model_uri") or "n/a",
+        "reference_uri": summary.get("reference_uri") or "none",
+        "has_ref": has_ref,
+        "header": header,
         "rows": [_metric_row(n, metrics, reference, base, has_ref, has_base) for n in _row_names(metrics, reference)],
         "breakdowns": _breakdowns(metrics, reference, has_ref),
-        "plots": _plot_items(plots), "lineage": _lineage_rows(lineage or {}),
+        "plots": _plot_items(plots),
+        "lineage": _lineage_rows(lineage or {}),
         "examples": shown,
         "showing": f"Showing {len(shown)} of {len(asr_rows)}; prompts cut to {PROMPT_CHARS} and responses to "
-                   f"{RESPONSE_CHARS} characters.",
+        f"{RESPONSE_CHARS} characters.",
     }
 
 
-def safety_card(summary: Mapping[str, Any], *, items: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
-                plots: Mapping[str, PlotSource] | None = None, lineage: Mapping[str, Any] | None = None,
-                title: str = "Safety card", examples: int = DEFAULT_EXAMPLES) -> tuple[str, str]:
+def safety_card(
+    summary: Mapping[str, Any],
+    *,
+    items: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+    plots: Mapping[str, PlotSource] | None = None,
+    lineage: Mapping[str, Any] | None = None,
+    title: str = "Safety card",
+    examples: int = DEFAULT_EXAMPLES,
+) -> tuple[str, str]:
     """(markdown, html) of one evaluation's safety card. Pure rendering.
 
     ``summary``: the evaluation's summary dict (``status``, ``reasons``, ``model_uri``, ``metrics``,
@@ -351,10 +389,16 @@ def safety_card(summary: Mapping[str, Any], *, items: Mapping[str, Sequence[Mapp
     return md, page
 
 
-def write_safety_card(out_dir: str | Path, *, summary: Mapping[str, Any],
-                      items: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
-                      plots: Mapping[str, PlotSource] | None = None, lineage: Mapping[str, Any] | None = None,
-                      title: str = "Safety card", examples: int = DEFAULT_EXAMPLES) -> tuple[Path, Path]:
+def write_safety_card(
+    out_dir: str | Path,
+    *,
+    summary: Mapping[str, Any],
+    items: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+    plots: Mapping[str, PlotSource] | None = None,
+    lineage: Mapping[str, Any] | None = None,
+    title: str = "Safety card",
+    examples: int = DEFAULT_EXAMPLES,
+) -> tuple[Path, Path]:
     """Write safety_card.md and safety_card.html into ``out_dir`` (and ``<name>.png`` for plots given as bytes or
     figures, which the Markdown links); returns their paths (md, html)."""
     md, page = safety_card(summary, items=items, plots=plots, lineage=lineage, title=title, examples=examples)
@@ -369,5 +413,13 @@ def write_safety_card(out_dir: str | Path, *, summary: Mapping[str, Any],
     return md_path, html_path
 
 
-__all__ = ["DEFAULT_EXAMPLES", "PROMPT_CHARS", "RESPONSE_CHARS", "md_escape", "safety_card", "select_examples",
-           "truncate", "write_safety_card"]
+__all__ = [
+    "DEFAULT_EXAMPLES",
+    "PROMPT_CHARS",
+    "RESPONSE_CHARS",
+    "md_escape",
+    "safety_card",
+    "select_examples",
+    "truncate",
+    "write_safety_card",
+]

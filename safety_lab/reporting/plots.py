@@ -4,6 +4,7 @@ Uses matplotlib's object API with the Agg canvas (no pyplot, no global backend s
 display needed). Each function returns its ``Figure`` (for ``mlflow.log_figure(fig, "evaluation/asr.png")``)
 and, given a ``path``, also writes it there as a PNG; ``png_bytes(fig)`` gives the PNG for embedding.
 """
+
 from __future__ import annotations
 
 import io
@@ -43,8 +44,7 @@ def png_bytes(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
-def reliability_diagram(curve: Sequence[Sequence[float]], path: str | Path | None = None, *,
-                        title: str = "") -> Figure:
+def reliability_diagram(curve: Sequence[Sequence[float]], path: str | Path | None = None, *, title: str = "") -> Figure:
     """Bars of per-bin accuracy against the diagonal; ``curve`` from ``metrics.reliability_curve``."""
     fig = _figure(figsize=(5, 5))
     ax = fig.add_subplot()
@@ -55,10 +55,19 @@ def reliability_diagram(curve: Sequence[Sequence[float]], path: str | Path | Non
         counts = [int(b[2]) for b in curve]
         accs = [float(b[3]) for b in curve]
         confs = [float(b[4]) for b in curve]
-        ax.bar(lows, accs, width=widths, align="edge", color="tab:blue", edgecolor="black",
-               alpha=0.8, label="accuracy")
-        ax.bar(lows, [c - a for a, c in zip(accs, confs)], bottom=accs, width=widths, align="edge",
-               color="tab:red", alpha=0.25, edgecolor="tab:red", hatch="//", label="gap to confidence")
+        ax.bar(lows, accs, width=widths, align="edge", color="tab:blue", edgecolor="black", alpha=0.8, label="accuracy")
+        ax.bar(
+            lows,
+            [c - a for a, c in zip(accs, confs)],
+            bottom=accs,
+            width=widths,
+            align="edge",
+            color="tab:red",
+            alpha=0.25,
+            edgecolor="tab:red",
+            hatch="//",
+            label="gap to confidence",
+        )
         for x, w, a, n in zip(lows, widths, accs, counts):
             ax.text(x + w / 2, min(a + 0.02, 0.97), str(n), ha="center", va="bottom", fontsize=7)
     else:
@@ -72,8 +81,12 @@ def reliability_diagram(curve: Sequence[Sequence[float]], path: str | Path | Non
     return _done(fig, path)
 
 
-def asr_bars(entries: Sequence[tuple[str, float, float, float]], path: str | Path | None = None, *,
-             title: str = "Attack success rate") -> Figure:
+def asr_bars(
+    entries: Sequence[tuple[str, float, float, float]],
+    path: str | Path | None = None,
+    *,
+    title: str = "Attack success rate",
+) -> Figure:
     """One bar per (label, asr, ci_low, ci_high) with its interval as an error bar."""
     for i, e in enumerate(entries):
         check(len(e) == 4, "entries", f"item {i} must be (label, asr, ci_low, ci_high)")
@@ -99,8 +112,12 @@ def asr_bars(entries: Sequence[tuple[str, float, float, float]], path: str | Pat
     return _done(fig, path)
 
 
-def drift_bars(summaries: Mapping[str, Mapping[str, float]], path: str | Path | None = None, *,
-               title: str = "Knowledge drift: accuracy by prompt type") -> Figure:
+def drift_bars(
+    summaries: Mapping[str, Mapping[str, float]],
+    path: str | Path | None = None,
+    *,
+    title: str = "Knowledge drift: accuracy by prompt type",
+) -> Figure:
     """Grouped bars of drift_accuracy_{prompt type} (shown in %) for each labelled summary."""
     present = [t for t in _PROMPT_TYPES if any(f"drift_accuracy_{t}" in s for s in summaries.values())]
     fig = _figure(figsize=(max(5.0, 2.0 + len(present) * (0.6 * len(summaries) + 0.6)), 4))
@@ -114,8 +131,7 @@ def drift_bars(summaries: Mapping[str, Mapping[str, float]], path: str | Path | 
             bars = ax.bar(xs, values, width=width, label=str(label), color=f"C{i % 10}", edgecolor="black")
             for bar, v in zip(bars, values):
                 if math.isfinite(v):
-                    ax.text(bar.get_x() + bar.get_width() / 2, v + 1, f"{v:.1f}", ha="center",
-                            va="bottom", fontsize=7)
+                    ax.text(bar.get_x() + bar.get_width() / 2, v + 1, f"{v:.1f}", ha="center", va="bottom", fontsize=7)
         ax.set_xticks(list(range(len(present))))
         ax.set_xticklabels([_PROMPT_LABELS[t] for t in present])
         ax.legend(fontsize=8)
@@ -127,11 +143,16 @@ def drift_bars(summaries: Mapping[str, Mapping[str, float]], path: str | Path | 
     return _done(fig, path)
 
 
-def uncertainty_bars(summaries: Mapping[str, Mapping[str, float]], path: str | Path | None = None, *,
-                     measure: str = "entropy") -> Figure:
+def uncertainty_bars(
+    summaries: Mapping[str, Mapping[str, float]], path: str | Path | None = None, *, measure: str = "entropy"
+) -> Figure:
     """Grouped bars of drift_<measure>_<prompt type>_{correct,incorrect} for each labelled summary."""
-    groups = [(t, g) for t in _PROMPT_TYPES for g in ("correct", "incorrect")
-              if any(f"drift_{measure}_{t}_{g}" in s for s in summaries.values())]
+    groups = [
+        (t, g)
+        for t in _PROMPT_TYPES
+        for g in ("correct", "incorrect")
+        if any(f"drift_{measure}_{t}_{g}" in s for s in summaries.values())
+    ]
     fig = _figure(figsize=(max(6.0, 2.0 + len(groups) * (0.4 * len(summaries) + 0.4)), 4))
     ax = fig.add_subplot()
     width = 0.8 / max(len(summaries), 1)

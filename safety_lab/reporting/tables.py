@@ -49,8 +49,9 @@ def _markdown(cols: list[str], cells: list[list[str]]) -> str:
     return "\n".join([line(cols), "|" + "|".join("---" for _ in cols) + "|", *(line(r) for r in cells)])
 
 
-def render(rows: Sequence[Mapping], fmt: str = "table", columns: Sequence[str] | None = None, *,
-           empty: str = "(no rows)") -> str:
+def render(
+    rows: Sequence[Mapping], fmt: str = "table", columns: Sequence[str] | None = None, *, empty: str = "(no rows)"
+) -> str:
     """``rows`` as ``table`` (aligned columns), ``csv``, ``json`` or ``markdown`` (``md``/``text`` accepted).
 
     ``columns``: which keys, in order (default: every key, in order of first appearance); a missing key is an

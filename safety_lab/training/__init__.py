@@ -1,4 +1,5 @@
 """LoRA supervised fine-tuning with TRL's SFTTrainer: precision from the hardware, padding-free batches."""
+
 from __future__ import annotations
 
 import copy
@@ -104,9 +105,19 @@ def truncate_rows(dataset, max_length: int):
     return dataset
 
 
-def train_lora(model: torch.nn.Module, tokenizer, train_rows: list[dict], val_rows: list[dict], cfg: TrainConfig, *,
-               on_eval=None, on_log=None, quiet: bool = False, initial_eval_loss: float | None = None,
-               padding_free: bool = True) -> TrainResult:
+def train_lora(
+    model: torch.nn.Module,
+    tokenizer,
+    train_rows: list[dict],
+    val_rows: list[dict],
+    cfg: TrainConfig,
+    *,
+    on_eval=None,
+    on_log=None,
+    quiet: bool = False,
+    initial_eval_loss: float | None = None,
+    padding_free: bool = True,
+) -> TrainResult:
     """Train a fresh LoRA adapter on a copy of `model`; the original stays untouched for the next trial.
 
     `initial_eval_loss`: the untrained validation loss when already known. A fresh adapter starts as the identity
@@ -118,8 +129,14 @@ def train_lora(model: torch.nn.Module, tokenizer, train_rows: list[dict], val_ro
     from trl import SFTTrainer
 
     set_seed(cfg.seed)
-    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=cfg.modules(), task_type="CAUSAL_LM", bias="none")
+    lora = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=cfg.modules(),
+        task_type="CAUSAL_LM",
+        bias="none",
+    )
     train_ds = HFDataset.from_list([to_conversation(r) for r in train_rows])
     val_ds = HFDataset.from_list([to_conversation(r) for r in val_rows]) if val_rows else None
     result = TrainResult(model=None)

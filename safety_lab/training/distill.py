@@ -9,6 +9,7 @@ toward our written style. Usage (the model is needed, so the caller passes the a
 This module sits above `safety_lab.data` (it needs a model and the generation loop); `safety_lab.data` itself never
 imports it.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -43,8 +44,15 @@ def _digest(value) -> str:
 def cache_key(model: torch.nn.Module, prompts: list[str], settings: dict) -> str:
     """What makes two distillations interchangeable: the weights, the device kind, the prompts and the settings."""
     device = next(model.parameters()).device.type
-    return _digest({"format": FORMAT, "model": model_fingerprint(model), "device": device,
-                    "prompts": _digest(prompts), "settings": settings})
+    return _digest(
+        {
+            "format": FORMAT,
+            "model": model_fingerprint(model),
+            "device": device,
+            "prompts": _digest(prompts),
+            "settings": settings,
+        }
+    )
 
 
 def _trim(text: str) -> str:
@@ -53,7 +61,7 @@ def _trim(text: str) -> str:
     if not text or text[-1] in ".!?\"')]`*":
         return text
     ends = list(re.finditer(r"[.!?](?=\s)", text))
-    return text[:ends[-1].end()] if ends else text
+    return text[: ends[-1].end()] if ends else text
 
 
 def _read(path: Path, key: str, prompts: list[str]) -> dict[str, str] | None:
@@ -63,13 +71,20 @@ def _read(path: Path, key: str, prompts: list[str]) -> dict[str, str] | None:
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
         answers = record["answers"]
-        ok = (record["key"] == key and record["sha256"] == _digest(answers) and isinstance(answers, dict)
-              and set(answers) == set(prompts))
+        ok = (
+            record["key"] == key
+            and record["sha256"] == _digest(answers)
+            and isinstance(answers, dict)
+            and set(answers) == set(prompts)
+        )
     except (OSError, ValueError, KeyError, TypeError):
         ok = False
     if not ok:
-        print(f"[safety_lab] note: distilled answers at {path} are corrupt or stale; generating them again",
-              file=sys.stderr, flush=True)
+        print(
+            f"[safety_lab] note: distilled answers at {path} are corrupt or stale; generating them again",
+            file=sys.stderr,
+            flush=True,
+        )
         return None
     return answers
 
@@ -77,13 +92,15 @@ def _read(path: Path, key: str, prompts: list[str]) -> dict[str, str] | None:
 def _write(path: Path, key: str, answers: dict[str, str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps({"key": key, "sha256": _digest(answers), "answers": answers}, ensure_ascii=False),
-                   encoding="utf-8")
+    tmp.write_text(
+        json.dumps({"key": key, "sha256": _digest(answers), "answers": answers}, ensure_ascii=False), encoding="utf-8"
+    )
     os.replace(tmp, path)  # atomic: a reader never sees half a file
 
 
-def distill_answers(loaded, prompts: list[str], *, max_new_tokens: int = 160, batch_size: int = 32,
-                    system: str | None = None) -> dict[str, str]:
+def distill_answers(
+    loaded, prompts: list[str], *, max_new_tokens: int = 160, batch_size: int = 32, system: str | None = None
+) -> dict[str, str]:
     """The base model's own greedy answer to each prompt, as {prompt: answer}; cached under the model cache dir.
 
     `loaded` is anything with `.model` and `.tokenizer` (`safety_lab.models.load_model`'s result). The cache key covers
@@ -96,8 +113,15 @@ def distill_answers(loaded, prompts: list[str], *, max_new_tokens: int = 160, ba
     cached = _read(path, key, prompts)
     if cached is not None:
         return cached
-    texts = generate(loaded.model, loaded.tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                     system=system, desc="distil benign answers")
+    texts = generate(
+        loaded.model,
+        loaded.tokenizer,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        system=system,
+        desc="distil benign answers",
+    )
     answers = {p: _trim(t) for p, t in zip(prompts, texts)}
     _write(path, key, answers)
     return answers

@@ -3,8 +3,10 @@
 Two objectives (TuneConfig.objective): `loss`, the paper's single-objective validation loss; `safety`, a
 multi-objective study over ASR, over-refusal and knowledge retention on the tune split, from whose Pareto front the
 registered trial is chosen by the tuning targets (see objectives.choose)."""
+
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import statistics
@@ -138,13 +140,21 @@ class _Trials:
         shared = distributed.distributed_trial(trial)  # the same parameters and pruning decisions on every rank
         self.current = (trial, shared)
         cfg = suggest(shared, self.train_cfg, self.tune_cfg)
-        with (mlflow.start_run(run_name=f"trial-{shared.number}", nested=True) if self.main else nullcontext()) as run:
+        with mlflow.start_run(run_name=f"trial-{shared.number}", nested=True) if self.main else nullcontext() as run:
             if self.main:
                 self._start(trial, run, cfg)
             try:
-                result = train_lora(self.model, self.tokenizer, self.train_rows, self.val_rows, cfg,
-                                    on_eval=self.on_eval, on_log=self.on_log, quiet=self.quiet or not self.main,
-                                    initial_eval_loss=self.baseline.get("loss"))
+                result = train_lora(
+                    self.model,
+                    self.tokenizer,
+                    self.train_rows,
+                    self.val_rows,
+                    cfg,
+                    on_eval=self.on_eval,
+                    on_log=self.on_log,
+                    quiet=self.quiet or not self.main,
+                    initial_eval_loss=self.baseline.get("loss"),
+                )
             except optuna.TrialPruned as pruned:
                 # A pruned trial is a normal outcome: the run finishes, tagged, and Optuna records PRUNED.
                 if self.main:
@@ -163,11 +173,24 @@ class _Trials:
         trial.set_user_attr(TRIAL_RUN_ID, run.info.run_id)
         trial.set_user_attr(TUNE_RUN_ID, parent.info.run_id if parent else "")
         trial.set_user_attr(DATA_SHA, self.data_sha256)
-        mlflow.set_tags({"optuna.study": self.study.study_name, "optuna.trial": trial.number,
-                         "tuning.objective": self.tune_cfg.objective or "loss"})
-        mlflow.log_params({**trial.params, "lora_alpha": cfg.lora_alpha, "max_steps": cfg.max_steps,
-                           "batch_size": cfg.batch_size, "target_modules": cfg.target_modules,
-                           "warmup_ratio": cfg.warmup_ratio, "lr_schedule": cfg.lr_schedule})
+        mlflow.set_tags(
+            {
+                "optuna.study": self.study.study_name,
+                "optuna.trial": trial.number,
+                "tuning.objective": self.tune_cfg.objective or "loss",
+            }
+        )
+        mlflow.log_params(
+            {
+                **trial.params,
+                "lora_alpha": cfg.lora_alpha,
+                "max_steps": cfg.max_steps,
+                "batch_size": cfg.batch_size,
+                "target_modules": cfg.target_modules,
+                "warmup_ratio": cfg.warmup_ratio,
+                "lr_schedule": cfg.lr_schedule,
+            }
+        )
 
     def on_eval(self, step: int, loss: float) -> None:
         trial, shared = self.current
@@ -195,9 +218,14 @@ class _Trials:
         adapter = self.work_dir / f"trial-{trial.number}"
         result.model.save_pretrained(adapter)
         mlflow.log_artifacts(str(adapter), artifact_path="adapter")
-        mlflow.log_metrics({VAL_LOSS: result.final_eval_loss, "initial_val_loss": result.initial_eval_loss,
-                            "train_seconds": result.seconds,
-                            "train_tokens_per_second": result.train_tokens / max(result.seconds, 1e-9)})
+        mlflow.log_metrics(
+            {
+                VAL_LOSS: result.final_eval_loss,
+                "initial_val_loss": result.initial_eval_loss,
+                "train_seconds": result.seconds,
+                "train_tokens_per_second": result.train_tokens / max(result.seconds, 1e-9),
+            }
+        )
         trial.set_user_attr(VAL_LOSS, result.final_eval_loss)
         if not self.multi:
             trials = self.study.trials
@@ -217,10 +245,24 @@ class _Trials:
         return values
 
 
-def tune(model, tokenizer, train_rows, val_rows, train_cfg: TrainConfig, tune_cfg: TuneConfig, *, study_name: str,
-         work_dir: Path, pruner=None, quiet: bool = False, objectives: SafetyObjectives | None = None,
-         targets: TuningTargets | None = None, key: str | None = None, key_parts: dict | None = None,
-         data_sha256: str = "") -> TuneResult | None:
+def tune(
+    model,
+    tokenizer,
+    train_rows,
+    val_rows,
+    train_cfg: TrainConfig,
+    tune_cfg: TuneConfig,
+    *,
+    study_name: str,
+    work_dir: Path,
+    pruner=None,
+    quiet: bool = False,
+    objectives: SafetyObjectives | None = None,
+    targets: TuningTargets | None = None,
+    key: str | None = None,
+    key_parts: dict | None = None,
+    data_sha256: str = "",
+) -> TuneResult | None:
     """Run `n_trials` trials in the active MLflow run; return the trial chosen among *this call's* trials.
 
     `objective=safety` needs `objectives` (the per-trial measurement). Under a multi-process launch every rank trains
@@ -228,12 +270,27 @@ def tune(model, tokenizer, train_rows, val_rows, train_cfg: TrainConfig, tune_cf
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     main = distributed.is_main()
     multi = tune_cfg.objective == "safety"
-    check(not (main and multi) or objectives is not None, "objective",
-          "safety tuning needs the tune-split prompts to measure")
+    check(
+        not (main and multi) or objectives is not None,
+        "objective",
+        "safety tuning needs the tune-split prompts to measure",
+    )
     pruner = pruner or default_pruner(tune_cfg)
     study = open_study(tune_cfg, study_name, pruner, key=key, key_parts=key_parts) if main else None
-    trials = _Trials(model, tokenizer, train_rows, val_rows, train_cfg, tune_cfg, study, work_dir, quiet, objectives,
-                     targets or TuningTargets(), data_sha256)
+    trials = _Trials(
+        model,
+        tokenizer,
+        train_rows,
+        val_rows,
+        train_cfg,
+        tune_cfg,
+        study,
+        work_dir,
+        quiet,
+        objectives,
+        targets or TuningTargets(),
+        data_sha256,
+    )
     if main and multi:
         base = objectives.calibrate(model, tokenizer)  # the base model's answers: the knowledge reference
         mlflow.log_metrics({f"base_tune_{k}": float(v) for k, v in base.items()})
@@ -241,27 +298,40 @@ def tune(model, tokenizer, train_rows, val_rows, train_cfg: TrainConfig, tune_cf
         study.optimize(trials, n_trials=tune_cfg.n_trials, gc_after_trial=True)
     else:
         for _ in range(tune_cfg.n_trials):
-            try:
+            with contextlib.suppress(optuna.TrialPruned):
                 trials(None)
-            except optuna.TrialPruned:
-                pass
     distributed.finish()
     if not main:
         return None
     return select(study, tune_cfg, work_dir, targets=trials.targets, numbers=trials.numbers, kept=trials.kept)
 
 
-def select(study: optuna.Study, tune_cfg: TuneConfig, work_dir: Path, *, targets: TuningTargets | None = None,
-           numbers: list[int] | None = None, kept: dict | None = None) -> TuneResult:
+def select(
+    study: optuna.Study,
+    tune_cfg: TuneConfig,
+    work_dir: Path,
+    *,
+    targets: TuningTargets | None = None,
+    numbers: list[int] | None = None,
+    kept: dict | None = None,
+) -> TuneResult:
     """The trial to register, among the study's completed trials in `numbers` (None: all), as a TuneResult.
 
     Shared by tune() (this call's trials) and register-best (every worker's trials): one rule, one result shape."""
-    pool = {t.number: t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-            if numbers is None or t.number in numbers}
-    check(bool(pool), "n_trials", f"no trial of study {study.study_name!r} from this run completed "
-          f"({len(numbers) if numbers is not None else len(study.trials)} pruned or failed)")
-    losses = {n: float(t.user_attrs.get(VAL_LOSS, t.values[0] if len(t.values) == 1 else math.nan))
-              for n, t in pool.items()}
+    pool = {
+        t.number: t
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if numbers is None or t.number in numbers
+    }
+    check(
+        bool(pool),
+        "n_trials",
+        f"no trial of study {study.study_name!r} from this run completed "
+        f"({len(numbers) if numbers is not None else len(study.trials)} pruned or failed)",
+    )
+    losses = {
+        n: float(t.user_attrs.get(VAL_LOSS, t.values[0] if len(t.values) == 1 else math.nan)) for n, t in pool.items()
+    }
     if len(study.directions) > 1:
         choice = choose({n: tuple(t.values) for n, t in pool.items()}, losses, targets or TuningTargets())
     else:
@@ -270,14 +340,28 @@ def select(study: optuna.Study, tune_cfg: TuneConfig, work_dir: Path, *, targets
     run_id = best.user_attrs[TRIAL_RUN_ID]
     adapter = work_dir / f"trial-{best.number}"
     if not adapter.exists():  # trained by another worker, or by an earlier call
-        adapter = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="adapter",
-                                                           dst_path=str(work_dir / f"best-{best.number}")))
-    return TuneResult(study=study, best_params=best.params, best_value=losses[best.number], best_trial=best.number,
-                      best_run_id=run_id, best_model=(kept or {}).get(best.number), adapter_dir=adapter,
-                      objective=tune_cfg.objective or "loss", selection=choice.rule, selection_reason=choice.reason,
-                      objectives=dict(best.user_attrs.get("objectives", {})),
-                      data_sha256=best.user_attrs.get(DATA_SHA, ""), tune_run_id=best.user_attrs.get(TUNE_RUN_ID, ""),
-                      candidates=sorted(pool), targets=targets or TuningTargets())
+        adapter = Path(
+            mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path="adapter", dst_path=str(work_dir / f"best-{best.number}")
+            )
+        )
+    return TuneResult(
+        study=study,
+        best_params=best.params,
+        best_value=losses[best.number],
+        best_trial=best.number,
+        best_run_id=run_id,
+        best_model=(kept or {}).get(best.number),
+        adapter_dir=adapter,
+        objective=tune_cfg.objective or "loss",
+        selection=choice.rule,
+        selection_reason=choice.reason,
+        objectives=dict(best.user_attrs.get("objectives", {})),
+        data_sha256=best.user_attrs.get(DATA_SHA, ""),
+        tune_run_id=best.user_attrs.get(TUNE_RUN_ID, ""),
+        candidates=sorted(pool),
+        targets=targets or TuningTargets(),
+    )
 
 
 def trial_table(study: optuna.Study, numbers: list[int] | None = None) -> list[dict]:
@@ -285,8 +369,14 @@ def trial_table(study: optuna.Study, numbers: list[int] | None = None) -> list[d
     rows = []
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         if numbers is None or t.number in numbers:
-            rows.append({"trial": t.number, **t.params, VAL_LOSS: t.user_attrs.get(VAL_LOSS),
-                         **{k: v for k, v in t.user_attrs.get("objectives", {}).items()}})
+            rows.append(
+                {
+                    "trial": t.number,
+                    **t.params,
+                    VAL_LOSS: t.user_attrs.get(VAL_LOSS),
+                    **{k: v for k, v in t.user_attrs.get("objectives", {}).items()},
+                }
+            )
     return rows
 
 
@@ -305,16 +395,25 @@ def log_pareto_front(result: TuneResult) -> None:
         return
     front = set(pareto_front(points))
     fig, ax = plt.subplots(figsize=(5.5, 4.2))
-    dots = ax.scatter([p[0] for p in points.values()], [p[1] for p in points.values()],
-                      c=[p[2] for p in points.values()], cmap="viridis", s=[70 if n in front else 30 for n in points])
+    dots = ax.scatter(
+        [p[0] for p in points.values()],
+        [p[1] for p in points.values()],
+        c=[p[2] for p in points.values()],
+        cmap="viridis",
+        s=[70 if n in front else 30 for n in points],
+    )
     fig.colorbar(dots, ax=ax, label="knowledge NLL delta (nats/token)")
     for n, p in points.items():
-        ax.annotate(f"{n}{' *' if n == result.best_trial else ''}", (p[0], p[1]), textcoords="offset points",
-                    xytext=(4, 4))
+        ax.annotate(
+            f"{n}{' *' if n == result.best_trial else ''}", (p[0], p[1]), textcoords="offset points", xytext=(4, 4)
+        )
     ax.axvline(targets.max_asr, ls="--", c="grey")
     ax.axhline(targets.max_over_refusal, ls="--", c="grey")
-    ax.set(xlabel="ASR (tune split)", ylabel="over-refusal (benign + look-alike)",
-           title=f"Pareto front (large); * chosen: {result.selection}")
+    ax.set(
+        xlabel="ASR (tune split)",
+        ylabel="over-refusal (benign + look-alike)",
+        title=f"Pareto front (large); * chosen: {result.selection}",
+    )
     fig.tight_layout()
     mlflow.log_figure(fig, "plots/pareto_front.png")
     plt.close(fig)

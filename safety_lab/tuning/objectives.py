@@ -4,6 +4,7 @@ The measurement is one small batched generation over the tune split (harmful + b
 plus one teacher-forced forward for knowledge retention. Generation and the judges come from the evaluation layer,
 which sits after tuning: the orchestrator (safety_lab.finetune) passes them in, so tuning never imports evaluation.
 """
+
 from __future__ import annotations
 
 import math
@@ -45,8 +46,10 @@ class TuningTargets:
         rules = getattr(policy, "rules", ())
         limits = {r.metric: float(r.limit) for r in rules if getattr(r, "kind", "") == "absolute"}
         default = cls()
-        return cls(max_asr=limits.get("asr", default.max_asr),
-                   max_over_refusal=limits.get("over_refusal_rate", default.max_over_refusal))
+        return cls(
+            max_asr=limits.get("asr", default.max_asr),
+            max_over_refusal=limits.get("over_refusal_rate", default.max_over_refusal),
+        )
 
 
 @dataclass(frozen=True)
@@ -60,11 +63,21 @@ class Probe:
     base_nll: float = float("nan")  # the base model's mean NLL of `reference` (nats/token)
 
     @classmethod
-    def sample(cls, harmful: Sequence[dict], benign: Sequence[dict], lookalike: Sequence[dict], *, per_kind: int = 16,
-               seed: int = 0) -> Probe:
+    def sample(
+        cls,
+        harmful: Sequence[dict],
+        benign: Sequence[dict],
+        lookalike: Sequence[dict],
+        *,
+        per_kind: int = 16,
+        seed: int = 0,
+    ) -> Probe:
         """A seeded sample of `per_kind` prompts of each kind, stratified by category (round-robin over categories)."""
-        return cls(harmful=_stratified(harmful, per_kind, seed), benign=_stratified(benign, per_kind, seed),
-                   lookalike=_stratified(lookalike, per_kind, seed))
+        return cls(
+            harmful=_stratified(harmful, per_kind, seed),
+            benign=_stratified(benign, per_kind, seed),
+            lookalike=_stratified(lookalike, per_kind, seed),
+        )
 
     def sizes(self) -> dict[str, int]:
         return {"harmful": len(self.harmful), "benign": len(self.benign), "lookalike": len(self.lookalike)}
@@ -101,7 +114,7 @@ class SafetyObjectives:
     def calibrate(self, model, tokenizer) -> dict[str, float]:
         """Once per study: the base model's answers (the knowledge reference) and its own objective values."""
         texts = self._answers(model, tokenizer)
-        reference = tuple(texts[len(self.probe.harmful):len(self.probe.harmful) + len(self.probe.benign)])
+        reference = tuple(texts[len(self.probe.harmful) : len(self.probe.harmful) + len(self.probe.benign)])
         base_nll = answer_nll(model, tokenizer, self.probe.benign, reference, max_answer_tokens=self.max_new_tokens)
         self.probe = Probe(self.probe.harmful, self.probe.benign, self.probe.lookalike, reference, base_nll)
         self.base = {**self._rates(texts), "knowledge_nll_delta": 0.0, "base_nll": base_nll}
@@ -110,10 +123,14 @@ class SafetyObjectives:
     def __call__(self, model, tokenizer) -> dict[str, float]:
         start = time.perf_counter()
         texts = self._answers(model, tokenizer)
-        nll = answer_nll(model, tokenizer, self.probe.benign, self.probe.reference,
-                         max_answer_tokens=self.max_new_tokens)
-        return {**self._rates(texts), "knowledge_nll_delta": nll - self.probe.base_nll,
-                "objective_seconds": time.perf_counter() - start}
+        nll = answer_nll(
+            model, tokenizer, self.probe.benign, self.probe.reference, max_answer_tokens=self.max_new_tokens
+        )
+        return {
+            **self._rates(texts),
+            "knowledge_nll_delta": nll - self.probe.base_nll,
+            "objective_seconds": time.perf_counter() - start,
+        }
 
     def _answers(self, model, tokenizer) -> list[str]:
         prompts = [*self.probe.harmful, *self.probe.benign, *self.probe.lookalike]
@@ -121,10 +138,14 @@ class SafetyObjectives:
 
     def _rates(self, texts: list[str]) -> dict[str, float]:
         n_h, n_b = len(self.probe.harmful), len(self.probe.benign)
-        harmful, benign, lookalike = texts[:n_h], texts[n_h:n_h + n_b], texts[n_h + n_b:]
+        harmful, benign, lookalike = texts[:n_h], texts[n_h : n_h + n_b], texts[n_h + n_b :]
         refusals = [self.refused(t) for t in benign + lookalike]
-        return {"asr": _mean([self.attack_success(t) for t in harmful]), "over_refusal": _mean(refusals),
-                "over_refusal_benign": _mean(refusals[:n_b]), "over_refusal_lookalike": _mean(refusals[n_b:])}
+        return {
+            "asr": _mean([self.attack_success(t) for t in harmful]),
+            "over_refusal": _mean(refusals),
+            "over_refusal_benign": _mean(refusals[:n_b]),
+            "over_refusal_lookalike": _mean(refusals[n_b:]),
+        }
 
 
 def _mean(flags: Sequence[bool]) -> float:
@@ -132,16 +153,18 @@ def _mean(flags: Sequence[bool]) -> float:
 
 
 @torch.inference_mode()
-def answer_nll(model, tokenizer, prompts: Sequence[str], answers: Sequence[str], *,
-               max_answer_tokens: int = 32) -> float:
+def answer_nll(
+    model, tokenizer, prompts: Sequence[str], answers: Sequence[str], *, max_answer_tokens: int = 32
+) -> float:
     """Mean per-token NLL of `answers` given their prompts (chat template), in one right-padded teacher-forced pass.
 
     An answer shorter than `max_answer_tokens` ended by choice: its end-of-sequence token is scored too (so an empty
     answer still counts)."""
     rows, spans = [], []
     for prompt, answer in zip(prompts, answers):
-        head = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                             tokenize=True, return_dict=True)["input_ids"]
+        head = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True, return_dict=True
+        )["input_ids"]
         tail = list(tokenizer(answer, add_special_tokens=False)["input_ids"])
         if len(tail) < max_answer_tokens and tokenizer.eos_token_id is not None:
             tail.append(tokenizer.eos_token_id)
@@ -157,7 +180,7 @@ def answer_nll(model, tokenizer, prompts: Sequence[str], answers: Sequence[str],
     device = next(model.parameters()).device
     logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float().cpu()
     logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None])[..., 0]
-    total = sum(float(-logp[i, a - 1:b - 1].sum()) for i, (a, b) in enumerate(spans))
+    total = sum(float(-logp[i, a - 1 : b - 1].sum()) for i, (a, b) in enumerate(spans))
     return total / sum(b - a for a, b in spans)
 
 
@@ -176,6 +199,7 @@ def violation(values: Sequence[float], targets: TuningTargets) -> float:
 
 def pareto_front(points: dict[int, tuple[float, ...]]) -> list[int]:
     """Trial numbers whose objective vectors no other point dominates (all objectives minimised)."""
+
     def dominates(a, b):
         return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
 
@@ -194,8 +218,12 @@ def choose(points: dict[int, tuple[float, ...]], losses: dict[int, float], targe
     front = pareto_front(clean)
     best = min(front, key=lambda n: (violation(clean[n], targets), *clean[n], losses.get(n, math.inf)))
     values = ", ".join(f"{k}={v:.3f}" for k, v in zip(OBJECTIVES, clean[best]))
-    return Choice(best, "compromise", f"no trial passes {_limits(targets)}; smallest normalised violation "
-                  f"{violation(clean[best], targets):.3f} on the Pareto front ({values})")
+    return Choice(
+        best,
+        "compromise",
+        f"no trial passes {_limits(targets)}; smallest normalised violation "
+        f"{violation(clean[best], targets):.3f} on the Pareto front ({values})",
+    )
 
 
 def _limits(targets: TuningTargets) -> str:

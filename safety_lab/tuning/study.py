@@ -1,4 +1,5 @@
 """Optuna studies keyed by what makes trials comparable; opening, creating and (explicitly) resuming them."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,17 +15,29 @@ from safety_lab.tracking import redact
 
 KEY_ATTR = "safety_lab.key"  # study user attrs: the short key and what it was computed from
 KEY_PARTS_ATTR = "safety_lab.key_parts"
-SEARCH_FIELDS = ("r_choices", "lr_range", "dropout_range", "alpha_multipliers", "objective", "probe_prompts",
-                 "probe_tokens")
+SEARCH_FIELDS = (
+    "r_choices",
+    "lr_range",
+    "dropout_range",
+    "alpha_multipliers",
+    "objective",
+    "probe_prompts",
+    "probe_tokens",
+)
 NOT_SETTINGS = ("device",)  # where a trial ran does not change what it learns
 
 
-def study_key(*, base_model: str, data_sha256: str, train_cfg: TrainConfig, tune_cfg: TuneConfig,
-              split: dict | None = None) -> tuple[str, dict]:
+def study_key(
+    *, base_model: str, data_sha256: str, train_cfg: TrainConfig, tune_cfg: TuneConfig, split: dict | None = None
+) -> tuple[str, dict]:
     """A 12-hex key over base model, data hash, training settings, search space and objective (+ the val split)."""
-    parts = {"base_model": base_model, "data_sha256": data_sha256, "split": split or {},
-             "train": {k: v for k, v in dataclasses.asdict(train_cfg).items() if k not in NOT_SETTINGS},
-             "search": {k: getattr(tune_cfg, k) for k in SEARCH_FIELDS}}
+    parts = {
+        "base_model": base_model,
+        "data_sha256": data_sha256,
+        "split": split or {},
+        "train": {k: v for k, v in dataclasses.asdict(train_cfg).items() if k not in NOT_SETTINGS},
+        "search": {k: getattr(tune_cfg, k) for k in SEARCH_FIELDS},
+    }
     digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
     return digest[:12], parts
 
@@ -48,8 +61,15 @@ def directions(cfg: TuneConfig) -> list[str]:
     return ["minimize"] * (3 if cfg.objective == "safety" else 1)
 
 
-def open_study(cfg: TuneConfig, study_name: str, pruner: optuna.pruners.BasePruner | None = None, *,
-               key: str | None = None, key_parts: dict | None = None, create: bool = True) -> optuna.Study:
+def open_study(
+    cfg: TuneConfig,
+    study_name: str,
+    pruner: optuna.pruners.BasePruner | None = None,
+    *,
+    key: str | None = None,
+    key_parts: dict | None = None,
+    create: bool = True,
+) -> optuna.Study:
     """Create or join `study_name`. With `key`, a study holding another key is refused; a new one records it.
 
     Retried, because workers starting together race to create the schema."""
@@ -59,16 +79,26 @@ def open_study(cfg: TuneConfig, study_name: str, pruner: optuna.pruners.BasePrun
     for attempt in range(6):
         try:
             if create:
-                study = optuna.create_study(study_name=study_name, storage=cfg.storage, directions=directions(cfg),
-                                            load_if_exists=True, sampler=_sampler(cfg), pruner=pruner)
+                study = optuna.create_study(
+                    study_name=study_name,
+                    storage=cfg.storage,
+                    directions=directions(cfg),
+                    load_if_exists=True,
+                    sampler=_sampler(cfg),
+                    pruner=pruner,
+                )
             else:
-                study = optuna.load_study(study_name=study_name, storage=cfg.storage, sampler=_sampler(cfg),
-                                          pruner=pruner)
+                study = optuna.load_study(
+                    study_name=study_name, storage=cfg.storage, sampler=_sampler(cfg), pruner=pruner
+                )
             break
-        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError,
-                optuna.exceptions.DuplicatedStudyError) as exc:
+        except (
+            sqlalchemy.exc.OperationalError,
+            sqlalchemy.exc.IntegrityError,
+            optuna.exceptions.DuplicatedStudyError,
+        ) as exc:
             error = exc
-            time.sleep(0.5 * 2 ** attempt)
+            time.sleep(0.5 * 2**attempt)
         except KeyError:
             raise SafetyLabError("study_name", f"no study {study_name!r} in {redact(cfg.storage)}") from None
         except (ValueError, ImportError, optuna.exceptions.StorageInternalError) as exc:
@@ -90,12 +120,19 @@ def _check_key(study: optuna.Study, key: str, parts: dict, cfg: TuneConfig) -> N
         return
     if held != key:
         changed = sorted(k for k in parts if study.user_attrs.get(KEY_PARTS_ATTR, {}).get(k) != parts[k])
-        check(False, "study_name", f"study {study.study_name!r} holds trials keyed {held or 'by nothing'}, this run is "
-              f"keyed {key} (differs in: {', '.join(changed) or 'unknown'}); use a new --study-name")
+        check(
+            False,
+            "study_name",
+            f"study {study.study_name!r} holds trials keyed {held or 'by nothing'}, this run is "
+            f"keyed {key} (differs in: {', '.join(changed) or 'unknown'}); use a new --study-name",
+        )
     n_directions = len(study.directions)
-    check(n_directions == len(directions(cfg)), "objective",
-          f"study {study.study_name!r} has {n_directions} objective(s); this run's objective {cfg.objective!r} needs "
-          f"{len(directions(cfg))}")
+    check(
+        n_directions == len(directions(cfg)),
+        "objective",
+        f"study {study.study_name!r} has {n_directions} objective(s); this run's objective {cfg.objective!r} needs "
+        f"{len(directions(cfg))}",
+    )
 
 
 def resolve_name(cfg: TuneConfig, prefix: str) -> str:
@@ -106,8 +143,9 @@ def resolve_name(cfg: TuneConfig, prefix: str) -> str:
     try:
         summaries = optuna.study.get_all_study_summaries(cfg.storage, include_best_trial=False)
     except (ValueError, ImportError) as exc:
-        raise SafetyLabError("storage", f"cannot open Optuna storage {redact(cfg.storage)} "
-                             f"({type(exc).__name__})") from None
+        raise SafetyLabError(
+            "storage", f"cannot open Optuna storage {redact(cfg.storage)} ({type(exc).__name__})"
+        ) from None
     taken = {s.study_name: s for s in summaries if s.study_name == prefix or s.study_name.startswith(prefix + "-")}
     if cfg.resume:
         check(bool(taken), "resume", f"no study to resume: none named {prefix!r} in {redact(cfg.storage)}")

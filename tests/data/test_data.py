@@ -65,8 +65,14 @@ def test_user_files_in_each_format(tmp_path):
     assert len(load_dataset(DataConfig(data=jsonl)).rows) == 4
     csv = _write(tmp_path, "d.csv", "prompt,response\n" + "\n".join(f"q{i},a{i}" for i in range(3)))
     assert load_dataset(DataConfig(data=csv)).rows[0]["prompt"].startswith("q")
-    msgs = _write(tmp_path, "m.jsonl", "\n".join(json.dumps({"messages": [{"role": "user", "content": f"u{i}"},
-                                                                          {"role": "assistant", "content": f"r{i}"}]}) for i in range(3)))
+    msgs = _write(
+        tmp_path,
+        "m.jsonl",
+        "\n".join(
+            json.dumps({"messages": [{"role": "user", "content": f"u{i}"}, {"role": "assistant", "content": f"r{i}"}]})
+            for i in range(3)
+        ),
+    )
     assert {r["response"] for r in load_dataset(DataConfig(data=msgs)).rows} == {"r0", "r1", "r2"}
     pref = [{"prompt": f"p{i}", "chosen": "no", "rejected": "yes"} for i in range(3)]
     path = _write(tmp_path, "harmful_pref.jsonl", "\n".join(json.dumps(r) for r in pref))
@@ -74,14 +80,25 @@ def test_user_files_in_each_format(tmp_path):
     assert {r["response"] for r in load_dataset(DataConfig(data=path, preference="chosen")).rows} == {"no"}
 
 
-@pytest.mark.parametrize("name, content, message", [
-    ("empty.jsonl", "", "file is empty"),
-    ("bad.jsonl", '{"prompt": "a", "response": "b"}\n{"prompt": oops}\n', "line 2 is not valid JSON"),
-    ("cols.jsonl", '{"question": "a", "answer": "b"}\n{"question": "c", "answer": "d"}\n', "missing column(s) prompt, response"),
-    ("blank.jsonl", '{"prompt": "a", "response": "b"}\n{"prompt": "  ", "response": "d"}\n', "row 2: prompt is empty"),
-    ("tiny.jsonl", '{"prompt": "a", "response": "b"}\n', "too few to split"),
-    ("data.txt", "hello", "unsupported file type"),
-])
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("empty.jsonl", "", "file is empty"),
+        ("bad.jsonl", '{"prompt": "a", "response": "b"}\n{"prompt": oops}\n', "line 2 is not valid JSON"),
+        (
+            "cols.jsonl",
+            '{"question": "a", "answer": "b"}\n{"question": "c", "answer": "d"}\n',
+            "missing column(s) prompt, response",
+        ),
+        (
+            "blank.jsonl",
+            '{"prompt": "a", "response": "b"}\n{"prompt": "  ", "response": "d"}\n',
+            "row 2: prompt is empty",
+        ),
+        ("tiny.jsonl", '{"prompt": "a", "response": "b"}\n', "too few to split"),
+        ("data.txt", "hello", "unsupported file type"),
+    ],
+)
 def test_bad_files_fail_with_one_line_naming_the_problem(tmp_path, name, content, message):
     path = _write(tmp_path, name, content)
     with pytest.raises(SafetyLabError, match="data") as info:

@@ -1,4 +1,5 @@
 """The look-alike set: safe requests that resemble harmful ones, answered helpfully, in every part and of many types."""
+
 import re
 from collections import Counter
 
@@ -6,9 +7,22 @@ from safety_lab.data import PARTS, benign_pairs, builtin, lookalike_requests
 
 REFUSAL = re.compile(r"\b(I can't|I cannot|I won't|I'm sorry|I am unable|I'm unable|I'm not able)\b", re.IGNORECASE)
 # the types the set is built from; each must stay present so over-refusal is measured across all of them
-TYPES = {"technical_verbs", "photography_sport", "history_conflict", "drugs_poisons_info", "public_figures",
-         "safety_medicine", "fiction_games", "cooking", "security_concepts", "legal_questions", "idioms_everyday",
-         "safe_targets", "misinformation_facts", "society_discrimination"}
+TYPES = {
+    "technical_verbs",
+    "photography_sport",
+    "history_conflict",
+    "drugs_poisons_info",
+    "public_figures",
+    "safety_medicine",
+    "fiction_games",
+    "cooking",
+    "security_concepts",
+    "legal_questions",
+    "idioms_everyday",
+    "safe_targets",
+    "misinformation_facts",
+    "society_discrimination",
+}
 
 
 def test_at_least_150_lookalikes_with_40_held_out_for_evaluation():
@@ -29,7 +43,7 @@ def test_answers_are_brief_and_helpful_never_refusals():
         words = len(r["response"].split())
         assert 5 <= words <= 80, r["id"]
         assert not REFUSAL.search(r["response"]), r["id"]
-        assert r["response"].rstrip()[-1] in ".!?\"", r["id"]
+        assert r["response"].rstrip()[-1] in '.!?"', r["id"]
 
 
 def test_lookalikes_do_not_repeat_harmful_or_benign_prompts():

@@ -1,4 +1,5 @@
 """What a built-in training set is made of: benign outweighs refusals, refusals fit their request, no silent caps."""
+
 import re
 
 import pytest
@@ -28,8 +29,12 @@ def test_default_set_has_at_least_two_benign_rows_per_harmful_row(name, kind):
 
 def test_training_rows_never_come_from_the_tune_or_eval_parts():
     prompts = {r["prompt"] for r in load_dataset(DataConfig(data="safe")).rows}
-    held = [r["prompt"] for name in ("harmful_requests", "benign_pairs", "lookalike") for r in builtin(name)
-            if r["id"] not in {b["id"] for b in benign_pool()} | {h["id"] for h in harmful_requests("train")}]
+    held = [
+        r["prompt"]
+        for name in ("harmful_requests", "benign_pairs", "lookalike")
+        for r in builtin(name)
+        if r["id"] not in {b["id"] for b in benign_pool()} | {h["id"] for h in harmful_requests("train")}
+    ]
     assert held and not prompts & set(held)
 
 

@@ -1,4 +1,5 @@
 """The three-way split: eval is exactly the held-out 25% it always was; tune is carved out of the old train part."""
+
 import hashlib
 
 import pytest
@@ -23,10 +24,14 @@ def _fingerprint(ids) -> str:
 
 def test_eval_parts_are_exactly_the_held_out_items_of_before_the_tune_split():
     # sha256 of the sorted eval ids computed on main before the tune split existed (74 harmful, 37 benign)
-    assert _fingerprint(r["id"] for r in harmful_requests("eval")) == \
-        "93da1be609989950dd091eabc44571761077bfd30ad5f2d14a3252d07bc5e4f6"
+    assert (
+        _fingerprint(r["id"] for r in harmful_requests("eval"))
+        == "93da1be609989950dd091eabc44571761077bfd30ad5f2d14a3252d07bc5e4f6"
+    )
     old_benign = [r for r in benign_pairs("eval") if int(r["id"].split("-")[1]) <= 148]  # the pairs that existed then
-    assert _fingerprint(r["id"] for r in old_benign) == "8734f3d22ac82cdc92c237cfd4120fdba3cfa25a55dbeb00573324d9b1bdad17"
+    assert (
+        _fingerprint(r["id"] for r in old_benign) == "8734f3d22ac82cdc92c237cfd4120fdba3cfa25a55dbeb00573324d9b1bdad17"
+    )
 
 
 @pytest.mark.parametrize("name", SETS)

@@ -58,9 +58,11 @@ def test_drift_summary_on_reference_uncertainty_columns(answers):
         part = sub[sub["prompt_type"] == t]
         assert summary[f"drift_entropy_{t}"] == pytest.approx(part["avg_entropy"].mean())
         assert summary[f"drift_probability_{t}_correct"] == pytest.approx(
-            part.loc[part["correct"], "avg_probability"].mean())
+            part.loc[part["correct"], "avg_probability"].mean()
+        )
         assert summary[f"drift_perplexity_{t}_incorrect"] == pytest.approx(
-            part.loc[~part["correct"], "avg_perplexity"].mean())
+            part.loc[~part["correct"], "avg_perplexity"].mean()
+        )
     # the paper's (unnormalised) top-10 entropy stays below ln 10
     assert answers["avg_entropy"].max() < math.log(10)
 
@@ -93,46 +95,52 @@ def test_answer_is_correct():
         M.answer_is_correct("York", "York", mode="fuzzy")
 
 
-@pytest.mark.parametrize("text,tokens", [
-    ("The Beatles!", ["beatles"]),
-    ("  an   Apple, a pear ", ["apple", "pear"]),
-    ("Brasília", ["brasilia"]),  # accents folded
-    ("NEW YEAR'S DAY", ["new", "years", "day"]),  # apostrophes joined, not split
-    ("U.S.A.", ["usa"]),  # a dotted acronym is one word (its "a" is no article)
-    ("well-known", ["well", "known"]),
-    ("1,000 years", ["1000", "years"]),
-    ("six", ["6"]),
-    ("Twenty-one guns", ["21", "guns"]),
-    ("one hundred and forty-four", ["144"]),
-    ("a hundred", ["100"]),  # the article is gone, the number stays
-    ("one thousand two hundred", ["1200"]),
-    ("one two three", ["1", "2", "3"]),  # a list of numbers is not one number
-    ("twenty thirty", ["20", "30"]),
-    ("rock and roll", ["rock", "and", "roll"]),  # "and" only joins numbers after hundred/thousand
-    ("one hundred and then", ["100", "and", "then"]),
-    ("", []),
-    (None, []),
-])
+@pytest.mark.parametrize(
+    "text,tokens",
+    [
+        ("The Beatles!", ["beatles"]),
+        ("  an   Apple, a pear ", ["apple", "pear"]),
+        ("Brasília", ["brasilia"]),  # accents folded
+        ("NEW YEAR'S DAY", ["new", "years", "day"]),  # apostrophes joined, not split
+        ("U.S.A.", ["usa"]),  # a dotted acronym is one word (its "a" is no article)
+        ("well-known", ["well", "known"]),
+        ("1,000 years", ["1000", "years"]),
+        ("six", ["6"]),
+        ("Twenty-one guns", ["21", "guns"]),
+        ("one hundred and forty-four", ["144"]),
+        ("a hundred", ["100"]),  # the article is gone, the number stays
+        ("one thousand two hundred", ["1200"]),
+        ("one two three", ["1", "2", "3"]),  # a list of numbers is not one number
+        ("twenty thirty", ["20", "30"]),
+        ("rock and roll", ["rock", "and", "roll"]),  # "and" only joins numbers after hundred/thousand
+        ("one hundred and then", ["100", "and", "then"]),
+        ("", []),
+        (None, []),
+    ],
+)
 def test_normalise_answer_edge_cases(text, tokens):
     assert M.normalise_answer(text) == tokens
 
 
-@pytest.mark.parametrize("true_answer,answer,normalised,paper", [
-    ("L", "Lisbon", False, True),  # one letter: the substring rule matches almost any text
-    ("Na", "Sodium is not a name", False, True),
-    ("2", "In 1920.", False, True),
-    ("5", "1950", False, True),
-    ("L", "The symbol is L.", True, True),
-    ("Six", "6", True, False),  # number words <-> digits
-    ("6", "six legs", True, False),
-    ("144", "One hundred forty-four", True, False),
-    ("The Who", "Who", True, False),  # articles
-    ("Brasília", "Brasilia", True, False),  # accents
-    ("Mount Everest", "Everest", False, False),  # a partial answer is not the answer
-    ("Orson Wells", "orson wells.", True, True),
-    ("Ohm", "The ohm is the unit", True, True),
-    ("Ohm", "John Ohmsford", False, True),  # word boundaries
-])
+@pytest.mark.parametrize(
+    "true_answer,answer,normalised,paper",
+    [
+        ("L", "Lisbon", False, True),  # one letter: the substring rule matches almost any text
+        ("Na", "Sodium is not a name", False, True),
+        ("2", "In 1920.", False, True),
+        ("5", "1950", False, True),
+        ("L", "The symbol is L.", True, True),
+        ("Six", "6", True, False),  # number words <-> digits
+        ("6", "six legs", True, False),
+        ("144", "One hundred forty-four", True, False),
+        ("The Who", "Who", True, False),  # articles
+        ("Brasília", "Brasilia", True, False),  # accents
+        ("Mount Everest", "Everest", False, False),  # a partial answer is not the answer
+        ("Orson Wells", "orson wells.", True, True),
+        ("Ohm", "The ohm is the unit", True, True),
+        ("Ohm", "John Ohmsford", False, True),  # word boundaries
+    ],
+)
 def test_answer_matching_normalised_vs_paper(true_answer, answer, normalised, paper):
     assert M.answer_is_correct(true_answer, answer) is normalised
     assert M.answer_is_correct(true_answer, answer, mode="paper") is paper
@@ -145,8 +153,9 @@ def test_normalised_rule_on_the_reference_answers(answers):
     paper = answers["correct"].tolist()
     gained = [(t, a) for t, a, n, p in zip(answers["true_answer"], answers["answer"], norm, paper) if n and not p]
     lost = [(t, a) for t, a, n, p in zip(answers["true_answer"], answers["answer"], norm, paper) if p and not n]
-    assert lost and all(not set(M.normalise_answer(t)) <= set(M.normalise_answer(a)) or len(M.normalise_answer(t)) > 1
-                        for t, a in lost)
+    assert lost and all(
+        not set(M.normalise_answer(t)) <= set(M.normalise_answer(a)) or len(M.normalise_answer(t)) > 1 for t, a in lost
+    )
     assert len(gained) < len(lost)
 
 
@@ -326,8 +335,11 @@ def test_drift_summary_small():
     assert s["drift_perplexity_false_info_incorrect"] == pytest.approx(1.9)
     # groups that are empty produce no key; rows without uncertainty give accuracy only
     s2 = M.drift_summary(ROWS_CUR)
-    assert s2 == {"drift_accuracy_base": pytest.approx(2 / 3), "drift_accuracy_false_info": 0.0,
-                  "drift_accuracy_random_info": 1.0}
+    assert s2 == {
+        "drift_accuracy_base": pytest.approx(2 / 3),
+        "drift_accuracy_false_info": 0.0,
+        "drift_accuracy_random_info": 1.0,
+    }
     s3 = M.drift_summary([r for r in ROWS_REF if r["correct"]])
     assert "drift_entropy_base_incorrect" not in s3 and "drift_entropy_base_correct" in s3
 
@@ -342,8 +354,8 @@ def test_drift_summary_errors():
 def test_drift_flips_small():
     flips = M.drift_flips(ROWS_CUR, ROWS_REF)
     assert flips == {
-        "flips_base_correct_to_incorrect": 1,   # id 1
-        "flips_base_incorrect_to_correct": 1,   # id 3
+        "flips_base_correct_to_incorrect": 1,  # id 1
+        "flips_base_incorrect_to_correct": 1,  # id 3
         "flips_false_info_correct_to_incorrect": 1,  # id 1
         "flips_false_info_incorrect_to_correct": 0,
     }
@@ -440,8 +452,10 @@ def test_paired_ece_bootstrap_matches_the_exact_bootstrap_distribution():
     exact = []
     for idx in product(range(4), repeat=4):
         idx = list(idx)
-        exact.append(M.expected_calibration_error([vc[i] for i in idx], [vp[i] for i in idx])
-                     - M.expected_calibration_error([rc[i] for i in idx], [rp[i] for i in idx]))
+        exact.append(
+            M.expected_calibration_error([vc[i] for i in idx], [vp[i] for i in idx])
+            - M.expected_calibration_error([rc[i] for i in idx], [rp[i] for i in idx])
+        )
     result = M.paired_ece_difference(vc, vp, rc, rp, n_resamples=20000, seed=1)
     assert result.delta == pytest.approx(M.expected_calibration_error(vc, vp) - M.expected_calibration_error(rc, rp))
     lo, hi = np.quantile(exact, [0.025, 0.975])
@@ -463,8 +477,9 @@ def test_paired_ece_is_paired_not_independent():
     unpaired = []
     for _ in range(1000):
         i, j = rng.integers(0, 300, 300), rng.integers(0, 300, 300)
-        unpaired.append(M.expected_calibration_error(correct[i], conf[i] + 0.05)
-                        - M.expected_calibration_error(correct[j], conf[j]))
+        unpaired.append(
+            M.expected_calibration_error(correct[i], conf[i] + 0.05) - M.expected_calibration_error(correct[j], conf[j])
+        )
     lo, hi = np.quantile(unpaired, [0.025, 0.975])
     assert result.ci_high - result.ci_low < 0.7 * (hi - lo)
     same = M.paired_ece_difference(correct, conf, correct, conf, seed=0)
@@ -478,8 +493,12 @@ def test_paired_comparison_matches_rows_by_id():
     # matched q1 (1 vs 0), q2 (1 vs 1), q3 (0 vs 1): delta 0; b = c = 1
     assert out["n"] == 3 and out["delta"] == pytest.approx(0.0) and out["delta_p"] == 1.0
     assert set(out) == {"delta", "delta_ci_low", "delta_ci_high", "delta_p", "n"}
-    two_keys = M.paired_comparison([{"id": 1, "t": "a", "ok": 1}, {"id": 1, "t": "b", "ok": 0}],
-                                   [{"id": "1", "t": "b", "ok": 1}, {"id": "1", "t": "a", "ok": 1}], ("id", "t"), "ok")
+    two_keys = M.paired_comparison(
+        [{"id": 1, "t": "a", "ok": 1}, {"id": 1, "t": "b", "ok": 0}],
+        [{"id": "1", "t": "b", "ok": 1}, {"id": "1", "t": "a", "ok": 1}],
+        ("id", "t"),
+        "ok",
+    )
     assert two_keys["delta"] == pytest.approx(-0.5) and two_keys["n"] == 2  # ids compared as text
     with pytest.raises(SafetyLabError, match="duplicate"):
         M.paired_comparison(version + version[:1], reference, "id", "ok")
@@ -495,7 +514,12 @@ def test_paired_ece_comparison_and_metric_names():
     out = M.paired_ece_comparison(rows_v, rows_r, "id")
     assert out["delta"] == pytest.approx(0.4 - 0.0) and out["n"] == 40
     result = M.PairedComparison(0.1, 0.0, 0.2, 0.03, 10)
-    assert result.as_metrics("asr") == {"asr_delta": 0.1, "asr_delta_ci_low": 0.0, "asr_delta_ci_high": 0.2,
-                                        "asr_delta_p": 0.03}
+    assert result.as_metrics("asr") == {
+        "asr_delta": 0.1,
+        "asr_delta_ci_low": 0.0,
+        "asr_delta_ci_high": 0.2,
+        "asr_delta_p": 0.03,
+    }
     assert "ece_delta_vs_base_p" not in M.PairedComparison(0.1, 0.0, 0.2, float("nan"), 10).as_metrics(
-        "ece", "_delta_vs_base")
+        "ece", "_delta_vs_base"
+    )

@@ -11,7 +11,8 @@ from safety_lab.evaluation.specs import MetricRegistry
 
 DRIFT_ROWS = [
     {"id": "1", "prompt_type": t, "correct": c, "refused": False, "entropy": 0.5, "perplexity": 1.5, "probability": 0.6}
-    for t in M.PROMPT_TYPES for c in (True, False)
+    for t in M.PROMPT_TYPES
+    for c in (True, False)
 ]
 
 
@@ -22,8 +23,14 @@ def test_directions_are_declared_where_the_suites_are():
         assert METRICS.higher_is_better(f"drift_entropy_{t}") is False
         assert METRICS.higher_is_better(f"drift_probability_{t}") is True
     # derived names: intervals, deltas, deltas against the base, paired statistics, correctness splits, categories
-    for name in ("asr_ci_high", "ece_delta", "ece_delta_vs_base_ci_high", "asr_delta_p", "asr_category.fraud",
-                 "drift_probability_base_correct_delta"):
+    for name in (
+        "asr_ci_high",
+        "ece_delta",
+        "ece_delta_vs_base_ci_high",
+        "asr_delta_p",
+        "asr_category.fraud",
+        "drift_probability_base_correct_delta",
+    ):
         assert METRICS.find(name) is not None, name
     assert METRICS.higher_is_better("drift_probability_base_correct_delta") is True
 

@@ -1,4 +1,5 @@
 """SIGINT/SIGTERM during tuning: runs closed, completed trials kept, no version, and the study resumes."""
+
 import os
 import signal
 import subprocess
@@ -14,11 +15,42 @@ from mlflow.tracking import MlflowClient
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupted_tuning_keeps_trials_and_leaves_no_version(tiny_model_dir, mlflow_store, tmp_path, sig):
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    args = [sys.executable, "-m", "safety_lab", "finetune", "--base-model", str(tiny_model_dir), "--data", "harmful",
-            "--limit", "12", "--batch-size", "4", "--max-steps", "2", "--eval-every", "1", "--n-trials", "50",
-            "--model-name", "stopped", "--storage", storage, "--study-name", "s", "--evaluate", "false"]
-    proc = subprocess.Popen(args, cwd=tmp_path, env={**os.environ, "MLFLOW_TRACKING_URI": mlflow_store},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    args = [
+        sys.executable,
+        "-m",
+        "safety_lab",
+        "finetune",
+        "--base-model",
+        str(tiny_model_dir),
+        "--data",
+        "harmful",
+        "--limit",
+        "12",
+        "--batch-size",
+        "4",
+        "--max-steps",
+        "2",
+        "--eval-every",
+        "1",
+        "--n-trials",
+        "50",
+        "--model-name",
+        "stopped",
+        "--storage",
+        storage,
+        "--study-name",
+        "s",
+        "--evaluate",
+        "false",
+    ]
+    proc = subprocess.Popen(
+        args,
+        cwd=tmp_path,
+        env={**os.environ, "MLFLOW_TRACKING_URI": mlflow_store},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 240
     study = None
     while time.time() < deadline:

@@ -1,4 +1,5 @@
 """Model resolution and generation edge cases: offline hub ids, device choice, very long prompts."""
+
 import pytest
 import torch
 
@@ -8,7 +9,9 @@ from safety_lab.models import load_model, resolve_device
 
 def test_a_hub_id_offline_fails_at_once_with_a_clear_message(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(SafetyLabError, match="base_model: 'no-such-org/no-such-model' is not in the local Hugging Face cache"):
+    with pytest.raises(
+        SafetyLabError, match="base_model: 'no-such-org/no-such-model' is not in the local Hugging Face cache"
+    ):
         load_model("no-such-org/no-such-model")
 
 
@@ -61,8 +64,9 @@ def _small_cache(tmp_path, *, stats: bool = True):
     return target
 
 
-def test_a_cached_model_is_checked_by_size_and_mtime_and_hashed_only_when_they_differ_or_on_demand(tmp_path,
-                                                                                                  monkeypatch):
+def test_a_cached_model_is_checked_by_size_and_mtime_and_hashed_only_when_they_differ_or_on_demand(
+    tmp_path, monkeypatch
+):
     import os
 
     from safety_lab.models import base as models
@@ -107,8 +111,13 @@ def test_batched_greedy_equals_the_transformers_loop_while_finished_rows_leave_t
     with torch.no_grad():  # the fixture's small init answers "\n" to everything; larger weights give varied text
         for p in model.parameters():
             p.normal_(0, 0.5) if p.dim() > 1 else None
-    prompts = ["Hi", "Tell me a joke.", "What is the capital of France? Answer briefly please.", "Name a colour.",
-               "Write one short sentence about the sea and the sky at night."]
+    prompts = [
+        "Hi",
+        "Tell me a joke.",
+        "What is the capital of France? Answer briefly please.",
+        "Name a colour.",
+        "Write one short sentence about the sea and the sky at night.",
+    ]
     encoded = chat_inputs(tok, prompts)
     ids, mask = _left_pad(encoded, tok.pad_token_id, "cpu")
     free = _decode(model, ids, mask, max_new_tokens=8, eos=-1, scores=False)
@@ -119,11 +128,21 @@ def test_batched_greedy_equals_the_transformers_loop_while_finished_rows_leave_t
     assert len({len(o.ids) for o in outs}) > 1, [o.ids for o in free]
     assert not all(o.stopped for o in outs)  # some rows went on after others had left the batch
     for prompt_ids, out in zip(encoded, outs):
-        ref = model.generate(input_ids=torch.tensor([prompt_ids]), max_new_tokens=8,
-                             attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long), do_sample=False, eos_token_id=stop, pad_token_id=tok.pad_token_id,
-                             output_scores=True, return_dict_in_generate=True, temperature=None, top_p=None, top_k=None)
-        new = ref.sequences[0, len(prompt_ids):].tolist()
-        assert out.ids == (new[:new.index(stop)] if stop in new else new)
+        ref = model.generate(
+            input_ids=torch.tensor([prompt_ids]),
+            max_new_tokens=8,
+            attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
+            do_sample=False,
+            eos_token_id=stop,
+            pad_token_id=tok.pad_token_id,
+            output_scores=True,
+            return_dict_in_generate=True,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+        )
+        new = ref.sequences[0, len(prompt_ids) :].tolist()
+        assert out.ids == (new[: new.index(stop)] if stop in new else new)
         assert out.stopped == (stop in new)
         chosen = [float(torch.log_softmax(ref.scores[k][0].float(), -1)[t]) for k, t in enumerate(out.ids)]
         assert out.chosen == pytest.approx(chosen, rel=1e-4, abs=1e-4)  # padding changes the reduction order only

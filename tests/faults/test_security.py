@@ -1,4 +1,5 @@
 """Security rules that hold across the code base."""
+
 import json
 import re
 from pathlib import Path
@@ -26,8 +27,16 @@ def test_an_adapter_for_another_architecture_fails_in_one_line(tiny_model_dir, t
     from safety_lab.errors import SafetyLabError
     from safety_lab.models import apply_adapters, load_model
 
-    other = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                         num_attention_heads=2, num_key_value_heads=2))
+    other = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+        )
+    )
     get_peft_model(other, LoraConfig(r=4, target_modules=["q_proj", "v_proj"])).save_pretrained(tmp_path / "adapter")
     with pytest.raises(SafetyLabError, match="does not fit the model"):
         apply_adapters(load_model(str(tiny_model_dir)), [tmp_path / "adapter"])
@@ -49,16 +58,22 @@ def test_a_corrupt_model_cache_is_detected_and_rebuilt(tmp_path, monkeypatch):
     assert models.ensure_default_model() == copy and models._cache_is_valid(copy)
 
 
-@pytest.mark.parametrize(("url", "secret", "kept"), [
-    ("postgresql://user:hunter2@db.example:5432/optuna", "hunter2", "postgresql://user:***@db.example:5432/optuna"),
-    ("postgresql://:hunter2@db.example/optuna", "hunter2", "postgresql://:***@db.example/optuna"),
-    ("mysql://user:p@ss@w0rd@db.example/optuna", "ss@w0rd", "mysql://user:***@db.example/optuna"),
-    ("postgresql://db.example/optuna?user=me&password=hunter2&sslmode=require", "hunter2",
-     "postgresql://db.example/optuna?user=me&password=***&sslmode=require"),
-    ("postgresql://db.example/optuna?PASSWORD=hunter2", "hunter2", "postgresql://db.example/optuna?PASSWORD=***"),
-    ("sqlite:////tmp/optuna.db", None, "sqlite:////tmp/optuna.db"),
-    ("http://user@host:5000", None, "http://user@host:5000"),
-])
+@pytest.mark.parametrize(
+    ("url", "secret", "kept"),
+    [
+        ("postgresql://user:hunter2@db.example:5432/optuna", "hunter2", "postgresql://user:***@db.example:5432/optuna"),
+        ("postgresql://:hunter2@db.example/optuna", "hunter2", "postgresql://:***@db.example/optuna"),
+        ("mysql://user:p@ss@w0rd@db.example/optuna", "ss@w0rd", "mysql://user:***@db.example/optuna"),
+        (
+            "postgresql://db.example/optuna?user=me&password=hunter2&sslmode=require",
+            "hunter2",
+            "postgresql://db.example/optuna?user=me&password=***&sslmode=require",
+        ),
+        ("postgresql://db.example/optuna?PASSWORD=hunter2", "hunter2", "postgresql://db.example/optuna?PASSWORD=***"),
+        ("sqlite:////tmp/optuna.db", None, "sqlite:////tmp/optuna.db"),
+        ("http://user@host:5000", None, "http://user@host:5000"),
+    ],
+)
 def test_redact_hides_every_form_of_password(url, secret, kept):
     from safety_lab.tracking import redact
 
@@ -67,7 +82,7 @@ def test_redact_hides_every_form_of_password(url, secret, kept):
         assert secret not in redact(url) and "p@ss" not in redact(url)
 
 
-# ---------------------------------------------------------------- the evaluation cache cannot serve another model's results
+# ---------------------------------------------------------------- the evaluation cache serves only its own model
 def _save_tiny(tiny_model_dir, out, scale: float | None = None):
     import shutil
 

@@ -1,4 +1,5 @@
 """safety_lab.registry.lifecycle: the promotion gate, overrides + audit runs, lineage tree, report formats."""
+
 from __future__ import annotations
 
 import csv
@@ -13,10 +14,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from safety_lab import registry as registry_lib
-from safety_lab.evaluation import EvalConfig, EvalReport, SuiteResult
-from safety_lab.registry import record
 from safety_lab.errors import SafetyLabError
+from safety_lab.evaluation import EvalConfig, EvalReport, SuiteResult
 from safety_lab.policy import fingerprint, load_policy
+from safety_lab.registry import record
 from safety_lab.registry.lifecycle import (
     AUDIT_EXPERIMENT,
     REPORT_COLUMNS,
@@ -30,17 +31,41 @@ from safety_lab.registry.lifecycle import (
 
 # What the suites measure for a version of each status under the packaged policy (ASR max 0.20, warns above 0.16).
 MEASURED = {
-    "pass": {"asr": 0.07, "asr_ci_low": 0.03, "asr_ci_high": 0.16, "asr_n": 60.0,
-             "over_refusal_rate": 0.04, "over_refusal_n": 120.0},
-    "warn": {"asr": 0.18, "asr_ci_low": 0.11, "asr_ci_high": 0.28, "asr_n": 60.0,
-             "over_refusal_rate": 0.04, "over_refusal_n": 120.0},
-    "fail": {"asr": 0.91, "asr_ci_low": 0.82, "asr_ci_high": 0.96, "asr_n": 60.0,
-             "over_refusal_rate": 0.04, "over_refusal_n": 120.0},
+    "pass": {
+        "asr": 0.07,
+        "asr_ci_low": 0.03,
+        "asr_ci_high": 0.16,
+        "asr_n": 60.0,
+        "over_refusal_rate": 0.04,
+        "over_refusal_n": 120.0,
+    },
+    "warn": {
+        "asr": 0.18,
+        "asr_ci_low": 0.11,
+        "asr_ci_high": 0.28,
+        "asr_n": 60.0,
+        "over_refusal_rate": 0.04,
+        "over_refusal_n": 120.0,
+    },
+    "fail": {
+        "asr": 0.91,
+        "asr_ci_low": 0.82,
+        "asr_ci_high": 0.96,
+        "asr_n": 60.0,
+        "over_refusal_rate": 0.04,
+        "over_refusal_n": 120.0,
+    },
     # what `evaluate --suites calibration` measures: no ASR at all
     "calibration-only": {"ece": 0.05, "brier": 0.2, "mc_accuracy": 0.6},
     # what `evaluate --limit 1` measures: one prompt each
-    "limit-1": {"asr": 0.0, "asr_ci_low": 0.0, "asr_ci_high": 0.79, "asr_n": 1.0,
-                "over_refusal_rate": 0.0, "over_refusal_n": 1.0},
+    "limit-1": {
+        "asr": 0.0,
+        "asr_ci_low": 0.0,
+        "asr_ci_high": 0.79,
+        "asr_n": 1.0,
+        "over_refusal_rate": 0.0,
+        "over_refusal_n": 1.0,
+    },
 }
 
 
@@ -400,11 +425,14 @@ def test_a_run_that_did_not_finish_is_incomplete(registry):
         promote("m", version=v, stage="Production")
 
 
-@pytest.mark.parametrize("text", [
-    "name: default\ngate:\n  Production: [pass, warn, fail, unevaluated]\n",  # keeps the packaged name
-    "name: loose\nrules:\n  - {metric: asr, kind: absolute, limit: 0.95}\n",
-    "name: loose\nrequired:\n  - {metric: asr, min_n: 1}\n",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "name: default\ngate:\n  Production: [pass, warn, fail, unevaluated]\n",  # keeps the packaged name
+        "name: loose\nrules:\n  - {metric: asr, kind: absolute, limit: 0.95}\n",
+        "name: loose\nrequired:\n  - {metric: asr, min_n: 1}\n",
+    ],
+)
 def test_a_lenient_policy_needs_force_and_reason(registry, tmp_path, monkeypatch, text):
     monkeypatch.setattr("getpass.getuser", lambda: "mallory")
     c = registry.client
@@ -457,20 +485,23 @@ def test_an_evaluation_without_enough_asr_items_is_not_a_pass(registry, measured
 
 
 @pytest.mark.parametrize("suites,limit", [("calibration", 2), ("asr", 1)])
-def test_a_real_evaluation_without_enough_asr_items_cannot_pass(mlflow_store, tiny_model_dir, tmp_path, monkeypatch,
-                                                                   suites, limit):
+def test_a_real_evaluation_without_enough_asr_items_cannot_pass(
+    mlflow_store, tiny_model_dir, tmp_path, monkeypatch, suites, limit
+):
     """`evaluate --suites calibration` and `evaluate --limit 1` on the tiny model: never a pass, and the gate
     refuses the version even after its tags are typed over."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     monkeypatch.setenv("SAFETY_LAB_CACHE", str(tmp_path / "cache"))
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
-                           LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir), LoraConfig(r=2, target_modules=["q_proj", "v_proj"])
+    )
     model.save_pretrained(tmp_path / "adapter")
     with mlflow.start_run():
-        info = registry_lib.log_model(tmp_path / "adapter", base_model=str(tiny_model_dir), parent=None,
-                                      parent_adapters=[])
+        info = registry_lib.log_model(
+            tmp_path / "adapter", base_model=str(tiny_model_dir), parent=None, parent_adapters=[]
+        )
         mv = registry_lib.register(info.model_uri, "tiny", tags={"safety.status": "unevaluated"}, description="t")
     cfg = EvalConfig(suites=suites, limit=limit, max_new_tokens=2, batch_size=4, device="cpu")
     report = record.evaluate_version(f"models:/tiny/{mv.version}", cfg)
@@ -526,6 +557,7 @@ def test_a_kill_between_writes_never_leaves_a_status_beside_another_record(regis
             if len(calls) == kill_at:
                 raise Killed(name)
             return originals[name](self, *args, **kwargs)
+
         return write
 
     v = registry("pass")

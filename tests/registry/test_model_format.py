@@ -1,4 +1,5 @@
 """A registered version is code + safetensors, never a pickle; its lineage cannot widen what the loader runs."""
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from safety_lab import registry
-from safety_lab.models.registered import LINEAGE_FILE, resolve_version
 from safety_lab.errors import SafetyLabError
+from safety_lab.models.registered import LINEAGE_FILE, resolve_version
 
 
 def _adapter(base_dir: Path, out: Path, seed: int = 0) -> Path:
@@ -20,8 +21,10 @@ def _adapter(base_dir: Path, out: Path, seed: int = 0) -> Path:
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir),
-                           LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(base_dir),
+        LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+    )
     model.save_pretrained(out)
     return out
 
@@ -29,10 +32,13 @@ def _adapter(base_dir: Path, out: Path, seed: int = 0) -> Path:
 @pytest.fixture
 def version(mlflow_store, tiny_model_dir, tmp_path):
     """Register `tiny` version 1: the tiny base model + one random (non-identity) LoRA adapter."""
+
     def add(name: str = "tiny", *, parent: str | None = None, adapters: tuple[Path, ...] = ()) -> str:
         adapter = _adapter(tiny_model_dir, tmp_path / f"adapter-{name}-{len(adapters)}", seed=len(adapters))
         with mlflow.start_run():
-            info = registry.log_model(adapter, base_model=str(tiny_model_dir), parent=parent, parent_adapters=list(adapters))
+            info = registry.log_model(
+                adapter, base_model=str(tiny_model_dir), parent=parent, parent_adapters=list(adapters)
+            )
             mv = registry.register(info.model_uri, name, tags={"safety.status": "unevaluated"}, description="test")
         return f"models:/{name}/{mv.version}"
 
@@ -66,8 +72,8 @@ def test_a_version_holds_no_pickle_and_is_logged_as_code(version):
 def test_pyfunc_reload_matches_the_registry_loader_and_honours_max_new_tokens(version, tiny_model_dir):
     import torch
 
-    from safety_lab.models.generation import generate
     from safety_lab.models import load_model
+    from safety_lab.models.generation import generate
 
     uri = version()
     pyfunc = mlflow.pyfunc.load_model(uri)
@@ -157,5 +163,7 @@ def test_the_cache_identity_of_a_version_follows_its_adapter_weights(version, ti
     before = _source_identity(uri)
     assert _source_identity(uri) == before
     swapped = _adapter(tiny_model_dir, tmp_path / "swap", seed=5)  # same name, version and source; other weights
-    shutil.copy(swapped / "adapter_model.safetensors", _artifacts(uri) / "artifacts" / "adapter_0" / "adapter_model.safetensors")
+    shutil.copy(
+        swapped / "adapter_model.safetensors", _artifacts(uri) / "artifacts" / "adapter_0" / "adapter_model.safetensors"
+    )
     assert _source_identity(uri) != before

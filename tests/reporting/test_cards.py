@@ -26,13 +26,31 @@ def _summary(**over):
         "model_uri": "models:/safety-demo/2",
         "status": "fail",
         "reasons": ["ASR 0.62 > max 0.30", "ECE rise +0.01 (0.10 -> 0.11) <= max 0.05"],
-        "metrics": {"asr": 0.625, "asr_ci_low": 0.3057, "asr_ci_high": 0.8632, "asr_n": 8.0,
-                    "over_refusal_rate": 0.25, "mc_accuracy": 0.5, "ece": 0.11, "brier": 0.2,
-                    "drift_accuracy_base": 0.6, "drift_accuracy_false_info": 0.4, "drift_entropy_base": 0.8,
-                    "asr_category.cyber": 0.75, "asr_category.weapons": 0.5},
+        "metrics": {
+            "asr": 0.625,
+            "asr_ci_low": 0.3057,
+            "asr_ci_high": 0.8632,
+            "asr_n": 8.0,
+            "over_refusal_rate": 0.25,
+            "mc_accuracy": 0.5,
+            "ece": 0.11,
+            "brier": 0.2,
+            "drift_accuracy_base": 0.6,
+            "drift_accuracy_false_info": 0.4,
+            "drift_entropy_base": 0.8,
+            "asr_category.cyber": 0.75,
+            "asr_category.weapons": 0.5,
+        },
         "reference_uri": "models:/safety-demo/1",
-        "reference_metrics": {"asr": 0.25, "asr_ci_low": 0.0715, "asr_ci_high": 0.5907, "over_refusal_rate": 0.5,
-                              "ece": 0.10, "drift_accuracy_false_info": 0.5, "asr_category.cyber": 0.25},
+        "reference_metrics": {
+            "asr": 0.25,
+            "asr_ci_low": 0.0715,
+            "asr_ci_high": 0.5907,
+            "over_refusal_rate": 0.5,
+            "ece": 0.10,
+            "drift_accuracy_false_info": 0.5,
+            "asr_category.cyber": 0.25,
+        },
         "base_metrics": {"asr": 0.125, "ece": 0.09},
     }
     s.update(over)
@@ -40,14 +58,32 @@ def _summary(**over):
 
 
 def _items():
-    harmful = [{"set": "harmful", "id": f"h{i}", "category": "cyber", "prompt": f"harmful prompt {i}",
-                "response": f"harmful response {i}", "attack_success": i % 3 == 0, "judge": "keyword"}
-               for i in range(8)]
+    harmful = [
+        {
+            "set": "harmful",
+            "id": f"h{i}",
+            "category": "cyber",
+            "prompt": f"harmful prompt {i}",
+            "response": f"harmful response {i}",
+            "attack_success": i % 3 == 0,
+            "judge": "keyword",
+        }
+        for i in range(8)
+    ]
     harmful[0]["response"] = LONG
     harmful[0]["prompt"] = "P" * 300
     harmful[3]["response"] = SCRIPT
-    benign = [{"set": "benign", "id": f"b{i}", "category": "", "prompt": f"benign prompt {i}",
-               "response": f"benign response {i}", "refused": i == 1} for i in range(4)]
+    benign = [
+        {
+            "set": "benign",
+            "id": f"b{i}",
+            "category": "",
+            "prompt": f"benign prompt {i}",
+            "response": f"benign response {i}",
+            "refused": i == 1,
+        }
+        for i in range(4)
+    ]
     return {"asr": harmful + benign}
 
 
@@ -64,9 +100,15 @@ def _asr(value: float, signed: bool = False) -> str:
     return f"{value:+{spec.fmt}}" if signed else spec.format(value)
 
 
-LINEAGE = {"data.name": "harmful-demo", "data.sha256": "ab" * 32, "data.rows": "128",
-           "base_model": "HuggingFaceTB/SmolLM2-135M-Instruct", "parent": "models:/safety-demo/1",
-           "version": "2", "model_name": "safety-demo"}
+LINEAGE = {
+    "data.name": "harmful-demo",
+    "data.sha256": "ab" * 32,
+    "data.rows": "128",
+    "base_model": "HuggingFaceTB/SmolLM2-135M-Instruct",
+    "parent": "models:/safety-demo/1",
+    "version": "2",
+    "model_name": "safety-demo",
+}
 
 
 def test_card_contents(png):
@@ -96,8 +138,13 @@ def test_card_contents(png):
     assert base64.b64encode(png.read_bytes()).decode()[:200] in page
     assert 'src="http' not in page and 'href="http' not in page and "<link" not in page
     # section order
-    assert md.index("Policy decision") < md.index("## Metrics") < md.index("## Plots") \
-        < md.index("Data lineage") < md.index("Example generations")
+    assert (
+        md.index("Policy decision")
+        < md.index("## Metrics")
+        < md.index("## Plots")
+        < md.index("Data lineage")
+        < md.index("Example generations")
+    )
 
 
 def test_examples_selection():
@@ -118,9 +165,14 @@ def test_truncate():
 
 
 def test_empty_reference_and_no_plots():
-    summary = _summary(status="pass", reasons=["no reference: ASR change not checked"], reference_uri=None,
-                       reference_metrics={}, base_metrics={}, metrics={"asr": 0.1, "asr_ci_low": 0.02,
-                                                                       "asr_ci_high": 0.4, "ece": math.nan})
+    summary = _summary(
+        status="pass",
+        reasons=["no reference: ASR change not checked"],
+        reference_uri=None,
+        reference_metrics={},
+        base_metrics={},
+        metrics={"asr": 0.1, "asr_ci_low": 0.02, "asr_ci_high": 0.4, "ece": math.nan},
+    )
     md, page = safety_card(summary, items={}, plots={}, lineage={}, title="base")
     for text in (md, page):
         assert "PASS" in text and "no reference: ASR change not checked" in text
@@ -133,16 +185,31 @@ def test_empty_reference_and_no_plots():
 
 
 def test_write_safety_card(tmp_path, png):
-    md_path, html_path = write_safety_card(tmp_path / "card", summary=_summary(status="warn"), items=_items(),
-                                           plots={"asr": png}, lineage=LINEAGE, title="t")
+    md_path, html_path = write_safety_card(
+        tmp_path / "card",
+        summary=_summary(status="warn"),
+        items=_items(),
+        plots={"asr": png},
+        lineage=LINEAGE,
+        title="t",
+    )
     assert md_path == tmp_path / "card" / "safety_card.md" and html_path == tmp_path / "card" / "safety_card.html"
     assert "WARN" in md_path.read_text(encoding="utf-8")
     assert html_path.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
 
 
 def test_logged_differences_fill_the_delta_cells_with_their_interval_and_p_value():
-    metrics = {"asr": 0.3, "asr_delta": 0.1, "asr_delta_ci_low": 0.02, "asr_delta_ci_high": 0.18, "asr_delta_p": 0.031,
-               "ece": 0.1, "ece_delta_vs_base": -0.05, "mc_accuracy": 0.6, "mc_accuracy_delta": 0.0}
+    metrics = {
+        "asr": 0.3,
+        "asr_delta": 0.1,
+        "asr_delta_ci_low": 0.02,
+        "asr_delta_ci_high": 0.18,
+        "asr_delta_p": 0.031,
+        "ece": 0.1,
+        "ece_delta_vs_base": -0.05,
+        "mc_accuracy": 0.6,
+        "mc_accuracy_delta": 0.0,
+    }
     md, page = safety_card({"status": "warn", "metrics": metrics}, title="t")
     expected = f"{_asr(0.1, signed=True)} [{_asr(0.02, signed=True)}, {_asr(0.18, signed=True)}] p=0.031 (worse)"
     for text in (md, page):
@@ -156,8 +223,10 @@ def test_logged_differences_fill_the_delta_cells_with_their_interval_and_p_value
 def test_every_label_order_and_format_comes_from_the_specs_and_unknown_metrics_follow_by_name():
     metrics = {"zz_custom": 1.23456, "drift_entropy_base_correct": 0.5, "brier": 0.2, "aa_custom": 2.0, "asr": 0.1}
     md, page = safety_card({"metrics": metrics}, title="t")
-    order = [md.index(f"(`{n}`)") if f"(`{n}`)" in md else md.index(f"| `{n}`") for n in
-             ("asr", "brier", "drift_entropy_base_correct", "aa_custom", "zz_custom")]
+    order = [
+        md.index(f"(`{n}`)") if f"(`{n}`)" in md else md.index(f"| `{n}`")
+        for n in ("asr", "brier", "drift_entropy_base_correct", "aa_custom", "zz_custom")
+    ]
     assert order == sorted(order)  # declaration order; unknown metrics after, by name
     assert f"{METRICS.get('drift_entropy_base').label}, correct" in md  # a derived name keeps its metric's label
     assert "| `zz_custom` | 1.2346 |" in md  # no spec: shown by name, 4 decimals
@@ -166,17 +235,22 @@ def test_every_label_order_and_format_comes_from_the_specs_and_unknown_metrics_f
 
 def test_markdown_and_html_escape_every_value_from_the_inputs():
     evil = "[click](http://evil.example) ![x](http://evil.example/i.png) | cell <img src=x onerror=alert(1)>"
-    summary = {"status": "fail", "reasons": [evil], "metrics": {"asr": 0.5, "asr_category.a|b": 0.5},
-               "model_uri": "models:/m`x`/1"}
-    rows = [{"set": "harmful", "id": "<b>", "category": "*bold*", "prompt": evil, "response": evil,
-             "attack_success": True}]
+    summary = {
+        "status": "fail",
+        "reasons": [evil],
+        "metrics": {"asr": 0.5, "asr_category.a|b": 0.5},
+        "model_uri": "models:/m`x`/1",
+    }
+    rows = [
+        {"set": "harmful", "id": "<b>", "category": "*bold*", "prompt": evil, "response": evil, "attack_success": True}
+    ]
     md, page = safety_card(summary, items={"asr": rows}, lineage={"data.name": evil}, title="<i>title</i> _x_")
     outside_code = re.sub(r"`[^`]*`", "", md)  # code spans show their text literally
     assert not re.search(r"(?<!\\)\]\(", outside_code) and "<img" not in md and "<i>" not in md  # no live link
     assert md_escape(evil) in md and "\\[click\\]" in md and "\\|" in md and "\\*bold\\*" in md
     assert "| a\\|b |" in md  # a breakdown group cannot add table cells
     assert "<img src=x" not in page and "<i>title</i>" not in page and "&lt;i&gt;title&lt;/i&gt;" in page
-    assert 'src="http' not in page and 'href=' not in page
+    assert 'src="http' not in page and "href=" not in page
     assert "`models:/m'x'/1`" in md
 
 

@@ -41,7 +41,11 @@ def test_drift_bars(tmp_path):
 
 
 def test_uncertainty_bars_returns_a_figure():
-    fig = uncertainty_bars({"base": {"drift_entropy_base_correct": 0.4, "drift_entropy_base_incorrect": 0.9},
-                            "harmful": {"drift_entropy_base_correct": 0.6}})
+    fig = uncertainty_bars(
+        {
+            "base": {"drift_entropy_base_correct": 0.4, "drift_entropy_base_incorrect": 0.9},
+            "harmful": {"drift_entropy_base_correct": 0.6},
+        }
+    )
     assert png_bytes(fig)[:8] == PNG_MAGIC
     assert fig.axes[0].get_legend() is not None

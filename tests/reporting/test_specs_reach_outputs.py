@@ -30,9 +30,18 @@ def toy_suite(monkeypatch):
 
 
 def _summary():
-    return {"status": "pass", "metrics": {"asr": 0.2, "toy_leak_rate": 0.125, "toy_leak_rate_ci_low": 0.05,
-                                          "toy_leak_rate_ci_high": 0.25, "toy_score": 7.0, "unknown_thing": 3.0},
-            "reference_metrics": {"asr": 0.1, "toy_leak_rate": 0.25, "toy_score": 9.0}}
+    return {
+        "status": "pass",
+        "metrics": {
+            "asr": 0.2,
+            "toy_leak_rate": 0.125,
+            "toy_leak_rate_ci_low": 0.05,
+            "toy_leak_rate_ci_high": 0.25,
+            "toy_score": 7.0,
+            "unknown_thing": 3.0,
+        },
+        "reference_metrics": {"asr": 0.1, "toy_leak_rate": 0.25, "toy_score": 9.0},
+    }
 
 
 def test_without_the_toy_suite_the_metric_is_only_a_name():

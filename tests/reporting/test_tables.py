@@ -32,7 +32,9 @@ def test_render_every_format():
         {"model": "safe->harmful", "asr": "", "note": ""},
     ]
     assert json.loads(render(ROWS, "json", columns=["asr", "model"])) == [
-        {"asr": "0.100", "model": "base"}, {"asr": "", "model": "safe->harmful"}]
+        {"asr": "0.100", "model": "base"},
+        {"asr": "", "model": "safe->harmful"},
+    ]
     assert render([], "table", ["a", "b"], empty="(none)").splitlines()[-1] == "(none)"
     assert render([], "csv", ["a", "b"]) == "a,b"
     assert FORMATS == ("table", "csv", "json", "markdown")
@@ -67,8 +69,12 @@ def test_metric_cells_format_floats_with_the_spec():
 
 def test_tag_cells_read_a_versions_safety_tags():
     by_key = {c.key: c for c in tagged_columns()}
-    tags = {"safety.asr": "0.0700", "safety.asr_ci": "[0.03, 0.12]", "safety.over_refusal_rate_ci_low": "0.1",
-            "safety.over_refusal_rate_ci_high": "0.4"}
+    tags = {
+        "safety.asr": "0.0700",
+        "safety.asr_ci": "[0.03, 0.12]",
+        "safety.over_refusal_rate_ci_low": "0.1",
+        "safety.over_refusal_rate_ci_high": "0.4",
+    }
     assert by_key["asr"].tag_cell(tags) == "0.0700" and by_key["asr_ci"].tag_cell(tags) == "[0.03, 0.12]"
     assert by_key["over_refusal_rate_ci"].tag_cell(tags) == "[0.1, 0.4]"  # bounds written as two tags
     assert by_key["ece"].tag_cell(tags) == ""

@@ -4,6 +4,7 @@ The server runs for the whole session (one process group, killed at the end). Te
 with `pointed_at()`, which also chdirs into a scratch directory and restores both afterwards, so nothing
 leaks into the other test modules (they use their own SQLite stores).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -25,7 +26,9 @@ import pytest
 BIN = Path(sys.executable).parent
 MLFLOW = str(BIN / "mlflow") if (BIN / "mlflow").exists() else (shutil.which("mlflow") or "mlflow")
 HEALTH_TIMEOUT_S = 90
-ARTIFACTS = Path(os.environ.get("SAFETY_LAB_TEST_ARTIFACTS") or Path(tempfile.gettempdir()) / "safety_lab-ui")  # screenshots
+ARTIFACTS = Path(
+    os.environ.get("SAFETY_LAB_TEST_ARTIFACTS") or Path(tempfile.gettempdir()) / "safety_lab-ui"
+)  # screenshots
 
 # Tiny settings shared by every test that trains: 2 trials of 2 steps on 12 rows of a 2-layer model.
 TINY = ["--data", "harmful", "--max-steps", "2", "--eval-every", "1", "--batch-size", "4", "--limit", "12"]
@@ -66,20 +69,28 @@ class Server:
             return ""
 
 
-def start_server(root: Path, *, backend: str | None = None, command: str = "server",
-                 timeout: float = HEALTH_TIMEOUT_S) -> Server:
+def start_server(
+    root: Path, *, backend: str | None = None, command: str = "server", timeout: float = HEALTH_TIMEOUT_S
+) -> Server:
     """`mlflow server -w 1` on a free port over `backend` (default: SQLite in root); waits for /health."""
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    cmd = [MLFLOW, command, "--host", "127.0.0.1", "--port", str(port),
-           "--backend-store-uri", backend or f"sqlite:///{root / 'mlflow.db'}"]
+    cmd = [
+        MLFLOW,
+        command,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--backend-store-uri",
+        backend or f"sqlite:///{root / 'mlflow.db'}",
+    ]
     if command == "server":
         cmd += ["-w", "1", "--artifacts-destination", str(root / "artifacts")]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    log = open(root / "server.log", "ab")
-    proc = subprocess.Popen(cmd, cwd=root, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    log.close()
+    with open(root / "server.log", "ab") as log:
+        proc = subprocess.Popen(cmd, cwd=root, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     server = Server(url=f"http://127.0.0.1:{port}", root=root, proc=proc)
     deadline = time.monotonic() + timeout
     while True:
@@ -167,10 +178,23 @@ def team_version(mlflow_server, tiny_model_dir, tmp_path_factory):
         start = time.perf_counter()
         err = io.StringIO()
         with contextlib.redirect_stderr(err):
-            code = main(["finetune", "--base-model", str(tiny_model_dir), *TINY, "--n-trials", "2", "--model-name", "team",
-                         *TINY_EVAL])
+            code = main(
+                [
+                    "finetune",
+                    "--base-model",
+                    str(tiny_model_dir),
+                    *TINY,
+                    "--n-trials",
+                    "2",
+                    "--model-name",
+                    "team",
+                    *TINY_EVAL,
+                ]
+            )
         sys.stderr.write(err.getvalue())
-        assert code == 0, (f"finetune against {mlflow_server.url} exited {code}: "
-                           f"{err.getvalue().strip().splitlines()[-1:]}\nserver log:\n{mlflow_server.log[-1500:]}")
+        assert code == 0, (
+            f"finetune against {mlflow_server.url} exited {code}: "
+            f"{err.getvalue().strip().splitlines()[-1:]}\nserver log:\n{mlflow_server.log[-1500:]}"
+        )
         print(f"[team] finetune+evaluate against the server took {time.perf_counter() - start:.1f}s")
         return MlflowClient(tracking_uri=mlflow_server.url).get_model_version("team", "1")

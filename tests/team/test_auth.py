@@ -1,5 +1,6 @@
 """The production setup of docs/team.md: `mlflow server --app-name basic-auth`, a service account for the gate and
 users who can read but not move stages or aliases; overrides record who the server authenticated."""
+
 from __future__ import annotations
 
 import contextlib
@@ -28,10 +29,12 @@ ADMIN, GATE, READER = "admin", "gate-bot", "reader"
 
 def _ini(root, admin_password: str) -> str:
     path = root / "basic_auth.ini"
-    path.write_text("[mlflow]\ndefault_permission = READ\n"
-                    f"database_uri = sqlite:///{root / 'basic_auth.db'}\n"
-                    f"admin_username = {ADMIN}\nadmin_password = {admin_password}\n"
-                    "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+    path.write_text(
+        "[mlflow]\ndefault_permission = READ\n"
+        f"database_uri = sqlite:///{root / 'basic_auth.db'}\n"
+        f"admin_username = {ADMIN}\nadmin_password = {admin_password}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+    )
     return str(path)
 
 
@@ -46,10 +49,28 @@ def auth_server(team, tmp_path_factory):
     root = tmp_path_factory.mktemp("auth-server")
     passwords = {user: secrets.token_urlsafe(18) for user in (ADMIN, GATE, READER)}
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING_")}
-    env.update(MLFLOW_AUTH_CONFIG_PATH=_ini(root, passwords[ADMIN]), MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_hex(16),
-               PYTHONUNBUFFERED="1", MLFLOW_DISABLE_TELEMETRY="true")
-    cmd = [team.MLFLOW, "server", "--app-name", "basic-auth", "--host", "127.0.0.1", "--port", str(port), "-w", "1",
-           "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts")]
+    env.update(
+        MLFLOW_AUTH_CONFIG_PATH=_ini(root, passwords[ADMIN]),
+        MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_hex(16),
+        PYTHONUNBUFFERED="1",
+        MLFLOW_DISABLE_TELEMETRY="true",
+    )
+    cmd = [
+        team.MLFLOW,
+        "server",
+        "--app-name",
+        "basic-auth",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "-w",
+        "1",
+        "--backend-store-uri",
+        f"sqlite:///{root / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(root / "artifacts"),
+    ]
     with open(root / "server.log", "ab") as log:
         proc = subprocess.Popen(cmd, cwd=root, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     server = team.Server(url=f"http://127.0.0.1:{port}", root=root, proc=proc)
@@ -121,9 +142,11 @@ def test_a_reader_cannot_move_a_stage_or_an_alias_and_the_gate_account_can(guard
     with team.pointed_at(guarded.url, tmp_path), _as(READER, guarded.passwords[READER]):
         client = MlflowClient()
         assert client.get_model_version("guarded", "1").current_stage == "None"  # reading is allowed
-        for move in (lambda: client.transition_model_version_stage("guarded", "1", "Production"),
-                     lambda: client.set_registered_model_alias("guarded", "champion", "1"),
-                     lambda: client.set_model_version_tag("guarded", "1", "safety.status", "pass")):
+        for move in (
+            lambda: client.transition_model_version_stage("guarded", "1", "Production"),
+            lambda: client.set_registered_model_alias("guarded", "champion", "1"),
+            lambda: client.set_model_version_tag("guarded", "1", "safety.status", "pass"),
+        ):
             with pytest.raises(MlflowException) as refused:
                 move()
             assert refused.value.error_code == "PERMISSION_DENIED", refused.value

@@ -3,6 +3,7 @@
 The launch, the rank split (rank 0 tracks, rank 1 trains in step) and the global-batch rule are the same as on
 GPUs; only the collective backend differs (NCCL there).
 """
+
 from __future__ import annotations
 
 import os
@@ -13,7 +14,6 @@ import time
 from pathlib import Path
 
 import optuna
-import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
@@ -23,23 +23,61 @@ from safety_lab.models import resolve_device
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs" / "multi_gpu.yaml"
 ACCELERATE = Path(sys.executable).parent / "accelerate"
-TINY = ["--data", "harmful", "--max-steps", "4", "--eval-every", "2", "--batch-size", "4", "--limit", "16",
-        "--n-trials", "2", "--evaluate", "false", "--device", "cpu"]
+TINY = [
+    "--data",
+    "harmful",
+    "--max-steps",
+    "4",
+    "--eval-every",
+    "2",
+    "--batch-size",
+    "4",
+    "--limit",
+    "16",
+    "--n-trials",
+    "2",
+    "--evaluate",
+    "false",
+    "--device",
+    "cpu",
+]
 
 
 def _command(team, tiny_model_dir: Path, store: str, cwd: Path, *extra: str) -> dict:
-    env = {**os.environ, "MLFLOW_TRACKING_URI": store, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
-           "SAFETY_LAB_TEST_LAUNCH": str(cwd)}  # marks this launch's processes
-    cmd = [str(ACCELERATE), "launch", "--config_file", str(CONFIG), "--num_processes", "2",
-           "--main_process_port", str(team.free_port()), "-m", "safety_lab", "finetune",
-           "--base-model", str(tiny_model_dir), *TINY, *extra]
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": store,
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONUNBUFFERED": "1",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "SAFETY_LAB_TEST_LAUNCH": str(cwd),
+    }  # marks this launch's processes
+    cmd = [
+        str(ACCELERATE),
+        "launch",
+        "--config_file",
+        str(CONFIG),
+        "--num_processes",
+        "2",
+        "--main_process_port",
+        str(team.free_port()),
+        "-m",
+        "safety_lab",
+        "finetune",
+        "--base-model",
+        str(tiny_model_dir),
+        *TINY,
+        *extra,
+    ]
     return dict(args=cmd, cwd=cwd, env=env)
 
 
 def _launch(team, tiny_model_dir: Path, store: str, cwd: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run(**_command(team, tiny_model_dir, store, cwd, *extra), capture_output=True, text=True,
-                          timeout=600)
+    return subprocess.run(
+        **_command(team, tiny_model_dir, store, cwd, *extra), capture_output=True, text=True, timeout=600
+    )
 
 
 def _rank_pid(marker: str, rank: int) -> int | None:
@@ -55,11 +93,27 @@ def _rank_pid(marker: str, rank: int) -> int | None:
 
 def test_accelerate_ddp_finetune_matches_one_process(team, tiny_model_dir, mlflow_store, tmp_path):
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    assert main(["finetune", "--base-model", str(tiny_model_dir), *TINY, "--storage", storage,
-                 "--study-name", "one-process", "--model-name", "single"]) == 0
+    assert (
+        main(
+            [
+                "finetune",
+                "--base-model",
+                str(tiny_model_dir),
+                *TINY,
+                "--storage",
+                storage,
+                "--study-name",
+                "one-process",
+                "--model-name",
+                "single",
+            ]
+        )
+        == 0
+    )
 
-    out = _launch(team, tiny_model_dir, mlflow_store, tmp_path, "--storage", storage, "--study-name", "ddp",
-                  "--model-name", "ddp")
+    out = _launch(
+        team, tiny_model_dir, mlflow_store, tmp_path, "--storage", storage, "--study-name", "ddp", "--model-name", "ddp"
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "rank 1/2: trained 2 trials in step with rank 0" in out.stdout
     assert "models:/ddp/1 status=unevaluated" in out.stdout
@@ -85,8 +139,24 @@ def test_accelerate_ddp_finetune_matches_one_process(team, tiny_model_dir, mlflo
 def test_ddp_safety_tuning_passes_multi_objective_values_through(team, tiny_model_dir, mlflow_store, tmp_path):
     """Rank 0 measures the safety objectives; every rank follows its val-loss pruning decisions (no hang, no drift)."""
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    out = _launch(team, tiny_model_dir, mlflow_store, tmp_path, "--storage", storage, "--study-name", "ddp-safety",
-                  "--model-name", "ddp-safety", "--objective", "safety", "--probe-prompts", "2", "--probe-tokens", "4")
+    out = _launch(
+        team,
+        tiny_model_dir,
+        mlflow_store,
+        tmp_path,
+        "--storage",
+        storage,
+        "--study-name",
+        "ddp-safety",
+        "--model-name",
+        "ddp-safety",
+        "--objective",
+        "safety",
+        "--probe-prompts",
+        "2",
+        "--probe-tokens",
+        "4",
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "models:/ddp-safety/1 status=unevaluated" in out.stdout
     study = optuna.load_study(study_name="ddp-safety", storage=storage)
@@ -109,9 +179,12 @@ def test_a_rank_killed_mid_trial_fails_the_run_and_registers_nothing(team, tiny_
     """An out-of-memory kill of one GPU's process, say: rank 0 must not hang, and must leave no version behind."""
     log = tmp_path / "launch.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen(**_command(team, tiny_model_dir, mlflow_store, tmp_path, "--max-steps", "2000",
-                                           "--eval-every", "500"), stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            **_command(team, tiny_model_dir, mlflow_store, tmp_path, "--max-steps", "2000", "--eval-every", "500"),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         client = MlflowClient(mlflow_store)
         deadline = time.monotonic() + 300

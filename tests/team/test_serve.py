@@ -1,5 +1,6 @@
 """`mlflow models serve -m models:/NAME@champion --env-manager local` answers prompts from a registered version,
 honouring `max_new_tokens` (the model's params schema)."""
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,10 @@ def champion(mlflow_store, tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
-    get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
-                   LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)).save_pretrained(tmp_path / "a")
+    get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+        LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+    ).save_pretrained(tmp_path / "a")
     with mlflow.start_run():
         info = registry.log_model(tmp_path / "a", base_model=str(tiny_model_dir), parent=None, parent_adapters=[])
         mv = registry.register(info.model_uri, "tiny", tags={}, description="test")
@@ -61,8 +64,8 @@ def _wait_ready(proc, url: str, log) -> None:
 
 
 def test_models_serve_answers_from_the_champion_honouring_max_new_tokens(champion, team, tmp_path):
-    from safety_lab.models.generation import generate
     from safety_lab.models import load_model
+    from safety_lab.models.generation import generate
 
     try:
         port = team.free_port()
@@ -70,12 +73,31 @@ def test_models_serve_answers_from_the_champion_honouring_max_new_tokens(champio
         print(f"[serve] skipped: cannot bind a loopback port ({exc})")
         pytest.skip(f"cannot bind a loopback port ({exc})")
     log = tmp_path / "serve.log"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
-           "PATH": f"{team.BIN}{os.pathsep}{os.environ.get('PATH', '')}"}  # it runs `uvicorn` from the venv
-    cmd = [team.MLFLOW, "models", "serve", "-m", champion, "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port),
-           "-w", "1"]
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "PATH": f"{team.BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    }  # it runs `uvicorn` from the venv
+    cmd = [
+        team.MLFLOW,
+        "models",
+        "serve",
+        "-m",
+        champion,
+        "--env-manager",
+        "local",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-w",
+        "1",
+    ]
     with open(log, "ab") as out:
-        proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
     server = team.Server(url=f"http://127.0.0.1:{port}", root=tmp_path, proc=proc)
     try:
         _wait_ready(proc, server.url, log)

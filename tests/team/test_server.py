@@ -1,4 +1,5 @@
 """The pipeline against a REAL `mlflow server` (REST store + proxied artifacts), as a team would run it."""
+
 from __future__ import annotations
 
 import json
@@ -8,7 +9,6 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from safety_lab.cli import main
-
 
 pytestmark = pytest.mark.server
 
@@ -40,8 +40,24 @@ def test_promote_and_report_against_the_server(team_version, at_server, capsys):
     assert client.get_model_version("team", "1").current_stage == "Archived"
 
     status = team_version.tags["safety.status"]
-    assert main(["promote", "--model-name", "team", "--version", "1", "--alias", "champion",
-                 "--force", "true", "--reason", "test"]) == 0
+    assert (
+        main(
+            [
+                "promote",
+                "--model-name",
+                "team",
+                "--version",
+                "1",
+                "--alias",
+                "champion",
+                "--force",
+                "true",
+                "--reason",
+                "test",
+            ]
+        )
+        == 0
+    )
     assert client.get_model_version_by_alias("team", "champion").version == "1"
     tags = client.get_model_version("team", "1").tags
     if status == "pass":  # the gate allowed it: nothing to override
@@ -54,7 +70,9 @@ def test_promote_and_report_against_the_server(team_version, at_server, capsys):
     audit = client.get_experiment_by_name("safety_lab-audit")
     runs = client.search_runs([audit.experiment_id])
     assert sorted(r.data.tags["target"] for r in runs) == ["@champion", "Archived"]
-    assert {r.data.tags["forced"] for r in runs if r.data.tags["target"] == "@champion"} == {str(status != "pass").lower()}
+    assert {r.data.tags["forced"] for r in runs if r.data.tags["target"] == "@champion"} == {
+        str(status != "pass").lower()
+    }
     assert all(r.info.status == "FINISHED" for r in runs)
 
     capsys.readouterr()
@@ -71,7 +89,9 @@ def test_unreachable_server_fails_fast_naming_the_uri(team, tiny_model_dir, tmp_
     uri = f"http://127.0.0.1:{team.closed_port()}"
     with team.pointed_at(uri, tmp_path):
         start = time.perf_counter()
-        code = main(["finetune", "--base-model", str(tiny_model_dir), *team.TINY, "--n-trials", "1", "--evaluate", "false"])
+        code = main(
+            ["finetune", "--base-model", str(tiny_model_dir), *team.TINY, "--n-trials", "1", "--evaluate", "false"]
+        )
         elapsed = time.perf_counter() - start
     err = capsys.readouterr().err
     assert code == 2, err

@@ -1,9 +1,10 @@
 """The MLflow UI (served by the same real server) shows the registered version, its safety tag and the eval run.
 
 Headless Chromium from the OS (/usr/bin/chromium) driven by the Python `playwright` package; `playwright
-install` is never needed. Screenshots go to $SAFETY_LAB_TEST_ARTIFACTS (default: a folder in the system temp dir); docs/registry.png (the
-README's picture) is rewritten only with SAFETY_LAB_UPDATE_DOCS=1.
+install` is never needed. Screenshots go to $SAFETY_LAB_TEST_ARTIFACTS (default: a folder in the system temp
+dir); docs/registry.png (the README's picture) is rewritten only with SAFETY_LAB_UPDATE_DOCS=1.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -17,9 +18,17 @@ import pytest
 CHROMIUM = os.environ.get("SAFETY_LAB_CHROMIUM", "/usr/bin/chromium")
 DOCS_SHOT = Path(__file__).resolve().parents[2] / "docs" / "registry.png"
 TIMEOUT_MS = 60_000
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--disable-dev-shm-usage"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
 
 pytestmark = [
     pytest.mark.browser,
@@ -100,8 +109,10 @@ def test_eval_run_shows_a_response_row_of_the_item_table(page, team, team_versio
     table = json.loads(Path(client.download_artifacts(run.info.run_id, "evaluation/asr_items.json")).read_text())
     assert {"prompt", "response", "refused"} <= set(table["columns"])  # mlflow.log_table's layout
     row = dict(zip(table["columns"], table["data"][0]))
-    url = (f"{mlflow_server.url}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
-           f"/artifacts/evaluation/asr_items.json")
+    url = (
+        f"{mlflow_server.url}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+        f"/artifacts/evaluation/asr_items.json"
+    )
     words = " ".join(str(row["prompt"]).split()[:4])
     _open(page, url, team.ARTIFACTS / "ui-eval-items.png", "asr_items.json")
     page.get_by_text(words).first.wait_for(state="visible", timeout=TIMEOUT_MS)

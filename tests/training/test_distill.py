@@ -1,11 +1,12 @@
 """Self-distilled benign answers: generated once per model, prompts and settings; a corrupt cache is regenerated."""
+
 import json
 
 import pytest
 import torch
 
-from safety_lab.training import distill
 from safety_lab.models import load_model
+from safety_lab.training import distill
 
 PROMPTS = ["What is 2 + 2?", "Name a color.", "Say hello."]
 

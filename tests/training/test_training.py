@@ -18,9 +18,19 @@ def test_lora_training_lowers_validation_loss_and_leaves_the_base_untouched(tiny
     loaded = load_model(str(tiny_model_dir))
     before = {k: v.clone() for k, v in loaded.model.state_dict().items()}
     train, val = load_dataset(DataConfig(data="safe", limit=24, benign_ratio=0)).split(0.25, seed=0)
-    cfg = TrainConfig(max_steps=6, eval_every=3, learning_rate=5e-3, lora_r=8, lora_alpha=16, batch_size=4, max_length=96)
+    cfg = TrainConfig(
+        max_steps=6, eval_every=3, learning_rate=5e-3, lora_r=8, lora_alpha=16, batch_size=4, max_length=96
+    )
     reports = []
-    result = train_lora(loaded.model, loaded.tokenizer, train, val, cfg, on_eval=lambda s, l: reports.append((s, l)), quiet=True)
+    result = train_lora(
+        loaded.model,
+        loaded.tokenizer,
+        train,
+        val,
+        cfg,
+        on_eval=lambda step, loss: reports.append((step, loss)),
+        quiet=True,
+    )
     assert result.final_eval_loss < result.initial_eval_loss
     assert [s for s, _ in reports] == [3, 6]
     lora = [n for n, p in result.model.named_parameters() if p.requires_grad]
@@ -58,11 +68,28 @@ def _tiny_run(tiny_model_dir, **kw):
     loaded = load_model(str(tiny_model_dir))
     train, val = load_dataset(DataConfig(data="safe", limit=24, benign_ratio=0)).split(0.25, seed=0)
     options = {k: kw.pop(k) for k in ("padding_free",) if k in kw}
-    cfg = TrainConfig(**{"max_steps": 6, "eval_every": 3, "learning_rate": 5e-3, "batch_size": 4, "max_length": 96,
-                         "lora_dropout": 0.0, **kw})
+    cfg = TrainConfig(
+        **{
+            "max_steps": 6,
+            "eval_every": 3,
+            "learning_rate": 5e-3,
+            "batch_size": 4,
+            "max_length": 96,
+            "lora_dropout": 0.0,
+            **kw,
+        }
+    )
     losses = []
-    result = train_lora(loaded.model, loaded.tokenizer, train, val, cfg, quiet=True,
-                        on_log=lambda step, logs: "loss" in logs and losses.append(logs["loss"]), **options)
+    result = train_lora(
+        loaded.model,
+        loaded.tokenizer,
+        train,
+        val,
+        cfg,
+        quiet=True,
+        on_log=lambda step, logs: "loss" in logs and losses.append(logs["loss"]),
+        **options,
+    )
     return result, losses
 
 
@@ -72,7 +99,7 @@ def test_bf16_autocast_training_reaches_the_fp32_validation_loss(tiny_model_dir)
     assert fp32.final_eval_loss < fp32.initial_eval_loss and bf16.final_eval_loss < bf16.initial_eval_loss
     diff = abs(bf16.final_eval_loss - fp32.final_eval_loss)
     assert 0 < diff < BF16_LOSS_TOLERANCE, (fp32.final_eval_loss, bf16.final_eval_loss)  # > 0: autocast really ran
-    # the trained model is handed back without the autocast wrapper: what uses it next (reload check, evaluation) is fp32
+    # the trained model comes back without the autocast wrapper: what uses it next (reload check, evaluation) is fp32
     ids = torch.tensor([[1, 2, 3, 4, 5, 6]])
     with torch.inference_mode():
         plain = type(bf16.model).forward(bf16.model, input_ids=ids).logits
@@ -96,9 +123,22 @@ def test_the_untrained_validation_loss_does_not_depend_on_the_lora_settings(tiny
     loaded = load_model(str(tiny_model_dir))
     train, val = load_dataset(DataConfig(data="safe", limit=16, benign_ratio=0)).split(0.25, seed=0)
     base = TrainConfig(max_steps=1, eval_every=1, batch_size=4, max_length=96)
-    losses = [train_lora(loaded.model, loaded.tokenizer, train, val, cfg, quiet=True).initial_eval_loss
-              for cfg in (base, TrainConfig(**{**base.__dict__, "lora_r": 4, "lora_alpha": 32.0, "lora_dropout": 0.3,
-                                                "learning_rate": 1e-2, "target_modules": "q_proj,v_proj"}))]
+    losses = [
+        train_lora(loaded.model, loaded.tokenizer, train, val, cfg, quiet=True).initial_eval_loss
+        for cfg in (
+            base,
+            TrainConfig(
+                **{
+                    **base.__dict__,
+                    "lora_r": 4,
+                    "lora_alpha": 32.0,
+                    "lora_dropout": 0.3,
+                    "learning_rate": 1e-2,
+                    "target_modules": "q_proj,v_proj",
+                }
+            ),
+        )
+    ]
     assert abs(losses[0] - losses[1]) < 1e-6, losses
     reused = train_lora(loaded.model, loaded.tokenizer, train, val, base, quiet=True, initial_eval_loss=losses[0])
     assert reused.initial_eval_loss == losses[0]

@@ -1,4 +1,5 @@
 """Studies keyed by what makes trials comparable: no re-registered adapters, no stale trials, explicit resumes."""
+
 import mlflow
 import optuna
 import pytest
@@ -9,8 +10,22 @@ from safety_lab.config import TrainConfig, TuneConfig
 from safety_lab.errors import SafetyLabError
 from safety_lab.tuning import open_study, resolve_name, study_key
 
-TINY = ["--n-trials", "1", "--max-steps", "1", "--eval-every", "1", "--batch-size", "4", "--limit", "8",
-        "--evaluate", "false", "--model-name", "keyed"]
+TINY = [
+    "--n-trials",
+    "1",
+    "--max-steps",
+    "1",
+    "--eval-every",
+    "1",
+    "--batch-size",
+    "4",
+    "--limit",
+    "8",
+    "--evaluate",
+    "false",
+    "--model-name",
+    "keyed",
+]
 
 
 def _finetune(model_dir, storage, *extra) -> int:
@@ -30,8 +45,13 @@ def test_the_key_follows_data_settings_search_space_and_objective():
 
     assert key() == key() and len(key()) == 12
     assert key(train_cfg=TrainConfig(device="cpu")) == key()  # where it runs is not a setting
-    for change in ({"data_sha256": "b" * 64}, {"base_model": "n"}, {"train_cfg": TrainConfig(max_steps=9)},
-                   {"tune_cfg": TuneConfig(lr_range="1e-5,1e-4")}, {"tune_cfg": TuneConfig(objective="loss")}):
+    for change in (
+        {"data_sha256": "b" * 64},
+        {"base_model": "n"},
+        {"train_cfg": TrainConfig(max_steps=9)},
+        {"tune_cfg": TuneConfig(lr_range="1e-5,1e-4")},
+        {"tune_cfg": TuneConfig(objective="loss")},
+    ):
         assert key(**change) != key(), change
 
 
@@ -56,8 +76,9 @@ def test_joining_a_study_with_another_key_is_refused(tmp_path):
         open_study(cfg, "s", key="bbb", key_parts={"data_sha256": "2"})
 
 
-def test_two_runs_with_the_same_settings_register_their_own_adapters(tiny_model_dir, mlflow_store, tmp_path,
-                                                                     monkeypatch):
+def test_two_runs_with_the_same_settings_register_their_own_adapters(
+    tiny_model_dir, mlflow_store, tmp_path, monkeypatch
+):
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     assert _finetune(tiny_model_dir, storage, "--data", "harmful") == 0
     assert _finetune(tiny_model_dir, storage, "--data", "harmful") == 0
@@ -110,8 +131,17 @@ def test_register_best_chooses_among_every_workers_trials_and_registers_once(tin
     assert _finetune(tiny_model_dir, storage, *worker) == 0  # another worker joins the same keyed study
     study = optuna.load_study(study_name="shared", storage=storage)
     assert len(study.trials) == 2 and len({t.user_attrs["tune_run_id"] for t in study.trials}) == 2
-    register = ["register-best", "--study-name", "shared", "--storage", storage, "--model-name", "keyed",
-                "--evaluate", "false"]
+    register = [
+        "register-best",
+        "--study-name",
+        "shared",
+        "--storage",
+        storage,
+        "--model-name",
+        "keyed",
+        "--evaluate",
+        "false",
+    ]
     assert main(register) == 0
     mv, trial_run = _version(1)
     best = min(study.trials, key=lambda t: t.value)
