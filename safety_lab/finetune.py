@@ -81,11 +81,11 @@ class Timings:
 class FinetuneResult:
     run_id: str
     model_name: str
-    version: str
-    model_uri: str  # models:/NAME/VERSION
-    best_value: float
-    best_params: dict
     timings: Timings
+    version: str = ""
+    model_uri: str = ""  # models:/NAME/VERSION, once registered
+    best_value: float = float("nan")
+    best_params: dict = field(default_factory=dict)
     status: str = registry.UNEVALUATED
     evaluation: Recorded | None = None  # the recorded evaluation, when one ran
     reloaded: object | None = field(default=None, repr=False)  # the logged version, reloaded (until evaluated)
@@ -156,67 +156,23 @@ def finetune(
         return _follow(run, data_cfg, train_cfg, tune_cfg, pruner)
     with _open_run(run, f"finetune-{Path(data_cfg.data).stem}", "finetune") as active:
         mlflow.set_tags({"model_name": model_name, "tuning.objective": tune_cfg.objective})
-        params = to_params(run, data_cfg, train_cfg, tune_cfg)
-        params["tune.storage"] = redact(params["tune.storage"])
-        mlflow.log_params(
-            {
-                **params,
-                "device": device,
-                "dtype": str(dtype),
-                "world_size": distributed.world_size(),
-                **resolve_precision(train_cfg.precision, train_cfg.device).params(),
-            }
-        )
-        snapshot = {type(c).__name__: dataclasses.asdict(c) for c in (run, data_cfg, train_cfg, tune_cfg)}
-        snapshot["TuneConfig"]["storage"] = redact(tune_cfg.storage)
-        mlflow.log_text(yaml.safe_dump(snapshot, sort_keys=False), "config.yaml")
+        _log_config(run, data_cfg, train_cfg, tune_cfg, device, dtype)
         with timings.stage("data"):
-            data = load_dataset(data_cfg)
-            train_rows, val_rows = data.split(data_cfg.val_fraction, data_cfg.seed, data_cfg.max_val_rows)
-        mlflow.log_params(
-            {
-                "data.name": data.name,
-                "data.rows": len(data.rows),
-                "data.sha256": data.sha256,
-                "data.train_rows": len(train_rows),
-                "data.val_rows": len(val_rows),
-                **{f"split.{k}": v for k, v in split_sizes().items()},
-            }
-        )
+            data, train_rows, val_rows = _load_data(data_cfg)
         with timings.stage("model_load"):
-            loaded = load_model(
-                run.base_model,
-                device=train_cfg.device,
-                trust_remote_code=run.trust_remote_code,
-                verify_cache=run.verify_cache,
-            )
+            loaded = _load_base(run, train_cfg)
         mlflow.set_tag("base_model", loaded.base_model)
-        policy = getattr(eval_cfg, "policy", None)
-        study = _study_options(model_name, data, data_cfg, loaded, train_cfg, tune_cfg, policy)
+        study = _study_options(
+            model_name, data, data_cfg, loaded, train_cfg, tune_cfg, getattr(eval_cfg, "policy", None)
+        )
+        out = FinetuneResult(run_id=active.info.run_id, model_name=model_name, timings=timings)
         with timings.stage("tuning"), tempfile.TemporaryDirectory(prefix="safety-lab-") as work:
-            result = tune(
-                loaded.model,
-                loaded.tokenizer,
-                train_rows,
-                val_rows,
-                train_cfg,
-                tune_cfg,
-                work_dir=Path(work),
-                pruner=pruner,
-                quiet=quiet,
-                **study,
+            result = _tune(
+                loaded, train_rows, val_rows, train_cfg, tune_cfg, Path(work), pruner=pruner, quiet=quiet, **study
             )
             _check_lineage(result, data.sha256, active.info.run_id)
             _log_tuning(result, tune_cfg)
-            out = FinetuneResult(
-                run_id=active.info.run_id,
-                model_name=model_name,
-                version="",
-                model_uri="",
-                best_value=result.best_value,
-                best_params=result.best_params,
-                timings=timings,
-            )
+            out.best_value, out.best_params = result.best_value, result.best_params
             if run.register:
                 tags = {"data.name": data.name, "data.sha256": result.data_sha256, "data.rows": len(data.rows)}
                 _publish(out, loaded, result, tags, run, timings)
@@ -225,6 +181,36 @@ def finetune(
         timings.log()
     print(f"[safety_lab] timings: {timings.format()}", flush=True)
     return out
+
+
+def _log_config(run: RunConfig, data_cfg: DataConfig, train_cfg: TrainConfig, tune_cfg: TuneConfig, device, dtype):
+    """The resolved configuration, once: MLflow params (storage URL redacted) and a config.yaml artifact."""
+    params = to_params(run, data_cfg, train_cfg, tune_cfg)
+    params["tune.storage"] = redact(params["tune.storage"])
+    precision = resolve_precision(train_cfg.precision, train_cfg.device).params()
+    mlflow.log_params(
+        {**params, "device": device, "dtype": str(dtype), "world_size": distributed.world_size(), **precision}
+    )
+    snapshot = {type(c).__name__: dataclasses.asdict(c) for c in (run, data_cfg, train_cfg, tune_cfg)}
+    snapshot["TuneConfig"]["storage"] = redact(tune_cfg.storage)
+    mlflow.log_text(yaml.safe_dump(snapshot, sort_keys=False), "config.yaml")
+
+
+def _load_data(data_cfg: DataConfig):
+    """The dataset and its train/validation split, logged with the three-way split sizes of the built-in sets."""
+    data = load_dataset(data_cfg)
+    train_rows, val_rows = data.split(data_cfg.val_fraction, data_cfg.seed, data_cfg.max_val_rows)
+    mlflow.log_params(
+        {
+            "data.name": data.name,
+            "data.rows": len(data.rows),
+            "data.sha256": data.sha256,
+            "data.train_rows": len(train_rows),
+            "data.val_rows": len(val_rows),
+            **{f"split.{k}": v for k, v in split_sizes().items()},
+        }
+    )
+    return data, train_rows, val_rows
 
 
 def _study_options(
@@ -284,26 +270,24 @@ def _check_lineage(result: TuneResult, data_sha256: str, run_id: str) -> None:
         )
 
 
+def _load_base(run: RunConfig, train_cfg: TrainConfig):
+    return load_model(
+        run.base_model, device=train_cfg.device, trust_remote_code=run.trust_remote_code, verify_cache=run.verify_cache
+    )
+
+
+def _tune(loaded, train_rows, val_rows, train_cfg: TrainConfig, tune_cfg: TuneConfig, work: Path, **options):
+    """The study on the loaded model: rank 0 (with the study's options) and the other ranks (without) alike."""
+    return tune(loaded.model, loaded.tokenizer, train_rows, val_rows, train_cfg, tune_cfg, work_dir=work, **options)
+
+
 def _follow(run: RunConfig, data_cfg: DataConfig, train_cfg: TrainConfig, tune_cfg: TuneConfig, pruner) -> None:
     """A rank other than 0: the same data, model and trials as rank 0, trained in lockstep; nothing is logged."""
     data = load_dataset(data_cfg)
     train_rows, val_rows = data.split(data_cfg.val_fraction, data_cfg.seed, data_cfg.max_val_rows)
-    loaded = load_model(
-        run.base_model, device=train_cfg.device, trust_remote_code=run.trust_remote_code, verify_cache=run.verify_cache
-    )
+    loaded = _load_base(run, train_cfg)
     with tempfile.TemporaryDirectory(prefix="safety-lab-") as work:
-        tune(
-            loaded.model,
-            loaded.tokenizer,
-            train_rows,
-            val_rows,
-            train_cfg,
-            tune_cfg,
-            study_name="",
-            work_dir=Path(work),
-            pruner=pruner,
-            quiet=True,
-        )
+        _tune(loaded, train_rows, val_rows, train_cfg, tune_cfg, Path(work), pruner=pruner, quiet=True, study_name="")
     print(
         f"[safety_lab] rank {distributed.rank()}/{distributed.world_size()}: trained {tune_cfg.n_trials} trials "
         f"in step with rank 0, which logs and registers",

@@ -172,29 +172,9 @@ def generate_tokens(
     return results
 
 
-def generate(
-    model,
-    tokenizer,
-    prompts: list[str],
-    *,
-    max_new_tokens: int = 64,
-    batch_size: int = 32,
-    system: str | None = None,
-    return_scores: bool = False,
-    progress: bool = False,
-    desc: str = "generate",
-):
-    """Greedy answers in input order. With return_scores, also per-step top-10 log-probs and chosen-token log-probs."""
-    outs = generate_tokens(
-        model,
-        tokenizer,
-        prompts,
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-        system=system,
-        return_scores=return_scores,
-        progress=progress,
-        desc=desc,
-    )
+def generate(model, tokenizer, prompts: list[str], *, return_scores: bool = False, **options):
+    """Greedy answers in input order (``options`` as for ``generate_tokens``). With return_scores, also per-step
+    top-10 log-probs and chosen-token log-probs."""
+    outs = generate_tokens(model, tokenizer, prompts, return_scores=return_scores, **options)
     texts = [tokenizer.decode(o.ids, skip_special_tokens=True).strip() for o in outs]
     return (texts, [(o.top, o.chosen) for o in outs]) if return_scores else texts

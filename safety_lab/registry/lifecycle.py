@@ -16,6 +16,7 @@ entry that equals it ignoring case); any other alias, including one named like a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -526,21 +527,51 @@ def _apply(
     return archived
 
 
+def _to_archive(client: MlflowClient, move: _Move) -> tuple[str, ...]:
+    """The other versions now in the target stage, when --archive-existing asks to move them out."""
+    if not (move.archive_existing and move.stage):
+        return ()
+    return tuple(
+        str(v.version)
+        for v in _all_versions(client, move.model_name)
+        if (v.current_stage or "None") == move.stage and str(v.version) != move.version
+    )
+
+
+def _override(move: _Move, user: str, at: str) -> dict[str, str]:
+    """What a forced promotion records on the version: who, when, why, and what the gate found."""
+    ev = move.evidence
+    return {
+        "by": user,
+        "at": at,
+        "reason": move.reason or "",
+        "status_at_time": ev.tag_status,
+        "target": move.target,
+        "evidence": ev.problem or "verified",
+        "policy_sha256": fingerprint(move.policy),
+        "lenient": "; ".join(move.lenient),
+    }
+
+
+def _failed_part_way(client: MlflowClient, move: _Move, run_id: str, exc: BaseException) -> None:
+    """Close the audit run as FAILED/KILLED; an MLflow error becomes one line naming the audit run."""
+    with contextlib.suppress(Exception):  # best effort: the original error is what the user must see
+        client.set_tag(run_id, "error", _clip(f"{type(exc).__name__}: {_mlflow_problem(exc)}", 8000))
+        client.set_terminated(run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+    if isinstance(exc, MlflowException):
+        raise SafetyLabError(
+            "registry",
+            f"{move.model_name} version {move.version} -> {move.target} failed "
+            f"part-way (audit run {run_id}): {_mlflow_problem(exc)}",
+        ) from None
+
+
 def _execute(client: MlflowClient, move: _Move, forced: bool) -> PromotionResult:
     """Audit run first (RUNNING), then the registry changes, then FINISHED (or FAILED/KILLED part-way)."""
     user, at, ev = _user(), _now_iso(), move.evidence
     holders = {a: v for v, names in _aliases_by_version(move.rm).items() for a in names}
-    to_archive: tuple[str, ...] = ()
-    if move.archive_existing and move.stage:
-        to_archive = tuple(
-            str(v.version)
-            for v in _all_versions(client, move.model_name)
-            if (v.current_stage or "None") == move.stage and str(v.version) != move.version
-        )
-    note = (
-        f"{move.model_name} version {move.version} ({ev.tag_status}) -> {move.target}"
-        f"{' (forced: ' + (move.reason or '') + ')' if forced else ''} by {user} at {at}"
-    )
+    forced_note = f" (forced: {move.reason or ''})" if forced else ""
+    note = f"{move.model_name} version {move.version} ({ev.tag_status}) -> {move.target}{forced_note} by {user} at {at}"
     tags = {
         **_audit_tags(move, user, forced),
         "safety_lab.audit": "promotion",
@@ -548,18 +579,6 @@ def _execute(client: MlflowClient, move: _Move, forced: bool) -> PromotionResult
         "alias_previous_version": holders.get(move.alias, "") if move.alias else "",
     }
     run_id = _start_audit(client, move, f"promote-{move.model_name}-v{move.version}", tags)
-    record = None
-    if forced:
-        record = {
-            "by": user,
-            "at": at,
-            "reason": move.reason or "",
-            "status_at_time": ev.tag_status,
-            "target": move.target,
-            "evidence": ev.problem or "verified",
-            "policy_sha256": fingerprint(move.policy),
-            "lenient": "; ".join(move.lenient),
-        }
     params = {
         "model_name": move.model_name,
         "version": move.version,
@@ -571,19 +590,10 @@ def _execute(client: MlflowClient, move: _Move, forced: bool) -> PromotionResult
     }
     try:
         client.log_batch(run_id, params=[Param(k, _clip(str(v), _MAX_PARAM)) for k, v in params.items()])
-        archived = _apply(client, move, run_id, record, to_archive)
+        record = _override(move, user, at) if forced else None
+        archived = _apply(client, move, run_id, record, _to_archive(client, move))
     except BaseException as exc:
-        try:
-            client.set_tag(run_id, "error", _clip(f"{type(exc).__name__}: {_mlflow_problem(exc)}", 8000))
-            client.set_terminated(run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
-        except Exception:  # noqa: BLE001, S110 - best effort: the original error is what the user must see
-            pass
-        if isinstance(exc, MlflowException):
-            raise SafetyLabError(
-                "registry",
-                f"{move.model_name} version {move.version} -> {move.target} failed "
-                f"part-way (audit run {run_id}): {_mlflow_problem(exc)}",
-            ) from None
+        _failed_part_way(client, move, run_id, exc)
         raise
     client.set_terminated(run_id, "FINISHED")
     return PromotionResult(

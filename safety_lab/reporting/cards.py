@@ -389,19 +389,11 @@ def safety_card(
     return md, page
 
 
-def write_safety_card(
-    out_dir: str | Path,
-    *,
-    summary: Mapping[str, Any],
-    items: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
-    plots: Mapping[str, PlotSource] | None = None,
-    lineage: Mapping[str, Any] | None = None,
-    title: str = "Safety card",
-    examples: int = DEFAULT_EXAMPLES,
-) -> tuple[Path, Path]:
+def write_safety_card(out_dir: str | Path, *, summary: Mapping[str, Any], **card) -> tuple[Path, Path]:
     """Write safety_card.md and safety_card.html into ``out_dir`` (and ``<name>.png`` for plots given as bytes or
-    figures, which the Markdown links); returns their paths (md, html)."""
-    md, page = safety_card(summary, items=items, plots=plots, lineage=lineage, title=title, examples=examples)
+    figures, which the Markdown links); ``card``: the options of ``safety_card``. Returns the paths (md, html)."""
+    md, page = safety_card(summary, **card)
+    plots = card.get("plots")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for plot in _plot_items(plots):

@@ -37,6 +37,16 @@ def _done(fig: Figure, path: str | Path | None) -> Figure:
     return fig
 
 
+def _finish(fig: Figure, ax, path, *, drawn: bool, ylim: tuple[float, float], ylabel: str, title: str) -> Figure:
+    """Axis limits, labels and title; a "no data" note when nothing was drawn."""
+    if not drawn:
+        ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+    ax.set_ylim(*ylim)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    return _done(fig, path)
+
+
 def png_bytes(fig: Figure) -> bytes:
     """The figure as PNG bytes (what the safety card embeds as a base64 ``data:`` URI)."""
     buf = io.BytesIO()
@@ -104,12 +114,7 @@ def asr_bars(
             ax.text(x, a / 2 if a > 0.1 else a + 0.02, f"{a:.1%}", ha="center", va="center", fontsize=8)
         ax.set_xticks(list(xs))
         ax.set_xticklabels(labels, rotation=15 if len(labels) > 3 else 0)
-    else:
-        ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("ASR (unsafe / total, 95% CI)")
-    ax.set_title(title)
-    return _done(fig, path)
+    return _finish(fig, ax, path, drawn=bool(entries), ylim=(0, 1), ylabel="ASR (unsafe / total, 95% CI)", title=title)
 
 
 def drift_bars(
@@ -135,12 +140,7 @@ def drift_bars(
         ax.set_xticks(list(range(len(present))))
         ax.set_xticklabels([_PROMPT_LABELS[t] for t in present])
         ax.legend(fontsize=8)
-    else:
-        ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
-    ax.set_ylim(0, 100)
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title(title)
-    return _done(fig, path)
+    return _finish(fig, ax, path, drawn=bool(present and summaries), ylim=(0, 100), ylabel="accuracy (%)", title=title)
 
 
 def uncertainty_bars(

@@ -123,35 +123,12 @@ def train_lora(
     `initial_eval_loss`: the untrained validation loss when already known. A fresh adapter starts as the identity
     (LoRA's B is zero), so it is the base model's loss, the same for every trial of a study.
     `padding_free=False`: the padded path (the same losses within 1e-3, tests/training)."""
-    from datasets import Dataset as HFDataset
-    from peft import LoraConfig
     from transformers import set_seed
-    from trl import SFTTrainer
 
     set_seed(cfg.seed)
-    lora = LoraConfig(
-        r=cfg.lora_r,
-        lora_alpha=cfg.lora_alpha,
-        lora_dropout=cfg.lora_dropout,
-        target_modules=cfg.modules(),
-        task_type="CAUSAL_LM",
-        bias="none",
-    )
-    train_ds = HFDataset.from_list([to_conversation(r) for r in train_rows])
-    val_ds = HFDataset.from_list([to_conversation(r) for r in val_rows]) if val_rows else None
     result = TrainResult(model=None)
     with tempfile.TemporaryDirectory(prefix="sft-") as out:
-        trainer = SFTTrainer(
-            model=copy.deepcopy(model).train(),
-            args=sft_config(cfg, out, n_val=len(val_rows), quiet=quiet, padding_free=padding_free),
-            train_dataset=train_ds,
-            eval_dataset=val_ds,
-            processing_class=tokenizer,
-            peft_config=lora,
-        )
-        if padding_free:  # before any batch is drawn: the dataloaders read these attributes when training starts
-            trainer.train_dataset = truncate_rows(trainer.train_dataset, cfg.max_length)
-            trainer.eval_dataset = truncate_rows(trainer.eval_dataset, cfg.max_length)
+        trainer = _trainer(model, tokenizer, train_rows, val_rows, cfg, out, quiet=quiet, padding_free=padding_free)
 
         def _eval(step, loss):
             result.eval_losses.append((step, loss))
@@ -160,7 +137,7 @@ def train_lora(
 
         if initial_eval_loss is not None:
             result.initial_eval_loss = initial_eval_loss
-        elif val_ds is not None:  # the baseline, before the callback sees evaluations
+        elif val_rows:  # the baseline, before the callback sees evaluations
             result.initial_eval_loss = float(trainer.evaluate()["eval_loss"])
         trainer.add_callback(_report_callback(_eval, on_log))
         start = time.perf_counter()
@@ -168,12 +145,50 @@ def train_lora(
         result.seconds = time.perf_counter() - start
         result.train_loss = float(out_train.training_loss)
         result.train_tokens = int(trainer.state.num_input_tokens_seen or 0)
-        if val_ds is not None:
-            if result.eval_losses and result.eval_losses[-1][0] == trainer.state.global_step:
-                result.final_eval_loss = result.eval_losses[-1][1]
-            else:
-                result.final_eval_loss = float(trainer.evaluate()["eval_loss"])
+        if val_rows:
+            last = result.eval_losses[-1] if result.eval_losses else None
+            fresh = last is not None and last[0] == trainer.state.global_step
+            result.final_eval_loss = last[1] if fresh else float(trainer.evaluate()["eval_loss"])
         # Mixed precision patches the model's forward with bf16 autocast; without unwrapping, every later use of the
         # trained model (the reload check, in-loop evaluations) would run in bf16 too. Evaluation stays fp32.
         result.model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False).eval()
     return result
+
+
+def _trainer(
+    model,
+    tokenizer,
+    train_rows: list[dict],
+    val_rows: list[dict],
+    cfg: TrainConfig,
+    out: str,
+    *,
+    quiet: bool,
+    padding_free: bool,
+):
+    """TRL's SFTTrainer over a copy of `model` with a fresh LoRA adapter; padding-free rows truncated to max_length."""
+    from datasets import Dataset as HFDataset
+    from peft import LoraConfig
+    from trl import SFTTrainer
+
+    lora = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=cfg.modules(),
+        task_type="CAUSAL_LM",
+        bias="none",
+    )
+    val_ds = HFDataset.from_list([to_conversation(r) for r in val_rows]) if val_rows else None
+    trainer = SFTTrainer(
+        model=copy.deepcopy(model).train(),
+        args=sft_config(cfg, out, n_val=len(val_rows), quiet=quiet, padding_free=padding_free),
+        train_dataset=HFDataset.from_list([to_conversation(r) for r in train_rows]),
+        eval_dataset=val_ds,
+        processing_class=tokenizer,
+        peft_config=lora,
+    )
+    if padding_free:  # before any batch is drawn: the dataloaders read these attributes when training starts
+        trainer.train_dataset = truncate_rows(trainer.train_dataset, cfg.max_length)
+        trainer.eval_dataset = truncate_rows(trainer.eval_dataset, cfg.max_length)
+    return trainer
