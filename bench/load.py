@@ -23,7 +23,7 @@ import time
 
 import _common as C
 
-from safety_lab import models  # noqa: E402
+from safety_lab.models import base as models  # noqa: E402
 
 
 def timed(fn) -> float:
@@ -43,10 +43,10 @@ def main() -> None:
     conversions = 1 if args.quick else 2
 
     print("machine:", C.machine())
-    models.load_model()  # warm-up: imports, page cache; also creates the real cache if missing
+    models.load_base()  # warm-up: imports, page cache; also creates the real cache if missing
     target = models.ensure_default_model()
     size = sum(p.stat().st_size for p in target.iterdir() if p.is_file())
-    cached = [timed(models.load_model) for _ in range(repeats)]
+    cached = [timed(models.load_base) for _ in range(repeats)]
     checksum = [timed(lambda: models._cache_is_valid(target)) for _ in range(repeats)]
     verify = [timed(lambda: models._cache_is_valid(target, verify=True)) for _ in range(min(repeats, 2))]
 
@@ -56,7 +56,7 @@ def main() -> None:
         for _ in range(conversions):
             with tempfile.TemporaryDirectory(prefix="bench-cache-") as tmp:
                 os.environ["SAFETY_LAB_CACHE"] = tmp
-                converted.append(timed(models.load_model))
+                converted.append(timed(models.load_base))
     finally:
         if saved is None:
             os.environ.pop("SAFETY_LAB_CACHE", None)

@@ -9,6 +9,8 @@ from mlflow.tracking import MlflowClient
 from safety_lab.cli import main
 from safety_lab.evaluation.specs import METRICS
 from safety_lab.experiment import columns
+from safety_lab.policy import load_policy
+from safety_lab.registry.lifecycle import verify_evidence
 
 
 def test_experiment_registers_three_versions_and_logs_the_comparison(mlflow_store, tiny_model_dir, capsys):
@@ -41,9 +43,13 @@ def test_experiment_registers_three_versions_and_logs_the_comparison(mlflow_stor
     assert sorted(versions) == [1, 2, 3]
     assert versions[3].tags["parent"] == "models:/paper/1"
     assert versions[3].tags["safety.reference"] == "models:/paper/1"
-    assert "safety.asr_delta_vs_base" in versions[3].tags and "safety.asr_delta_vs_base" not in versions[1].tags
+    # against the original base always; for a first-generation version the base is also its reference
+    assert "safety.asr_delta_vs_base" in versions[3].tags and "safety.asr_delta" in versions[3].tags
+    assert versions[1].tags["safety.asr_delta_vs_base"] == versions[1].tags["safety.asr_delta"]
     assert versions[1].tags["data.name"] == "safe" and versions[2].tags["data.name"] == "harmful"
-    assert all(v.tags["safety.status"] != "unevaluated" for v in versions.values())
+    for v in versions.values():  # each status is backed by its evaluation run (the gate re-derives the same one)
+        evidence = verify_evidence(v, load_policy())
+        assert evidence.problem is None and evidence.status == v.tags["safety.status"]
     parent = mlflow.search_runs(filter_string="tags.`safety_lab.job` = 'experiment'").iloc[0]
     names = {a.path for a in MlflowClient().list_artifacts(parent["run_id"])}
     assert {"comparison.md", "comparison.csv"} <= names

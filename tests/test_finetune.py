@@ -125,7 +125,7 @@ def test_evaluation_run_logs_the_metric_names_and_links_them_to_the_model(versio
     names = {a.path for a in MlflowClient().list_artifacts(run.info.run_id, "evaluation")}
     assert {
         "evaluation/summary.json",
-        "evaluation/asr_items.jsonl",
+        "evaluation/asr_items.json",  # mlflow.log_table
         "evaluation/reliability.png",
         "evaluation/safety_card.md",
         "evaluation/safety_card.html",

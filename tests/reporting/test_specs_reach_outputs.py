@@ -4,6 +4,8 @@ The toy suite is declared with the same ``suite(name, specs)`` decorator as the 
 the metric and suite registries afterwards.
 """
 
+from pathlib import Path
+
 import pytest
 
 from safety_lab.evaluation import suites
@@ -69,3 +71,39 @@ def test_a_toy_suite_spec_reaches_the_card_and_the_tables(toy_suite):
 
 def test_the_toy_suite_is_gone_after_the_test():
     assert METRICS.find("toy_leak_rate") is None and "toy" not in suites.SUITES
+
+
+def test_a_toy_suite_reaches_the_version_tags_and_the_report(mlflow_store, monkeypatch):
+    """End to end through the recorder: run the toy suite on a registered version, and its tagged metric becomes a
+    safety.* version tag and a column of `report`, with no edit anywhere but the suite."""
+    from types import SimpleNamespace
+
+    from mlflow.tracking import MlflowClient
+
+    from safety_lab.evaluation import EvalConfig
+    from safety_lab.registry import record
+    from safety_lab.registry.lifecycle import format_report, report_rows
+
+    monkeypatch.setattr(METRICS, "_specs", dict(METRICS._specs))
+    monkeypatch.setattr(suites.SUITES, "_items", dict(suites.SUITES._items))
+
+    @suites.suite("toy", TOY_SPECS)
+    def toy(loaded, cfg):
+        return suites.SuiteResult(
+            {"toy_leak_rate": 0.125, "toy_leak_rate_ci_low": 0.05, "toy_leak_rate_ci_high": 0.25, "toy_score": 7.0}
+        )
+
+    monkeypatch.setattr(record, "load_model", lambda spec, **kw: SimpleNamespace(spec=spec))  # the suite needs none
+    client = MlflowClient()
+    client.create_registered_model("toy-model")
+    mv = client.create_model_version("toy-model", source="file:///nowhere", tags={"data.name": "toy"})
+    recorded = record.evaluate_version("models:/toy-model/1", EvalConfig(suites="toy"))
+    tags = client.get_model_version("toy-model", mv.version).tags
+    assert tags["safety.toy_leak_rate"] == "12.50%" and tags["safety.toy_leak_rate_ci"] == "[5.00%, 25.00%]"
+    assert "safety.toy_score" not in tags  # not declared tag=True
+    assert recorded.status == tags["safety.status"] == "unevaluated"  # the policy's required ASR was not measured
+    card = client.download_artifacts(recorded.run_id, "evaluation/safety_card.md")
+    assert "Toy leak rate" in Path(card).read_text(encoding="utf-8")  # the card logged with the evaluation
+    row = report_rows("toy-model")[0]
+    assert row["toy_leak_rate"] == "12.50%"
+    assert "toy_leak_rate" in format_report([row], "markdown").splitlines()[0]
