@@ -45,7 +45,7 @@ from transformers import PrinterCallback, TrainerCallback  # noqa: E402
 from safety_lab.config import DataConfig, TrainConfig  # noqa: E402
 from safety_lab.data import load_dataset, to_conversation  # noqa: E402
 from safety_lab.models import load_model, resolve_precision  # noqa: E402
-from safety_lab.training import train_lora  # noqa: E402
+from safety_lab.training import lora_config, train_lora  # noqa: E402
 
 ORIGINAL_SFT_TRAINER = trl.SFTTrainer
 
@@ -142,17 +142,9 @@ def run_trl(model, tok, rows, cfg: TrainConfig, steps: int, **overrides) -> dict
     use_cpu=True is needed for the bf16 default to run at all on a machine without a GPU (transformers refuses
     bf16 otherwise); on this CPU-only machine it changes nothing else."""
     from datasets import Dataset
-    from peft import LoraConfig
 
     meter = Meter()
-    lora = LoraConfig(
-        r=cfg.lora_r,
-        lora_alpha=cfg.lora_alpha,
-        lora_dropout=cfg.lora_dropout,
-        target_modules=cfg.modules(),
-        task_type="CAUSAL_LM",
-        bias="none",
-    )
+    lora = lora_config(cfg)
     with tempfile.TemporaryDirectory(prefix="bench-sft-") as out:
         args = trl.SFTConfig(
             output_dir=out,

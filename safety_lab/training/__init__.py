@@ -155,6 +155,20 @@ def train_lora(
     return result
 
 
+def lora_config(cfg: TrainConfig):
+    """PEFT's LoraConfig for a TrainConfig: the adapter every trial (and the benchmarks) trains."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=cfg.modules(),
+        task_type="CAUSAL_LM",
+        bias="none",
+    )
+
+
 def _trainer(
     model,
     tokenizer,
@@ -168,17 +182,9 @@ def _trainer(
 ):
     """TRL's SFTTrainer over a copy of `model` with a fresh LoRA adapter; padding-free rows truncated to max_length."""
     from datasets import Dataset as HFDataset
-    from peft import LoraConfig
     from trl import SFTTrainer
 
-    lora = LoraConfig(
-        r=cfg.lora_r,
-        lora_alpha=cfg.lora_alpha,
-        lora_dropout=cfg.lora_dropout,
-        target_modules=cfg.modules(),
-        task_type="CAUSAL_LM",
-        bias="none",
-    )
+    lora = lora_config(cfg)
     val_ds = HFDataset.from_list([to_conversation(r) for r in val_rows]) if val_rows else None
     trainer = SFTTrainer(
         model=copy.deepcopy(model).train(),
