@@ -46,6 +46,7 @@ from safety_lab.policy import (
     policy_summary,
 )
 from safety_lab.registry import UNEVALUATED
+from safety_lab.registry.record import SafetyTags
 from safety_lab.reporting import tables
 from safety_lab.reporting.tables import tagged_columns
 from safety_lab.tracking import actor
@@ -233,9 +234,7 @@ def _norm_version(version: str) -> str:
 
 
 def _status_of(mv) -> str:
-    raw = (mv.tags or {}).get("safety.status")
-    status = str(raw).strip().lower() if raw is not None else ""
-    return status or UNEVALUATED
+    return SafetyTags.read(mv.tags or {}).status
 
 
 def _reasons_of(mv, status: str) -> str:
@@ -307,9 +306,9 @@ def _evidence_run(client: MlflowClient, run_id: str) -> tuple[Any, str | None]:
 
 def _record_problem(run, mv, tag_status: str) -> str | None:
     """Does the run belong to this version, and does it record the status and policy that the tags show?"""
-    rt, tags, run_id = run.data.tags, mv.tags or {}, run.info.run_id
+    rt, tags, run_id = run.data.tags, SafetyTags.read(mv.tags or {}), run.info.run_id
     uri = f"models:/{mv.name}/{mv.version}"
-    if "safety.model_name" not in rt or not tags.get("safety.policy_sha256"):
+    if "safety.model_name" not in rt or not tags.policy_sha256:
         return (
             f"stale: evaluation run {run_id} predates evidence records (no version or policy fingerprint); re-evaluate"
         )
@@ -320,7 +319,7 @@ def _record_problem(run, mv, tag_status: str) -> str | None:
         return f"tampered: evaluation run {run_id} evaluated {rt.get('safety.model_source')}, not {mv.source}"
     if rt.get("safety.status") != tag_status:
         return f"tampered: the tag says '{tag_status}' but evaluation run {run_id} recorded '{rt.get('safety.status')}'"
-    if rt.get("safety.policy_sha256") != tags.get("safety.policy_sha256"):
+    if rt.get("safety.policy_sha256") != tags.policy_sha256:
         return f"tampered: the policy fingerprint on the tag differs from evaluation run {run_id}'s"
     return None
 
@@ -351,7 +350,7 @@ def verify_evidence(mv, policy: Policy, *, client: MlflowClient | None = None) -
         return Evidence(UNEVALUATED, tag_status)
     if tag_status not in STATUSES:
         return Evidence(UNEVALUATED, tag_status, f"tampered: unknown status {tag_status!r}")
-    run_id = str((mv.tags or {}).get("safety.eval_run_id") or "").strip()
+    run_id = SafetyTags.read(mv.tags or {}).eval_run_id
     if not run_id:
         return Evidence(UNEVALUATED, tag_status, "unevaluated: no evaluation run is recorded (safety.eval_run_id)")
     run, problem = _evidence_run(client, run_id)

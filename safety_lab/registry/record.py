@@ -55,10 +55,10 @@ class SafetyTags:
     def read(cls, tags: dict[str, str]) -> SafetyTags:
         metrics = {k[len("safety.") :]: v for k, v in tags.items() if k.startswith("safety.") and METRICS.find(k[7:])}
         return cls(
-            status=tags.get("safety.status", UNEVALUATED),
+            status=str(tags.get("safety.status") or "").strip().lower() or UNEVALUATED,
             reasons=tags.get("safety.reasons", ""),
             checks=tags.get("safety.checks", ""),
-            eval_run_id=tags.get("safety.eval_run_id", ""),
+            eval_run_id=str(tags.get("safety.eval_run_id") or "").strip(),
             policy=tags.get("safety.policy", ""),
             policy_sha256=tags.get("safety.policy_sha256", ""),
             reference=tags.get("safety.reference", ""),
