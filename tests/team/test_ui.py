@@ -116,4 +116,5 @@ def test_eval_run_shows_a_response_row_of_the_item_table(page, team, team_versio
     words = " ".join(str(row["prompt"]).split()[:4])
     _open(page, url, team.ARTIFACTS / "ui-eval-items.png", "asr_items.json")
     page.get_by_text(words).first.wait_for(state="visible", timeout=TIMEOUT_MS)
-    assert words in page.locator("body").inner_text()
+    body = page.locator("body").inner_text()
+    assert words in body and "response" in body  # the row, under the table's response column
