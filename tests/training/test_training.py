@@ -142,3 +142,16 @@ def test_the_untrained_validation_loss_does_not_depend_on_the_lora_settings(tiny
     assert abs(losses[0] - losses[1]) < 1e-6, losses
     reused = train_lora(loaded.model, loaded.tokenizer, train, val, base, quiet=True, initial_eval_loss=losses[0])
     assert reused.initial_eval_loss == losses[0]
+
+
+def test_a_layer_share_adapts_only_the_top_layers_and_leaves_the_rest_without_gradients(tiny_model_dir):
+    n_layers = load_model(str(tiny_model_dir)).model.config.num_hidden_layers
+    assert TrainConfig(lora_layer_share=1.0).layers(n_layers) is None
+    assert TrainConfig(lora_layer_share=0.5).layers(30) == list(range(15, 30))
+    assert TrainConfig(lora_layer_share=0.01).layers(30) == [29]  # at least one layer
+    with pytest.raises(SafetyLabError, match="lora_layer_share: must be in"):
+        TrainConfig(lora_layer_share=0)
+    result, _ = _tiny_run(tiny_model_dir, precision="fp32", lora_layer_share=0.5, target_modules="all-linear")
+    adapted = {int(n.split(".layers.")[1].split(".")[0]) for n, p in result.model.named_parameters() if "lora_" in n}
+    assert adapted == set(TrainConfig(lora_layer_share=0.5).layers(n_layers))
+    assert result.final_eval_loss < result.initial_eval_loss
