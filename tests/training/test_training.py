@@ -155,3 +155,54 @@ def test_a_layer_share_adapts_only_the_top_layers_and_leaves_the_rest_without_gr
     adapted = {int(n.split(".layers.")[1].split(".")[0]) for n, p in result.model.named_parameters() if "lora_" in n}
     assert adapted == set(TrainConfig(lora_layer_share=0.5).layers(n_layers))
     assert result.final_eval_loss < result.initial_eval_loss
+
+
+def _head_rows_and_labels(monkeypatch):
+    """Record, per `compute_loss` call, the rows TRL's fused head projects and the batch's labelled positions."""
+    import trl
+    from trl.trainer import utils as trl_utils
+
+    seen = {"head_rows": [], "labelled": [], "positions": []}
+    chunked = trl_utils._ChunkedLogProbFunction
+
+    class _Counting(chunked):
+        @classmethod
+        def apply(cls, hidden, *args, **kwargs):
+            seen["head_rows"].append(hidden.shape[0])
+            return chunked.apply(hidden, *args, **kwargs)
+
+    class _Recording(trl.SFTTrainer):
+        def compute_loss(self, model, inputs, *args, **kwargs):
+            shifted = inputs["labels"][:, 1:]  # the head scores position i against the label of i + 1
+            seen["labelled"].append(int((shifted != -100).sum()))
+            seen["positions"].append(shifted.numel())
+            return super().compute_loss(model, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(trl_utils, "_ChunkedLogProbFunction", _Counting)
+    monkeypatch.setattr(trl, "SFTTrainer", _Recording)  # `_trainer` imports it at call time
+    return seen
+
+
+def test_the_lm_head_scores_only_labelled_positions_and_gives_the_same_losses(tiny_model_dir, monkeypatch):
+    """Prompt tokens (about half of each row) have no label, so they never reach the 49152-wide head and softmax;
+    training and validation losses stay those of TRL's own head, which scores every position on a CPU."""
+    from safety_lab import training
+
+    seen = _head_rows_and_labels(monkeypatch)
+    compact, compact_losses = _tiny_run(tiny_model_dir, precision="fp32")
+    assert seen["head_rows"] and seen["head_rows"] == seen["labelled"]
+    assert sum(seen["labelled"]) < 0.8 * sum(seen["positions"])  # the prompts are a real share of the rows
+
+    monkeypatch.setattr(training, "score_labelled_positions_only", lambda trainer: None)  # TRL's head as it ships
+    seen = _head_rows_and_labels(monkeypatch)
+    reference, reference_losses = _tiny_run(tiny_model_dir, precision="fp32")
+    assert seen["head_rows"] == seen["positions"]  # every position, labelled or not: what the change removes
+
+    assert len(compact_losses) == len(reference_losses) == 6
+    assert max(abs(a - b) for a, b in zip(compact_losses, reference_losses)) < 1e-5
+    pairs = [
+        (compact.initial_eval_loss, reference.initial_eval_loss),
+        (compact.final_eval_loss, reference.final_eval_loss),
+    ]
+    pairs += [(a, b) for (_, a), (_, b) in zip(compact.eval_losses, reference.eval_losses)]
+    assert all(abs(a - b) < 1e-5 for a, b in pairs), pairs
