@@ -143,6 +143,13 @@ class TrainConfig(_Coerce):
     max_steps: int = field(default=8, **_help("optimizer steps per trial"))
     batch_size: int = field(default=8, **_help("sequences per step"))
     max_length: int = field(default=256, **_help("tokens per sequence; longer ones are truncated"))
+    completion_tokens: int | None = field(
+        default=None,
+        **_help(
+            "train on the first N tokens of each answer only (none = whole answers): answering or refusing is "
+            "decided in the opening tokens, and shorter rows make each step cheaper"
+        ),
+    )
     eval_every: int = field(default=4, **_help("steps between validation losses (these feed the pruner)"))
     seed: int = field(default=0, **_help("seed for LoRA init and data order"))
     device: str = field(default="auto", **_help("auto, cpu or cuda[:n]; precision follows the device"))
@@ -170,6 +177,11 @@ class TrainConfig(_Coerce):
         check(1 <= self.max_steps <= 100_000, "max_steps", f"must be in [1, 100000], got {self.max_steps}")
         check(1 <= self.batch_size <= 1024, "batch_size", f"must be in [1, 1024], got {self.batch_size}")
         check(16 <= self.max_length <= 32768, "max_length", f"must be in [16, 32768], got {self.max_length}")
+        check(
+            self.completion_tokens is None or self.completion_tokens >= 1,
+            "completion_tokens",
+            f"must be at least 1, got {self.completion_tokens}",
+        )
         check(self.eval_every >= 1, "eval_every", f"must be at least 1, got {self.eval_every}")
         check(bool(self.target_modules.strip()), "target_modules", "is empty")
         check(

@@ -90,16 +90,31 @@ def sft_config(cfg: TrainConfig, output_dir: str, *, n_val: int, quiet: bool = F
     )
 
 
-def truncate_rows(dataset, max_length: int):
+def _kept(row: dict, max_length: int, completion_tokens: int | None) -> int:
+    """How many tokens of a tokenized row to keep: `max_length`, or fewer when only the answer's first
+    `completion_tokens` are trained (the prompt is always kept whole, within `max_length`)."""
+    if completion_tokens is None:
+        return max_length
+    mask = row["completion_mask"] if "completion_mask" in row else [label != -100 for label in row["labels"]]
+    first = next((i for i, m in enumerate(mask) if m), len(mask))
+    return min(max_length, first + completion_tokens)
+
+
+def truncate_rows(dataset, max_length: int, completion_tokens: int | None = None):
     """What TRL does with max_length on a padded run (keep the start; drop rows left without a completion token),
-    done here because TRL refuses max_length for padding-free batches without packing."""
+    done here because TRL refuses max_length for padding-free batches without packing.
+
+    `completion_tokens`: also cut each answer after its first N tokens (no end-of-turn token is learned then, so the
+    model does not learn to stop early; it learns how answers open, where refusing or answering is decided)."""
     if dataset is None:
         return None
     columns = [c for c in ("input_ids", "labels", "completion_mask", "assistant_masks") if c in dataset.column_names]
     longest = max((len(ids) for ids in dataset["input_ids"]), default=0)
-    if longest <= max_length:
+    if longest <= max_length and completion_tokens is None:
         return dataset
-    dataset = dataset.map(lambda row: {c: row[c][:max_length] for c in columns})
+    dataset = dataset.map(
+        lambda row: {c: row[c][: _kept(row, max_length, completion_tokens)] for c in columns if c in row}
+    )
     if "labels" in columns:
         dataset = dataset.filter(lambda row: any(label != -100 for label in row["labels"]))
     elif "completion_mask" in columns:
@@ -234,7 +249,9 @@ def _trainer(
         peft_config=lora,
     )
     score_labelled_positions_only(trainer)
-    if padding_free:  # before any batch is drawn: the dataloaders read these attributes when training starts
-        trainer.train_dataset = truncate_rows(trainer.train_dataset, cfg.max_length)
-        trainer.eval_dataset = truncate_rows(trainer.eval_dataset, cfg.max_length)
+    # before any batch is drawn: the dataloaders read these attributes when training starts. A padded run has been
+    # truncated to max_length by TRL already; the answer cut (completion_tokens) applies to both paths.
+    if padding_free or cfg.completion_tokens is not None:
+        trainer.train_dataset = truncate_rows(trainer.train_dataset, cfg.max_length, cfg.completion_tokens)
+        trainer.eval_dataset = truncate_rows(trainer.eval_dataset, cfg.max_length, cfg.completion_tokens)
     return trainer

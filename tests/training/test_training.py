@@ -1,3 +1,5 @@
+import tempfile
+
 import pytest
 import torch
 
@@ -5,7 +7,7 @@ from safety_lab.config import DataConfig, TrainConfig
 from safety_lab.data import load_dataset
 from safety_lab.errors import SafetyLabError
 from safety_lab.models import load_model, resolve_device, resolve_precision
-from safety_lab.training import sft_config, train_lora
+from safety_lab.training import _trainer, sft_config, train_lora
 
 # bf16 autocast rounds matmul inputs to 8 mantissa bits. On the tiny model 6 steps moved the final validation loss by
 # 1.3e-4 (measured: 10.60429 fp32, 10.60416 bf16) while training lowered it by 0.21; 0.01 leaves room for other
@@ -206,3 +208,24 @@ def test_the_lm_head_scores_only_labelled_positions_and_gives_the_same_losses(ti
     ]
     pairs += [(a, b) for (_, a), (_, b) in zip(compact.eval_losses, reference.eval_losses)]
     assert all(abs(a - b) < 1e-5 for a, b in pairs), pairs
+
+
+def test_completion_tokens_trains_on_the_opening_of_each_answer_only(tiny_model_dir):
+    """Each row keeps its whole prompt and the first N answer tokens: the trained-token count is N per row."""
+    loaded = load_model(str(tiny_model_dir))
+    train, val = load_dataset(DataConfig(data="safe", limit=24, benign_ratio=0)).split(0.25, seed=0)
+    cfg = TrainConfig(max_steps=1, batch_size=4, completion_tokens=5, lora_dropout=0.0)
+    with tempfile.TemporaryDirectory() as out:
+        full = _trainer(
+            loaded.model, loaded.tokenizer, train, val, TrainConfig(max_steps=1), out, quiet=True, padding_free=True
+        )
+        cut = _trainer(loaded.model, loaded.tokenizer, train, val, cfg, out, quiet=True, padding_free=True)
+        for before, after in zip(full.train_dataset, cut.train_dataset):
+            labelled = [i for i, label in enumerate(after["labels"]) if label != -100]
+            first = next(i for i, label in enumerate(before["labels"]) if label != -100)
+            assert labelled == list(range(first, first + 5))  # the prompt whole, then 5 answer tokens
+            assert after["input_ids"] == before["input_ids"][: first + 5]
+    with pytest.raises(SafetyLabError, match="completion_tokens: must be at least 1"):
+        TrainConfig(completion_tokens=0)
+    result, _ = _tiny_run(tiny_model_dir, precision="fp32", completion_tokens=5)
+    assert result.final_eval_loss < result.initial_eval_loss
