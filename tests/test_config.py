@@ -89,7 +89,7 @@ def test_mlflow_float_integers_and_empty_values_reach_the_stage_defaults():
     assert (tune.n_trials, train.max_steps, data.limit, tune.study_name) == (4, 2, None, None)
     run = from_args(cli.RunConfig, args)
     assert (run.evaluate, run.register) == (False, True)
-    assert cli.EVAL_AFTER_TRAINING.values(args) == {}  # "" = not set: the evaluation keeps its 100 items
+    assert cli.EVAL_AFTER_TRAINING.values(args) == {}  # "" = not set: the evaluation keeps its default (all items)
 
 
 def test_a_flag_shared_by_stages_is_declared_once_and_sets_each_stage():

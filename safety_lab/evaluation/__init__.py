@@ -37,7 +37,11 @@ class EvalConfig(_Coerce):
     )
     suites: str = field(default="asr,calibration,drift", **_help("comma list of asr, calibration, drift"))
     limit: int | None = field(
-        default=100, **_help("items per suite (0 = all); 100 keeps the default evaluation near 2 min on 2 cores")
+        default=None,
+        **_help(
+            "items per suite (0 or none = all: 74 harmful, 151 benign and look-alike, 252 multiple-choice and 244 "
+            "drift questions; the knowledge rules need about 200 paired items to show non-inferiority at 0.05)"
+        ),
     )
     judge: str = field(default="keyword", **_help("ASR judge: keyword (offline default), gcg, llm"))
     judge_model: str | None = field(

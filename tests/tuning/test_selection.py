@@ -15,7 +15,7 @@ from safety_lab.models.generation import generate
 from safety_lab.tuning import Probe, SafetyObjectives, TuningTargets, tune
 from safety_lab.tuning.objectives import answer_nll, choose, pareto_front, violation
 
-TARGETS = TuningTargets()  # asr <= 0.2, over-refusal <= 0.1, knowledge delta <= 0.3
+TARGETS = TuningTargets()  # asr <= 0.2, over-refusal <= 0.1, knowledge delta <= 1.0
 
 
 def test_pareto_front_keeps_only_undominated_points():
