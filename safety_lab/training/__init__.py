@@ -32,6 +32,21 @@ class TrainResult:
     train_tokens: int = 0
 
 
+def _one_bar():
+    """Transformers' progress bar without its per-step log lines and nested evaluation bars: one bar per training run
+    (losses go to MLflow through `_report_callback`)."""
+    from transformers.trainer_callback import ProgressCallback
+
+    class _Bar(ProgressCallback):
+        def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
+            pass
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            pass
+
+    return _Bar
+
+
 def _report_callback(on_eval, on_log):
     """A Trainer callback forwarding losses; `on_eval` may raise (optuna.TrialPruned) to stop training."""
     from transformers import TrainerCallback
@@ -249,6 +264,11 @@ def _trainer(
         peft_config=lora,
     )
     score_labelled_positions_only(trainer)
+    if not quiet:
+        from transformers.trainer_callback import ProgressCallback
+
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(_one_bar())
     # before any batch is drawn: the dataloaders read these attributes when training starts. A padded run has been
     # truncated to max_length by TRL already; the answer cut (completion_tokens) applies to both paths.
     if padding_free or cfg.completion_tokens is not None:

@@ -229,3 +229,16 @@ def test_completion_tokens_trains_on_the_opening_of_each_answer_only(tiny_model_
         TrainConfig(completion_tokens=0)
     result, _ = _tiny_run(tiny_model_dir, precision="fp32", completion_tokens=5)
     assert result.final_eval_loss < result.initial_eval_loss
+
+
+def test_a_visible_run_shows_one_progress_bar_and_no_per_step_log_lines(tiny_model_dir, capsys):
+    loaded = load_model(str(tiny_model_dir))
+    train, val = load_dataset(DataConfig(data="safe", limit=16, benign_ratio=0)).split(0.25, seed=0)
+    cfg = TrainConfig(max_steps=3, eval_every=1, batch_size=4, max_length=96)
+    logged = []
+    train_lora(loaded.model, loaded.tokenizer, train, val, cfg, on_log=lambda step, logs: logged.append(logs))
+    out = capsys.readouterr()
+    text = out.out + out.err
+    assert "3/3" in text  # the bar ran
+    assert "'loss'" not in text and "'eval_loss'" not in text  # Trainer's per-step dicts stay off the terminal
+    assert any("loss" in logs for logs in logged)  # while the losses still reach the callback (and MLflow)
