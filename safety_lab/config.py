@@ -90,6 +90,13 @@ class DataConfig(_Coerce):
     benign_ratio: float = field(
         default=2.0, **_help("benign and look-alike pairs mixed into a built-in set, per harmful row")
     )
+    lookalike_copies: int = field(
+        default=1,
+        **_help(
+            "times each mixed-in look-alike row appears: the contrast that teaches when not to refuse "
+            "(2 raises benign:refusal from about 2:1 to 2.7:1)"
+        ),
+    )
     benign_answers: str = field(
         default="written",
         **_help(
@@ -108,6 +115,7 @@ class DataConfig(_Coerce):
         check(bool(str(self.data).strip()), "data", "is empty")
         check(self.limit is None or self.limit >= 2, "limit", f"must be at least 2, got {self.limit}")
         check(0 <= self.benign_ratio <= 10, "benign_ratio", f"must be between 0 and 10, got {self.benign_ratio}")
+        check(1 <= self.lookalike_copies <= 10, "lookalike_copies", f"must be in [1, 10], got {self.lookalike_copies}")
         check(
             self.benign_answers in ("written", "distilled"),
             "benign_answers",

@@ -33,15 +33,25 @@ class Dataset:
         return hashlib.sha256(json.dumps(self.rows, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
     def split(self, val_fraction: float, seed: int, max_val_rows: int | None = None) -> tuple[list[dict], list[dict]]:
+        """(train, validation), shuffled by `seed`. A prompt never sits on both sides: repeated rows (look-alike
+        copies, duplicates in a user's file) go wholly to one, so the validation loss is on unseen prompts."""
         rows = list(self.rows)
         random.Random(seed).shuffle(rows)
         n_val = min(max(1, round(len(rows) * val_fraction)), max_val_rows or len(rows))
+        val, held = [], set()
+        for row in rows:
+            if len(val) == n_val:
+                break
+            if row["prompt"] not in held:
+                val.append(row)
+                held.add(row["prompt"])
+        train = [r for r in rows if r["prompt"] not in held]
         check(
-            len(rows) - n_val >= 1,
+            len(train) >= 1,
             "data",
             f"{self.name!r} has {len(rows)} rows: too few to split into train and validation",
         )
-        return rows[n_val:], rows[:n_val]
+        return train, val
 
 
 # ---------------------------------------------------------------- built-in sets
@@ -129,7 +139,8 @@ def _builtin_set(answers: str, kind: str, cfg: DataConfig, distilled: Mapping[st
         f"{kind} rows, but the built-in pool has {len(pool)} (benign_ratio <= {len(pool) / len(requests):.2f})",
     )
     random.Random(cfg.seed).shuffle(pool)
-    return rows + _answered(pool[:wanted], cfg, distilled)
+    mixed = _answered(pool[:wanted], cfg, distilled)
+    return rows + mixed + [r for r in mixed if r["kind"] == "lookalike"] * (cfg.lookalike_copies - 1)
 
 
 def _answered(benign: list[dict], cfg: DataConfig, distilled: Mapping[str, str] | None) -> list[dict]:

@@ -40,8 +40,21 @@ def test_training_rows_never_come_from_the_tune_or_eval_parts():
 
 @pytest.mark.parametrize("ratio", [0.0, 0.5, 1.3, 2.0])
 def test_benign_ratio_is_honoured_exactly(ratio):
-    counts = composition(load_dataset(DataConfig(data="safe", benign_ratio=ratio)).rows)
+    counts = composition(load_dataset(DataConfig(data="safe", benign_ratio=ratio, lookalike_copies=1)).rows)
     assert counts.get("benign", 0) + counts.get("lookalike", 0) == round(counts["refusal"] * ratio)
+
+
+def test_lookalike_copies_repeat_the_look_alike_rows_only():
+    once = load_dataset(DataConfig(data="safe", lookalike_copies=1)).rows
+    twice = load_dataset(DataConfig(data="safe", lookalike_copies=2)).rows
+    a, b = composition(once), composition(twice)
+    assert b["lookalike"] == 2 * a["lookalike"] > 0
+    assert (b["benign"], b["refusal"]) == (a["benign"], a["refusal"])
+    assert {r["prompt"] for r in twice} == {r["prompt"] for r in once}  # the same prompts, nothing new mixed in
+    train, val = load_dataset(DataConfig(data="safe", lookalike_copies=2)).split(0.2, seed=0)
+    assert val and not {r["prompt"] for r in train} & {r["prompt"] for r in val}  # no copy on both sides
+    with pytest.raises(SafetyLabError, match="lookalike_copies: must be in"):
+        DataConfig(lookalike_copies=0)
 
 
 def test_a_ratio_the_pool_cannot_fill_is_an_error_naming_benign_ratio_not_a_silent_cap():
