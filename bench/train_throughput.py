@@ -3,7 +3,9 @@
     python bench/train_throughput.py [--quick] [--steps N] [--with-default] [--default-steps N]
 
 Runs on the same model (SmolLM2-135M-Instruct, fp32 weights), data (the built-in `safe` set, train split,
-same seed so the same batches) and batch (8 sequences, max_length 256), LoRA r=8 on q,k,v,o (TrainConfig defaults):
+same seed so the same batches) and batch (8 sequences, max_length 256), LoRA r=8 on q,k,v,o of every layer, whole
+answers (pinned: the adapter of earlier RESULTS rows; the finetune defaults since 2026-11-29, all-linear on the top
+half of the layers with 16 answer tokens per row, cut the work per row, which TRL's path could not match):
 
   project       `safety_lab.training.train_lora` itself with `precision=auto`: bf16 autocast where the CPU runs
                 bf16 natively (torch.ops.mkldnn._is_mkldnn_bf16_supported()), fp32 elsewhere; padding-free batches
@@ -200,7 +202,15 @@ def main() -> None:
     loaded = load_model()
     model, tok = loaded.model, loaded.tokenizer
     train_rows, _ = load_dataset(DataConfig(data="safe")).split(0.2, 0, 32)
-    cfg = TrainConfig(max_steps=steps, device="cpu")  # batch 8, max_length 256, r=8 on q,k,v,o, precision auto
+    cfg = TrainConfig(  # batch 8, max_length 256, precision auto; the adapter pinned as in the docstring
+        max_steps=steps,
+        device="cpu",
+        lora_r=8,
+        lora_alpha=16,
+        target_modules="q_proj,k_proj,v_proj,o_proj",
+        lora_layer_share=1.0,
+        completion_tokens=None,
+    )
     n_params = sum(p.numel() for p in model.parameters())  # tied embedding counted once
     print(
         f"model: {n_params / 1e6:.1f}M params; {len(train_rows)} train rows; batch {cfg.batch_size}, "

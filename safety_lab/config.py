@@ -132,33 +132,33 @@ class DataConfig(_Coerce):
 
 @dataclass
 class TrainConfig(_Coerce):
-    lora_r: int = field(default=8, **_help("LoRA rank"))
-    lora_alpha: float = field(default=16.0, **_help("LoRA alpha (scale = alpha / r)"))
+    lora_r: int = field(default=16, **_help("LoRA rank"))
+    lora_alpha: float = field(default=32.0, **_help("LoRA alpha (scale = alpha / r)"))
     lora_dropout: float = field(default=0.05, **_help("dropout on the LoRA branch"))
-    learning_rate: float = field(default=2e-4, **_help("AdamW learning rate"))
+    learning_rate: float = field(default=1.5e-3, **_help("AdamW learning rate"))
     warmup_ratio: float = field(default=0.1, **_help("share of steps spent warming the learning rate up"))
     lr_schedule: str = field(default="cosine", **_help("decay after warmup: cosine, linear or constant"))
-    target_modules: str = field(
-        default="q_proj,k_proj,v_proj,o_proj", **_help("comma list of module names, or all-linear")
-    )
+    target_modules: str = field(default="all-linear", **_help("comma list of module names, or all-linear"))
     lora_layer_share: float = field(
-        default=1.0,
+        default=0.5,
         **_help(
             "share of the decoder layers, counted from the output end, that carry adapters (1 = all); "
             "backpropagation stops below the lowest adapted layer, so a smaller share makes each step cheaper"
         ),
     )
-    max_steps: int = field(default=8, **_help("optimizer steps per trial"))
+    max_steps: int = field(
+        default=100, **_help("optimizer steps per trial (100 x 8 rows: about 2 epochs of the safe set)")
+    )
     batch_size: int = field(default=8, **_help("sequences per step"))
     max_length: int = field(default=256, **_help("tokens per sequence; longer ones are truncated"))
     completion_tokens: int | None = field(
-        default=None,
+        default=16,
         **_help(
             "train on the first N tokens of each answer only (none = whole answers): answering or refusing is "
             "decided in the opening tokens, and shorter rows make each step cheaper"
         ),
     )
-    eval_every: int = field(default=4, **_help("steps between validation losses (these feed the pruner)"))
+    eval_every: int = field(default=25, **_help("steps between validation losses (these feed the pruner)"))
     seed: int = field(default=0, **_help("seed for LoRA init and data order"))
     device: str = field(default="auto", **_help("auto, cpu or cuda[:n]; precision follows the device"))
     precision: str = field(
@@ -214,16 +214,16 @@ class TrainConfig(_Coerce):
 
 @dataclass
 class TuneConfig(_Coerce):
-    n_trials: int = field(default=4, **_help("Optuna trials (per worker, when several share a study)"))
+    n_trials: int = field(default=2, **_help("Optuna trials (per worker, when several share a study)"))
     storage: str = field(
         default="sqlite:///optuna.db", **_help("Optuna storage URL; share it (and study_name) across workers")
     )
     study_name: str | None = field(default=None, **_help("Optuna study name; default derived from model_name and data"))
     seed: int = field(default=0, **_help("sampler seed"))
-    r_choices: str = field(default="4,8,16", **_help("LoRA ranks to try"))
-    lr_range: str = field(default="5e-5,5e-4", **_help("learning-rate range, log scale (LoRA on a small model)"))
-    dropout_range: str = field(default="0.0,0.2", **_help("LoRA dropout range"))
-    alpha_multipliers: str = field(default="0.5,1,2", **_help("alpha = multiplier x r"))
+    r_choices: str = field(default="16", **_help("LoRA ranks to try"))
+    lr_range: str = field(default="1e-3,2.5e-3", **_help("learning-rate range, log scale (LoRA on a small model)"))
+    dropout_range: str = field(default="0.0,0.1", **_help("LoRA dropout range"))
+    alpha_multipliers: str = field(default="2", **_help("alpha = multiplier x r"))
     objective: str | None = field(
         default=None,
         **_help(

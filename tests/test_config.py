@@ -222,7 +222,7 @@ def test_mlproject_commands_parse_with_their_defaults(entry):
             built = group.build(args)
             assert dataclasses.is_dataclass(built)
     if entry == "finetune":
-        assert from_args(TuneConfig, args).n_trials == 4 and from_args(DataConfig, args).limit is None
+        assert from_args(TuneConfig, args).n_trials == 2 and from_args(DataConfig, args).limit is None
 
 
 def test_debug_is_accepted_before_or_after_the_command():
