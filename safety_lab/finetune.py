@@ -16,7 +16,9 @@ import yaml
 from safety_lab import distributed, registry
 from safety_lab.config import DataConfig, RunConfig, TrainConfig, TuneConfig, to_params
 from safety_lab.data import (
+    DATASETS,
     benign_pairs,
+    benign_prompts,
     harmful_requests,
     load_dataset,
     lookalike_requests,
@@ -30,6 +32,7 @@ from safety_lab.models.generation import generate
 from safety_lab.policy import load_policy
 from safety_lab.registry.record import Recorded, evaluate_version
 from safety_lab.tracking import redact, start_experiment
+from safety_lab.training import distill
 from safety_lab.tuning import (
     Probe,
     SafetyObjectives,
@@ -157,10 +160,10 @@ def finetune(
     with _open_run(run, f"finetune-{Path(data_cfg.data).stem}", "finetune") as active:
         mlflow.set_tags({"model_name": model_name, "tuning.objective": tune_cfg.objective})
         _log_config(run, data_cfg, train_cfg, tune_cfg, device, dtype)
-        with timings.stage("data"):
-            data, train_rows, val_rows = _load_data(data_cfg)
         with timings.stage("model_load"):
             loaded = _load_base(run, train_cfg)
+        with timings.stage("data"):
+            data, train_rows, val_rows = _load_data(data_cfg, train_cfg, loaded)
         mlflow.set_tag("base_model", loaded.base_model)
         study = _study_options(
             model_name, data, data_cfg, loaded, train_cfg, tune_cfg, getattr(eval_cfg, "policy", None)
@@ -196,9 +199,17 @@ def _log_config(run: RunConfig, data_cfg: DataConfig, train_cfg: TrainConfig, tu
     mlflow.log_text(yaml.safe_dump(snapshot, sort_keys=False), "config.yaml")
 
 
-def _load_data(data_cfg: DataConfig):
+def _dataset(data_cfg: DataConfig, train_cfg: TrainConfig, loaded):
+    """The dataset; with `benign_answers=distilled` a built-in set's benign answers are `loaded`'s own (cached)."""
+    answers = None
+    if data_cfg.benign_answers == "distilled" and str(data_cfg.data).strip() in DATASETS:
+        answers = distill.distill_answers(loaded, benign_prompts(), **distill.for_training(train_cfg.completion_tokens))
+    return load_dataset(data_cfg, answers=answers)
+
+
+def _load_data(data_cfg: DataConfig, train_cfg: TrainConfig, loaded):
     """The dataset and its train/validation split, logged with the three-way split sizes of the built-in sets."""
-    data = load_dataset(data_cfg)
+    data = _dataset(data_cfg, train_cfg, loaded)
     train_rows, val_rows = data.split(data_cfg.val_fraction, data_cfg.seed, data_cfg.max_val_rows)
     mlflow.log_params(
         {
@@ -283,9 +294,9 @@ def _tune(loaded, train_rows, val_rows, train_cfg: TrainConfig, tune_cfg: TuneCo
 
 def _follow(run: RunConfig, data_cfg: DataConfig, train_cfg: TrainConfig, tune_cfg: TuneConfig, pruner) -> None:
     """A rank other than 0: the same data, model and trials as rank 0, trained in lockstep; nothing is logged."""
-    data = load_dataset(data_cfg)
-    train_rows, val_rows = data.split(data_cfg.val_fraction, data_cfg.seed, data_cfg.max_val_rows)
     loaded = _load_base(run, train_cfg)
+    data = _dataset(data_cfg, train_cfg, loaded)
+    train_rows, val_rows = data.split(data_cfg.val_fraction, data_cfg.seed, data_cfg.max_val_rows)
     with tempfile.TemporaryDirectory(prefix="safety-lab-") as work:
         _tune(loaded, train_rows, val_rows, train_cfg, tune_cfg, Path(work), pruner=pruner, quiet=True, study_name="")
     print(

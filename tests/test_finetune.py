@@ -1,5 +1,6 @@
 """End to end on the tiny model: finetune -> register -> evaluate, and bad input that must leave nothing behind."""
 
+import json
 import os
 
 import mlflow
@@ -249,3 +250,21 @@ def test_secrets_never_reach_params_tags_or_artifacts(version, store):
 def test_trust_remote_code_is_off_and_logged(version):
     params = mlflow.get_run(version.tags["training.run_id"]).data.params
     assert params["run.trust_remote_code"] == "False"
+
+
+def test_distilled_benign_answers_come_from_the_model_being_tuned(version, tiny_model_dir):
+    """`--benign-answers distilled` used to stop at the dataset check (nothing passed the model's answers in)."""
+    from safety_lab.data import benign_pool, benign_prompts
+    from safety_lab.models import cache_dir
+
+    args = ["--data", "safe", "--n-trials", "1", "--max-steps", "1", "--evaluate", "false"]
+    assert _finetune(tiny_model_dir, *args, "--model-name", "distilled", "--benign-answers", "distilled") == 0
+    v = MlflowClient().get_model_version("distilled", "1")
+    run = MlflowClient().get_run(v.tags["training.run_id"])
+    assert run.data.params["data.benign_answers"] == "distilled"
+    files = list((cache_dir() / "distilled").glob("*.json"))
+    assert len(files) == 1
+    answers = json.loads(files[0].read_text())["answers"]
+    written = {b["prompt"]: b["response"] for b in benign_pool()}
+    assert set(answers) == set(benign_prompts()) == set(written)  # every prompt a built-in set may mix in
+    assert sum(answers[p] != written[p] for p in answers) > len(answers) / 2  # the tiny model's, not the written ones

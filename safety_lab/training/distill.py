@@ -99,15 +99,25 @@ def _write(path: Path, key: str, answers: dict[str, str]) -> None:
 
 
 def distill_answers(
-    loaded, prompts: list[str], *, max_new_tokens: int = 160, batch_size: int = 32, system: str | None = None
+    loaded,
+    prompts: list[str],
+    *,
+    max_new_tokens: int = 160,
+    batch_size: int = 32,
+    system: str | None = None,
+    trim: bool = True,
 ) -> dict[str, str]:
     """The base model's own greedy answer to each prompt, as {prompt: answer}; cached under the model cache dir.
 
     `loaded` is anything with `.model` and `.tokenizer` (`safety_lab.models.load_model`'s result). The cache key covers
     the weights (a fingerprint of every tensor), the prompts and the generation settings; the file carries a checksum
-    of its answers and is regenerated when it does not verify."""
+    of its answers and is regenerated when it does not verify. `trim=False` keeps a sentence cut by the token limit:
+    for training on the opening of each answer only (`TrainConfig.completion_tokens`), where a trimmed answer would
+    teach the model to stop after its first sentence."""
     prompts = list(dict.fromkeys(prompts))
     settings = {"max_new_tokens": max_new_tokens, "batch_size": batch_size, "system": system, "decoding": "greedy"}
+    if not trim:
+        settings["trim"] = False
     key = cache_key(loaded.model, prompts, settings)
     path = cache_dir() / "distilled" / f"{key}.json"
     cached = _read(path, key, prompts)
@@ -122,6 +132,14 @@ def distill_answers(
         system=system,
         desc="distil benign answers",
     )
-    answers = {p: _trim(t) for p, t in zip(prompts, texts)}
+    answers = {p: _trim(t) if trim else t.strip() for p, t in zip(prompts, texts)}
     _write(path, key, answers)
     return answers
+
+
+def for_training(completion_tokens: int | None) -> dict:
+    """`distill_answers` settings for a training run: whole answers (trimmed to full sentences), or, when only the first
+    `completion_tokens` of each answer are trained, a few tokens more than that, untrimmed (the cut falls inside)."""
+    if completion_tokens is None:
+        return {"max_new_tokens": 160, "trim": True}
+    return {"max_new_tokens": completion_tokens + 4, "trim": False}
