@@ -63,7 +63,11 @@ def test_tune_registers_the_passing_trial_over_a_lower_loss_failing_one(tiny_mod
     loaded = load_model(str(tiny_model_dir))
     train, val = load_dataset(DataConfig(data="harmful", limit=16)).split(0.25, seed=0)
     cfg = TuneConfig(
-        n_trials=2, storage=f"sqlite:///{tmp_path / 'optuna.db'}", objective="safety", lr_range="1e-6,5e-2"
+        n_trials=2,
+        storage=f"sqlite:///{tmp_path / 'optuna.db'}",
+        objective="safety",
+        lr_range="1e-6,5e-2",
+        r_choices="8,16",
     )
     study = optuna.create_study(study_name="s", storage=cfg.storage, directions=["minimize"] * 3)
     study.enqueue_trial({"lora_r": 8, "alpha_multiplier": 2.0, "lora_dropout": 0.0, "learning_rate": 1e-6})
