@@ -160,10 +160,12 @@ def finetune(
     with _open_run(run, f"finetune-{Path(data_cfg.data).stem}", "finetune") as active:
         mlflow.set_tags({"model_name": model_name, "tuning.objective": tune_cfg.objective})
         _log_config(run, data_cfg, train_cfg, tune_cfg, device, dtype)
+        with timings.stage("data"):  # bad data fails here, before any model loads (unless answers are distilled)
+            data = None if _distils(data_cfg) else load_dataset(data_cfg)
         with timings.stage("model_load"):
             loaded = _load_base(run, train_cfg)
         with timings.stage("data"):
-            data, train_rows, val_rows = _load_data(data_cfg, train_cfg, loaded)
+            data, train_rows, val_rows = _load_data(data_cfg, data or _dataset(data_cfg, train_cfg, loaded))
         mlflow.set_tag("base_model", loaded.base_model)
         study = _study_options(
             model_name, data, data_cfg, loaded, train_cfg, tune_cfg, getattr(eval_cfg, "policy", None)
@@ -199,17 +201,21 @@ def _log_config(run: RunConfig, data_cfg: DataConfig, train_cfg: TrainConfig, tu
     mlflow.log_text(yaml.safe_dump(snapshot, sort_keys=False), "config.yaml")
 
 
+def _distils(data_cfg: DataConfig) -> bool:
+    """Whether the dataset needs the model first: a built-in set with the model's own (distilled) benign answers."""
+    return data_cfg.benign_answers == "distilled" and str(data_cfg.data).strip() in DATASETS
+
+
 def _dataset(data_cfg: DataConfig, train_cfg: TrainConfig, loaded):
     """The dataset; with `benign_answers=distilled` a built-in set's benign answers are `loaded`'s own (cached)."""
     answers = None
-    if data_cfg.benign_answers == "distilled" and str(data_cfg.data).strip() in DATASETS:
+    if _distils(data_cfg):
         answers = distill.distill_answers(loaded, benign_prompts(), **distill.for_training(train_cfg.completion_tokens))
     return load_dataset(data_cfg, answers=answers)
 
 
-def _load_data(data_cfg: DataConfig, train_cfg: TrainConfig, loaded):
-    """The dataset and its train/validation split, logged with the three-way split sizes of the built-in sets."""
-    data = _dataset(data_cfg, train_cfg, loaded)
+def _load_data(data_cfg: DataConfig, data):
+    """The dataset's train/validation split, logged with the three-way split sizes of the built-in sets."""
     train_rows, val_rows = data.split(data_cfg.val_fraction, data_cfg.seed, data_cfg.max_val_rows)
     mlflow.log_params(
         {
