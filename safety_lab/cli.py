@@ -23,7 +23,7 @@ from safety_lab.config import (
     add_arguments,
     from_args,
 )
-from safety_lab.errors import SafetyLabError, check
+from safety_lab.errors import SafetyLabError, check, clear_interrupts, note_interrupt
 from safety_lab.evaluation import EvalConfig
 
 
@@ -40,12 +40,16 @@ def _quiet_libraries() -> None:
 
 
 def _sigterm_as_interrupt() -> None:
-    """SIGTERM unwinds like Ctrl-C, so MLflow runs are closed (KILLED/FAILED) rather than left RUNNING."""
+    """SIGTERM unwinds like Ctrl-C, so MLflow runs are closed (KILLED/FAILED) rather than left RUNNING. Both are
+    recorded too: tuning raises again at its next step if a library swallowed the first KeyboardInterrupt."""
 
     def handler(signum, frame):
+        note_interrupt(signum)
         raise KeyboardInterrupt(f"signal {signum}")
 
+    clear_interrupts()
     signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
 
 
 # ---------------------------------------------------------------- options of the commands that are no pipeline stage

@@ -20,3 +20,24 @@ def first_line(exc: BaseException, limit: int = 160) -> str:
     """The first line of an exception's message (its type name when the message is empty), cut to ``limit``."""
     text = str(exc).strip()
     return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
+
+
+# ---------------------------------------------------------------- interrupts that survive a library's `except`
+_INTERRUPTED: list[int] = []  # the signal numbers received; read by `raise_if_interrupted`
+
+
+def note_interrupt(signum: int) -> None:
+    """Record a Ctrl-C or SIGTERM (called by the CLI's signal handler, which then raises KeyboardInterrupt)."""
+    _INTERRUPTED.append(signum)
+
+
+def raise_if_interrupted() -> None:
+    """Raise KeyboardInterrupt again if a signal arrived: a library that caught the first one (to clean up) and went
+    on must not turn an interrupted study into a finished one. Called at every trial start and training step."""
+    if _INTERRUPTED:
+        raise KeyboardInterrupt(f"signal {_INTERRUPTED[-1]}")
+
+
+def clear_interrupts() -> None:
+    """Forget earlier signals (a new command in the same process starts uninterrupted)."""
+    _INTERRUPTED.clear()

@@ -120,21 +120,31 @@ def truncate_rows(dataset, max_length: int, completion_tokens: int | None = None
     done here because TRL refuses max_length for padding-free batches without packing.
 
     `completion_tokens`: also cut each answer after its first N tokens (no end-of-turn token is learned then, so the
-    model does not learn to stop early; it learns how answers open, where refusing or answering is decided)."""
+    model does not learn to stop early; it learns how answers open, where refusing or answering is decided).
+    Plain Python over the columns, not `Dataset.map`: `map` catches KeyboardInterrupt to clean up its cache files,
+    and a Ctrl-C or SIGTERM arriving there was seen to be lost (tests/faults/test_interrupt.py)."""
+    from datasets import Dataset as HFDataset
+
     if dataset is None:
         return None
     columns = [c for c in ("input_ids", "labels", "completion_mask", "assistant_masks") if c in dataset.column_names]
     longest = max((len(ids) for ids in dataset["input_ids"]), default=0)
     if longest <= max_length and completion_tokens is None:
         return dataset
-    dataset = dataset.map(
-        lambda row: {c: row[c][: _kept(row, max_length, completion_tokens)] for c in columns if c in row}
-    )
-    if "labels" in columns:
-        dataset = dataset.filter(lambda row: any(label != -100 for label in row["labels"]))
-    elif "completion_mask" in columns:
-        dataset = dataset.filter(lambda row: any(row["completion_mask"]))
-    return dataset
+    rows = []
+    for row in dataset.to_list():
+        end = _kept(row, max_length, completion_tokens)
+        row.update({c: row[c][:end] for c in columns})
+        if _has_answer(row):
+            rows.append(row)
+    return HFDataset.from_list(rows)
+
+
+def _has_answer(row: dict) -> bool:
+    """Whether a tokenized row still has a token to learn after truncation."""
+    if "labels" in row:
+        return any(label != -100 for label in row["labels"])
+    return any(row["completion_mask"]) if "completion_mask" in row else True
 
 
 def train_lora(

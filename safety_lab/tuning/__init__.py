@@ -21,7 +21,7 @@ import optuna
 
 from safety_lab import distributed
 from safety_lab.config import TrainConfig, TuneConfig, _floats
-from safety_lab.errors import check
+from safety_lab.errors import check, raise_if_interrupted
 from safety_lab.training import train_lora
 from safety_lab.tuning.objectives import (
     OBJECTIVES,
@@ -137,6 +137,7 @@ class _Trials:
         return self.tune_cfg.objective == "safety"
 
     def __call__(self, trial: optuna.Trial | None):
+        raise_if_interrupted()
         shared = distributed.distributed_trial(trial)  # the same parameters and pruning decisions on every rank
         self.current = (trial, shared)
         cfg = suggest(shared, self.train_cfg, self.tune_cfg)
@@ -212,6 +213,7 @@ class _Trials:
         return self.study.pruner.prune(self.study, storage.get_trial(trial._trial_id))
 
     def on_log(self, step: int, logs: dict) -> None:
+        raise_if_interrupted()  # a Ctrl-C that a library caught and let pass still stops the study
         if self.main and "loss" in logs:
             mlflow.log_metric("train_loss", logs["loss"], step=step)
 

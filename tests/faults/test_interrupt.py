@@ -79,3 +79,18 @@ def test_interrupted_tuning_keeps_trials_and_leaves_no_version(tiny_model_dir, m
     resumed = optuna.load_study(study_name="s", storage=storage)
     assert len([t for t in resumed.trials if t.state == optuna.trial.TrialState.COMPLETE]) == len(done) + 1
     assert len(MlflowClient().search_model_versions("name='stopped'")) == 1
+
+
+def test_a_swallowed_interrupt_is_raised_again_at_the_next_check():
+    """A library that catches KeyboardInterrupt to clean up and carries on must not finish an interrupted study."""
+    from safety_lab import errors
+
+    errors.clear_interrupts()
+    errors.raise_if_interrupted()  # nothing received: no-op
+    errors.note_interrupt(signal.SIGINT)
+    try:
+        with pytest.raises(KeyboardInterrupt, match="signal 2"):
+            errors.raise_if_interrupted()
+    finally:
+        errors.clear_interrupts()
+    errors.raise_if_interrupted()
