@@ -121,8 +121,8 @@ def truncate_rows(dataset, max_length: int, completion_tokens: int | None = None
 
     `completion_tokens`: also cut each answer after its first N tokens (no end-of-turn token is learned then, so the
     model does not learn to stop early; it learns how answers open, where refusing or answering is decided).
-    Plain Python over the columns, not `Dataset.map`: `map` catches KeyboardInterrupt to clean up its cache files,
-    and a Ctrl-C or SIGTERM arriving there was seen to be lost (tests/faults/test_interrupt.py)."""
+    Plain Python over the columns rather than `Dataset.map` (which catches KeyboardInterrupt to clean up its cache
+    files). That alone did not stop a Ctrl-C from being lost now and then; `errors.raise_if_interrupted` does."""
     from datasets import Dataset as HFDataset
 
     if dataset is None:
