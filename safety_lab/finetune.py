@@ -160,12 +160,14 @@ def finetune(
     with _open_run(run, f"finetune-{Path(data_cfg.data).stem}", "finetune") as active:
         mlflow.set_tags({"model_name": model_name, "tuning.objective": tune_cfg.objective})
         _log_config(run, data_cfg, train_cfg, tune_cfg, device, dtype)
-        with timings.stage("data"):  # bad data fails here, before any model loads (unless answers are distilled)
+        # bad data fails before any model loads, unless the answers are distilled (those need the model first)
+        with timings.stage("data"):
             data = None if _distils(data_cfg) else load_dataset(data_cfg)
         with timings.stage("model_load"):
             loaded = _load_base(run, train_cfg)
-        with timings.stage("data"):
-            data, train_rows, val_rows = _load_data(data_cfg, data or _dataset(data_cfg, train_cfg, loaded))
+        with timings.stage("distill" if data is None else "data"):
+            data = data or _dataset(data_cfg, train_cfg, loaded)
+            train_rows, val_rows = _split_data(data_cfg, data)
         mlflow.set_tag("base_model", loaded.base_model)
         study = _study_options(
             model_name, data, data_cfg, loaded, train_cfg, tune_cfg, getattr(eval_cfg, "policy", None)
@@ -214,7 +216,7 @@ def _dataset(data_cfg: DataConfig, train_cfg: TrainConfig, loaded):
     return load_dataset(data_cfg, answers=answers)
 
 
-def _load_data(data_cfg: DataConfig, data):
+def _split_data(data_cfg: DataConfig, data):
     """The dataset's train/validation split, logged with the three-way split sizes of the built-in sets."""
     train_rows, val_rows = data.split(data_cfg.val_fraction, data_cfg.seed, data_cfg.max_val_rows)
     mlflow.log_params(
@@ -227,7 +229,7 @@ def _load_data(data_cfg: DataConfig, data):
             **{f"split.{k}": v for k, v in split_sizes().items()},
         }
     )
-    return data, train_rows, val_rows
+    return train_rows, val_rows
 
 
 def _study_options(
