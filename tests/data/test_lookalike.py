@@ -54,3 +54,24 @@ def test_lookalikes_do_not_repeat_harmful_or_benign_prompts():
 
 def test_over_refusal_can_be_measured_on_150_held_out_safe_prompts():
     assert len(benign_pairs("eval")) + len(lookalike_requests("eval")) >= 150
+
+
+def _words(text: str) -> set[str]:
+    return set(re.findall(r"[a-z0-9']+", text.lower()))
+
+
+def test_the_generalisation_check_shares_no_prompt_with_what_the_project_trains_tunes_or_evaluates_on():
+    """bench/generalisation.py measures refusals on look-alikes the project never saw: none may leak in, not even as
+    a near copy (word-set Jaccard >= 0.5 to a built-in benign or look-alike prompt)."""
+    import csv
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "data" / "heldout_lookalikes.csv"
+    with open(path, newline="") as f:
+        held_out = [r["prompt"] for r in csv.DictReader(f)]
+    known = [_words(r["prompt"]) for name in ("lookalike", "benign_pairs") for r in builtin(name)]
+    assert len(held_out) >= 150
+    for prompt in held_out:
+        words = _words(prompt)
+        closest = max(len(words & k) / len(words | k) for k in known)
+        assert closest < 0.5, prompt
