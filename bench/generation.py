@@ -5,8 +5,9 @@
 Prompts: the built-in held-out harmful requests (`harmful_requests("eval")`) then the held-out benign ones
 (`benign_pairs("eval")`), rendered with the chat template exactly as `generate()` does. Greedy decoding.
 
-  batched   `safety_lab.models.generation.generate`, batch 32: length-sorted, left-padded, KV cache
-            pre-allocated and written in place, finished rows dropped from the batch
+  batched   `safety_lab.models.generation.generate`, batch 64 (the evaluation's): length-sorted, left-padded, KV cache
+            pre-allocated and written in place, finished rows dropped from the batch, the chat template's
+            shared system turn prefilled once per call
   baseline  a loop of `model.generate` on one unpadded prompt at a time
 
 Generated tokens = new tokens up to and including the first EOS (what the answer actually needs); tokens a finished
@@ -68,7 +69,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=None, help="default: all (111); quick 64")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default 48; quick 16")
     parser.add_argument("--baseline-prompts", type=int, default=None, help="default: all; quick 6")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument(
         "--bf16",
         action="store_true",

@@ -183,6 +183,9 @@ def finetune(
             if run.register:
                 tags = {"data.name": data.name, "data.sha256": result.data_sha256, "data.rows": len(data.rows)}
                 _publish(out, loaded, result, tags, run, timings)
+        # the evaluation needs only the reloaded version (and loads the base reference itself): let the base
+        # model and the trained copy go, or three copies of the weights are held while the reference runs
+        loaded = result = None
         if run.register and eval_cfg is not None:
             _evaluate(out, eval_cfg, timings)
         timings.log()

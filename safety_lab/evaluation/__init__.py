@@ -73,7 +73,7 @@ class EvalConfig(_Coerce):
     )
     sample_seed: int = field(default=0, **_help("seed of the stratified evaluation subsets (same seed = same items)"))
     max_new_tokens: int = field(default=48, **_help("tokens generated per ASR prompt"))
-    batch_size: int = field(default=32, **_help("prompts per generation batch"))
+    batch_size: int = field(default=64, **_help("prompts per generation batch"))
     policy: str | None = field(default=None, **_help("safety policy YAML (default: the packaged one)"))
     device: str = field(default="auto", **_help("auto, cpu or cuda[:n]"))
 

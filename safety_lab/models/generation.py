@@ -1,8 +1,10 @@
 """Batched greedy generation with the chat template: length-sorted batches, a pre-allocated KV cache written in
-place, finished rows dropped from the batch."""
+place, finished rows dropped from the batch, and the opening every prompt shares (the template's system turn)
+computed once per call instead of once per prompt."""
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass, field
 
@@ -11,6 +13,7 @@ from tqdm.auto import tqdm
 from transformers.cache_utils import Cache, StaticLayer
 
 DROP_SHARE = 8  # drop finished rows once they are >= 1/8 of the batch (each drop copies the cache once)
+MIN_SHARED = 8  # a shared opening shorter than this is prefilled with each prompt (not worth a separate pass)
 
 
 @dataclass
@@ -104,17 +107,36 @@ def _record(
     return ended
 
 
-def _decode(model, input_ids, mask, *, max_new_tokens: int, eos: int, scores: bool) -> list[Generated]:
-    """Greedy decoding of one left-padded batch; rows that reach EOS leave the batch (in groups: see DROP_SHARE)."""
+def shared_prefix(model, ids: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer, the K/V of a token sequence that opens every prompt of a call, computed once (batch of one)."""
+    layers = model.config.get_text_config().num_hidden_layers
+    cache = Cache(layers=[_InPlaceLayer(max_cache_len=len(ids)) for _ in range(layers)])
+    device = next(model.parameters()).device
+    input_ids = torch.tensor([ids], device=device)
+    positions = torch.arange(len(ids), device=device)[None]
+    _step(model, cache, input_ids, torch.ones_like(input_ids), positions, keep_one=True)
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def _decode(
+    model, input_ids, mask, *, max_new_tokens: int, eos: int, scores: bool, prefix: list | None = None
+) -> list[Generated]:
+    """Greedy decoding of one left-padded batch; rows that reach EOS leave the batch (in groups: see DROP_SHARE).
+
+    With `prefix` (from `shared_prefix`), every row continues that shared opening: the batch is laid out as
+    [opening | padding | row's own tokens], the padding masked, positions counted without it."""
     n, width = input_ids.shape
+    shared = prefix[0][0].shape[-2] if prefix else 0
     outs = [Generated() for _ in range(n)]
     layers = model.config.get_text_config().num_hidden_layers
-    cache = Cache(layers=[_InPlaceLayer(max_cache_len=width + max_new_tokens) for _ in range(layers)])
-    full_mask = torch.cat([mask, mask.new_ones(n, max_new_tokens)], dim=1)
-    positions = mask.long().cumsum(-1) - 1
+    cache = Cache(layers=[_InPlaceLayer(max_cache_len=shared + width + max_new_tokens) for _ in range(layers)])
+    for layer, (keys, values) in zip(cache.layers, prefix or ()):
+        layer.update(keys.expand(n, -1, -1, -1), values.expand(n, -1, -1, -1))
+    full_mask = torch.cat([mask.new_ones(n, shared), mask, mask.new_ones(n, max_new_tokens)], dim=1)
+    positions = shared + mask.long().cumsum(-1) - 1
     positions.masked_fill_(mask == 0, 1)  # as transformers' generate() does for left padding
     rows = list(range(n))  # batch row -> prompt index (-1: finished, still in the batch)
-    logits = _step(model, cache, input_ids, mask, positions, keep_one=True)
+    logits = _step(model, cache, input_ids, full_mask[:, : shared + width], positions, keep_one=True)
     next_pos = positions[:, -1:] + 1
     for step in range(max_new_tokens):
         chosen = logits.argmax(dim=-1)
@@ -129,7 +151,7 @@ def _decode(model, input_ids, mask, *, max_new_tokens: int, eos: int, scores: bo
                 layer.keep_rows(keep)
             rows = [i for i in rows if i >= 0]
             chosen, full_mask, next_pos = chosen[keep], full_mask[keep], next_pos[keep]
-        filled = width + step + 1
+        filled = shared + width + step + 1
         logits = _step(model, cache, chosen[:, None], full_mask[:, :filled], next_pos, keep_one=False)
         next_pos = next_pos + 1
     return outs
@@ -158,16 +180,24 @@ def generate_tokens(
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = next(model.parameters()).device
+    # every prompt keeps at least its last token, whose logits start the answer
+    shared = min(len(os.path.commonprefix(encoded)), min((len(e) for e in encoded), default=0) - 1)
+    prefix = shared_prefix(model, encoded[0][:shared]) if shared >= MIN_SHARED else None
+    own = [e[shared:] for e in encoded] if prefix else encoded
     results: list[Generated] = [Generated() for _ in prompts]
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     for batch in tqdm(batches, desc=desc, disable=not progress, unit="batch"):
-        input_ids, mask = _left_pad([encoded[i] for i in batch], pad_id, device)
-        for i, out in zip(
-            batch,
-            _decode(
-                model, input_ids, mask, max_new_tokens=max_new_tokens, eos=tokenizer.eos_token_id, scores=return_scores
-            ),
-        ):
+        input_ids, mask = _left_pad([own[i] for i in batch], pad_id, device)
+        outs = _decode(
+            model,
+            input_ids,
+            mask,
+            max_new_tokens=max_new_tokens,
+            eos=tokenizer.eos_token_id,
+            scores=return_scores,
+            prefix=prefix,
+        )
+        for i, out in zip(batch, outs):
             results[i] = out
     return results
 

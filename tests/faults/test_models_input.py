@@ -146,3 +146,36 @@ def test_batched_greedy_equals_the_transformers_loop_while_finished_rows_leave_t
         assert out.stopped == (stop in new)
         chosen = [float(torch.log_softmax(ref.scores[k][0].float(), -1)[t]) for k, t in enumerate(out.ids)]
         assert out.chosen == pytest.approx(chosen, rel=1e-4, abs=1e-4)  # padding changes the reduction order only
+
+
+def test_prompts_sharing_an_opening_prefill_it_once_and_still_equal_the_transformers_loop(tiny_model_dir, monkeypatch):
+    """generate() computes the system turn every prompt shares once; the answers must not change."""
+    from safety_lab.models import generation
+
+    loaded = load_model(str(tiny_model_dir))
+    model, tok = loaded.model, loaded.tokenizer
+    torch.manual_seed(2)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.5) if p.dim() > 1 else None
+    prompts = ["Hi", "Name a colour.", "What is the capital of France? Answer briefly please.", "Tell me a joke."]
+    system = "You answer in one to three words only."
+    shared, real = [], generation.shared_prefix
+    monkeypatch.setattr(generation, "shared_prefix", lambda m, ids: shared.append(len(ids)) or real(m, ids))
+    outs = generation.generate_tokens(model, tok, prompts, system=system, max_new_tokens=8, batch_size=3)
+    assert shared and shared[0] >= generation.MIN_SHARED  # the opening was prefilled once, on its own
+    eos = tok.eos_token_id
+    for prompt_ids, out in zip(generation.chat_inputs(tok, prompts, system=system), outs):
+        ref = model.generate(
+            input_ids=torch.tensor([prompt_ids]),
+            attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
+            max_new_tokens=8,
+            do_sample=False,
+            eos_token_id=eos,
+            pad_token_id=tok.pad_token_id,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+        )
+        new = ref[0, len(prompt_ids) :].tolist()
+        assert out.ids == (new[: new.index(eos)] if eos in new else new)
