@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
-SCRIPTS = ["train_throughput.py", "generation.py", "loglik.py", "load.py", "end_to_end.py", "judge_agreement.py", "generalisation.py"]
+SCRIPTS = [
+    "train_throughput.py",
+    "generation.py",
+    "loglik.py",
+    "load.py",
+    "end_to_end.py",
+    "judge_agreement.py",
+    "generalisation.py",
+]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
