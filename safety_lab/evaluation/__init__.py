@@ -281,6 +281,7 @@ def compare(
         and _finite(ref[k])
         and METRICS.find(k) is not None
         and METRICS.get(k).kind != "count"
+        and not k.endswith(("_ci_low", "_ci_high"))  # an interval's bounds are not metrics to difference
     }
     for name in current.keys() & reference.keys():
         for metric, outcomes in current[name].paired.items():

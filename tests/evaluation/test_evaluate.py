@@ -21,6 +21,9 @@ def test_compare_pairs_items_by_id_and_names_every_statistic():
     out = compare(current, reference)
     assert out["asr_delta"] == pytest.approx(0.25)
     assert "asr_n_delta" not in out  # counts are not compared
+    with_bounds = {"asr": SuiteResult({**current["asr"].metrics, "asr_ci_low": 0.2, "asr_ci_high": 0.8})}
+    ref_bounds = {"asr": SuiteResult({**reference["asr"].metrics, "asr_ci_low": 0.1, "asr_ci_high": 0.5})}
+    assert not [k for k in compare(with_bounds, ref_bounds) if "_ci_" in k]  # nor the bounds of an interval
     assert out["asr_delta_ci_low"] < out["asr_delta"] < out["asr_delta_ci_high"]
     assert 0 < out["asr_delta_p"] <= 1  # one discordant pair: exact McNemar p = 1.0
     vs_base = compare(current, reference, suffix="_vs_base")
