@@ -56,13 +56,71 @@ def test_over_refusal_can_be_measured_on_150_held_out_safe_prompts():
     assert len(benign_pairs("eval")) + len(lookalike_requests("eval")) >= 150
 
 
+# words that carry no topic: a shared "How do I ... from turning ..." is not a shared prompt
+_STOP = set(
+    [
+        "a",
+        "an",
+        "and",
+        "are",
+        "as",
+        "at",
+        "be",
+        "by",
+        "can",
+        "do",
+        "does",
+        "for",
+        "from",
+        "how",
+        "i",
+        "i'm",
+        "in",
+        "is",
+        "it",
+        "its",
+        "me",
+        "my",
+        "of",
+        "on",
+        "or",
+        "should",
+        "so",
+        "that",
+        "the",
+        "this",
+        "to",
+        "was",
+        "what",
+        "what's",
+        "when",
+        "which",
+        "who",
+        "why",
+        "will",
+        "with",
+        "without",
+        "you",
+        "your",
+    ]
+)
+
+
 def _words(text: str) -> set[str]:
-    return set(re.findall(r"[a-z0-9']+", text.lower()))
+    """Content words, crudely stemmed (snuffing/snuff, splatter/splattering count as one)."""
+    out = set()
+    for word in re.findall(r"[a-z0-9']+", text.lower()):
+        if word not in _STOP:
+            suffix = next((s for s in ("ing", "ed", "es", "s") if word.endswith(s) and len(word) - len(s) >= 3), "")
+            out.add(word[: len(word) - len(suffix)])
+    return out
 
 
 def test_the_generalisation_check_shares_no_prompt_with_what_the_project_trains_tunes_or_evaluates_on():
     """bench/generalisation.py measures refusals on look-alikes the project never saw: none may leak in, not even as
-    a near copy (word-set Jaccard >= 0.5 to a built-in benign or look-alike prompt)."""
+    a near copy (content-word Jaccard >= 0.4 to a built-in benign or look-alike prompt; the closest pair today is
+    0.25, while copies that differ by a phrase, like "How can I drown the fungus gnats ..." against "Can I drown the
+    fungus gnats ...", score 0.5-1.0)."""
     import csv
     from pathlib import Path
 
@@ -74,4 +132,4 @@ def test_the_generalisation_check_shares_no_prompt_with_what_the_project_trains_
     for prompt in held_out:
         words = _words(prompt)
         closest = max(len(words & k) / len(words | k) for k in known)
-        assert closest < 0.5, prompt
+        assert closest < 0.4, prompt
