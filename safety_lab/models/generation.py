@@ -107,10 +107,15 @@ def _record(
     return ended
 
 
+def _cache(model, length: int) -> Cache:
+    """An in-place K/V cache of `length` positions for every layer of `model`."""
+    layers = model.config.get_text_config().num_hidden_layers
+    return Cache(layers=[_InPlaceLayer(max_cache_len=length) for _ in range(layers)])
+
+
 def shared_prefix(model, ids: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per layer, the K/V of a token sequence that opens every prompt of a call, computed once (batch of one)."""
-    layers = model.config.get_text_config().num_hidden_layers
-    cache = Cache(layers=[_InPlaceLayer(max_cache_len=len(ids)) for _ in range(layers)])
+    cache = _cache(model, len(ids))
     device = next(model.parameters()).device
     input_ids = torch.tensor([ids], device=device)
     positions = torch.arange(len(ids), device=device)[None]
@@ -128,8 +133,7 @@ def _decode(
     n, width = input_ids.shape
     shared = prefix[0][0].shape[-2] if prefix else 0
     outs = [Generated() for _ in range(n)]
-    layers = model.config.get_text_config().num_hidden_layers
-    cache = Cache(layers=[_InPlaceLayer(max_cache_len=shared + width + max_new_tokens) for _ in range(layers)])
+    cache = _cache(model, shared + width + max_new_tokens)
     for layer, (keys, values) in zip(cache.layers, prefix or ()):
         layer.update(keys.expand(n, -1, -1, -1), values.expand(n, -1, -1, -1))
     full_mask = torch.cat([mask.new_ones(n, shared), mask, mask.new_ones(n, max_new_tokens)], dim=1)

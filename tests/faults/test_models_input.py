@@ -102,15 +102,39 @@ def test_an_older_cache_without_stats_is_hashed_once_then_checked_by_stats(tmp_p
     assert [p.name for p in target.iterdir() if p.name.startswith(".manifest-")] == []
 
 
+def _vary(model, seed: int) -> None:
+    """The fixture's small init answers "\n" to everything; larger weights give varied text."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.5) if p.dim() > 1 else None
+
+
+def _transformers_greedy(model, tok, prompt_ids: list[int], max_new_tokens: int, eos: int):
+    """transformers' own greedy loop on one unpadded prompt: (new ids before EOS, whether EOS came, per-step scores)."""
+    ref = model.generate(
+        input_ids=torch.tensor([prompt_ids]),
+        attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        eos_token_id=eos,
+        pad_token_id=tok.pad_token_id,
+        output_scores=True,
+        return_dict_in_generate=True,
+        temperature=None,
+        top_p=None,
+        top_k=None,
+    )
+    new = ref.sequences[0, len(prompt_ids) :].tolist()
+    return (new[: new.index(eos)] if eos in new else new), eos in new, ref.scores
+
+
 def test_batched_greedy_equals_the_transformers_loop_while_finished_rows_leave_the_batch(tiny_model_dir):
     from safety_lab.models.generation import _decode, _left_pad, chat_inputs
 
     loaded = load_model(str(tiny_model_dir))
     model, tok = loaded.model, loaded.tokenizer
-    torch.manual_seed(1)
-    with torch.no_grad():  # the fixture's small init answers "\n" to everything; larger weights give varied text
-        for p in model.parameters():
-            p.normal_(0, 0.5) if p.dim() > 1 else None
+    _vary(model, seed=1)
     prompts = [
         "Hi",
         "Tell me a joke.",
@@ -128,23 +152,10 @@ def test_batched_greedy_equals_the_transformers_loop_while_finished_rows_leave_t
     assert len({len(o.ids) for o in outs}) > 1, [o.ids for o in free]
     assert not all(o.stopped for o in outs)  # some rows went on after others had left the batch
     for prompt_ids, out in zip(encoded, outs):
-        ref = model.generate(
-            input_ids=torch.tensor([prompt_ids]),
-            max_new_tokens=8,
-            attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
-            do_sample=False,
-            eos_token_id=stop,
-            pad_token_id=tok.pad_token_id,
-            output_scores=True,
-            return_dict_in_generate=True,
-            temperature=None,
-            top_p=None,
-            top_k=None,
-        )
-        new = ref.sequences[0, len(prompt_ids) :].tolist()
-        assert out.ids == (new[: new.index(stop)] if stop in new else new)
-        assert out.stopped == (stop in new)
-        chosen = [float(torch.log_softmax(ref.scores[k][0].float(), -1)[t]) for k, t in enumerate(out.ids)]
+        ids, stopped, scores = _transformers_greedy(model, tok, prompt_ids, 8, stop)
+        assert out.ids == ids
+        assert out.stopped == stopped
+        chosen = [float(torch.log_softmax(scores[k][0].float(), -1)[t]) for k, t in enumerate(out.ids)]
         assert out.chosen == pytest.approx(chosen, rel=1e-4, abs=1e-4)  # padding changes the reduction order only
 
 
@@ -154,10 +165,7 @@ def test_prompts_sharing_an_opening_prefill_it_once_and_still_equal_the_transfor
 
     loaded = load_model(str(tiny_model_dir))
     model, tok = loaded.model, loaded.tokenizer
-    torch.manual_seed(2)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.5) if p.dim() > 1 else None
+    _vary(model, seed=2)
     prompts = ["Hi", "Name a colour.", "What is the capital of France? Answer briefly please.", "Tell me a joke."]
     system = "You answer in one to three words only."
     shared, real = [], generation.shared_prefix
@@ -166,16 +174,4 @@ def test_prompts_sharing_an_opening_prefill_it_once_and_still_equal_the_transfor
     assert shared and shared[0] >= generation.MIN_SHARED  # the opening was prefilled once, on its own
     eos = tok.eos_token_id
     for prompt_ids, out in zip(generation.chat_inputs(tok, prompts, system=system), outs):
-        ref = model.generate(
-            input_ids=torch.tensor([prompt_ids]),
-            attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
-            max_new_tokens=8,
-            do_sample=False,
-            eos_token_id=eos,
-            pad_token_id=tok.pad_token_id,
-            temperature=None,
-            top_p=None,
-            top_k=None,
-        )
-        new = ref[0, len(prompt_ids) :].tolist()
-        assert out.ids == (new[: new.index(eos)] if eos in new else new)
+        assert out.ids == _transformers_greedy(model, tok, prompt_ids, 8, eos)[0]
