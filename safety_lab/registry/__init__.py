@@ -118,12 +118,7 @@ def register(model_uri: str, name: str, *, tags: dict[str, str], description: st
     """Create the version with all its tags in one call; if the description can't be set, remove the version."""
     check_model_name(name)
     client = MlflowClient()
-    try:
-        client.get_registered_model(name)
-    except MlflowException:
-        client.create_registered_model(
-            name, description="Fine-tuned with safety_lab; each version carries its safety status."
-        )
+    _ensure_registered_model(client, name)
     model_id = model_uri.split("models:/", 1)[1] if model_uri.startswith("models:/m-") else None  # a server needs it
     mv = client.create_model_version(
         name,
@@ -138,6 +133,23 @@ def register(model_uri: str, name: str, *, tags: dict[str, str], description: st
         client.delete_model_version(name, mv.version)
         raise
     return client.get_model_version(name, mv.version)
+
+
+def _ensure_registered_model(client: MlflowClient, name: str) -> None:
+    """Create `name` unless it exists. Two processes may both find it missing: the loser's create fails with
+    RESOURCE_ALREADY_EXISTS, which is the outcome it wanted."""
+    try:
+        client.get_registered_model(name)
+        return
+    except MlflowException:
+        pass
+    try:
+        client.create_registered_model(
+            name, description="Fine-tuned with safety_lab; each version carries its safety status."
+        )
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
 
 
 def find_versions(name: str, tags: dict[str, str]) -> list:

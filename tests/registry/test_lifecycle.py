@@ -659,3 +659,24 @@ def test_format_report_empty():
     assert json.loads(format_report([], "json")) == []
     assert format_report([], "csv").splitlines() == [",".join(REPORT_COLUMNS)]
     assert "(no versions)" in format_report([], "table")
+
+
+def test_register_tolerates_another_process_creating_the_model_first(mlflow_store, tmp_path, monkeypatch):
+    """Two finetunes both see the registered model missing; the second create must not fail the run."""
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient()
+    client.create_registered_model("raced")  # the other process won
+    real_get = MlflowClient.get_registered_model
+    looked = []
+
+    def stale_get(self, name):  # this process looked before the other one created it
+        if name == "raced" and not looked:
+            looked.append(name)
+            raise MlflowException("not found", error_code="RESOURCE_DOES_NOT_EXIST")
+        return real_get(self, name)
+
+    monkeypatch.setattr(MlflowClient, "get_registered_model", stale_get)
+    (tmp_path / "src").mkdir()
+    mv = registry_lib.register(str(tmp_path / "src"), "raced", tags={"k": "v"}, description="d")
+    assert looked and str(mv.version) == "1" and mv.tags["k"] == "v"
