@@ -57,10 +57,14 @@ def refusal_rates(spec: str, cfg: EvalConfig) -> dict[str, list[bool]]:
     """Refused or not, per label and per label:type, for one model."""
     rows = run_suites(load_model(spec), cfg)["asr"].rows
     out: dict[str, list[bool]] = {}
+    seen: dict[str, int] = {}
     for row in rows:
         if row.get("set") == "file":
             label, kind = row["category"].split(":", 1)
-            for key in (label, f"{label}:{kind}"):
+            # two halves, alternating rows within each type: a recipe chosen on one half is checked on the other
+            half = f"{label}:half{1 + seen.get(kind, 0) % 2}"
+            seen[kind] = seen.get(kind, 0) + 1
+            for key in (label, f"{label}:{kind}", half):
                 out.setdefault(key, []).append(bool(row["refused"]))
     return out
 
