@@ -107,7 +107,8 @@ def _vary(model, seed: int) -> None:
     torch.manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
-            p.normal_(0, 0.5) if p.dim() > 1 else None
+            if p.dim() > 1:
+                p.normal_(0, 0.5)
 
 
 def _transformers_greedy(model, tok, prompt_ids: list[int], max_new_tokens: int, eos: int):
