@@ -167,3 +167,15 @@ def test_the_cache_identity_of_a_version_follows_its_adapter_weights(version, ti
         swapped / "adapter_model.safetensors", _artifacts(uri) / "artifacts" / "adapter_0" / "adapter_model.safetensors"
     )
     assert _source_identity(uri) != before
+
+
+def test_a_failed_version_lookup_is_an_error_not_an_empty_registry(mlflow_store, monkeypatch):
+    """register-best's duplicate check reads find_versions: a transient server error must not read as "none yet"."""
+    from mlflow.exceptions import MlflowException
+
+    def unavailable(self, *args, **kwargs):
+        raise MlflowException("TEMPORARILY_UNAVAILABLE: the tracking server is restarting")
+
+    monkeypatch.setattr(MlflowClient, "search_model_versions", unavailable)
+    with pytest.raises(SafetyLabError, match="^model_name: could not list the versions of 'twin': TEMPORARILY"):
+        registry.find_versions("twin", {"optuna.study": "s"})
