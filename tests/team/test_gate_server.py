@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import os
+import re
 import secrets
 import tomllib
 from pathlib import Path
@@ -300,3 +301,40 @@ def test_with_auth_permissions_apply_and_an_approver_override_is_recorded(gated_
             assert len(forced) == 1 and forced[0].data.tags["forced"] == "true"
             assert forced[0].data.tags["mlflow.user"] == f"mlflow:{APPROVER}" and forced[0].info.status == "FINISHED"
             client.set_registered_model_alias("ga", "champion", v_pass)  # a pass version needs no override
+
+
+# --------------------------------------------------------------------------- the UI
+
+CHROMIUM = os.environ.get("SAFETY_LAB_CHROMIUM", "/usr/bin/chromium")
+DOCS_SHOT = ROOT / "docs" / "gate_refusal.png"
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+def test_the_ui_alias_editor_shows_the_refusal(gated, team, tmp_path, measured):
+    pytest.importorskip("playwright")
+    from playwright.sync_api import sync_playwright
+
+    with team.pointed_at(gated.url, tmp_path):
+        v = add_version(MlflowClient(), "gui", "fail", measured)
+    team.ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.set_default_timeout(120_000)
+        page.add_init_script("try { localStorage.setItem('mlflow.assistant.panelOpen_v1', 'false'); } catch (e) {}")
+        try:
+            page.goto(f"{gated.url}/#/models/gui/versions/{v}", wait_until="domcontentloaded")
+            page.get_by_text("safety.status").first.wait_for(state="visible")
+            page.get_by_role("button", name="Add").first.click()  # Aliases: Add
+            dialog = page.get_by_role("dialog")
+            dialog.get_by_role("combobox").first.fill("champion")
+            page.keyboard.press("Enter")
+            dialog.get_by_role("button", name=re.compile("Save")).click()
+            page.get_by_text(re.compile("safety gate: gui version")).first.wait_for(state="visible")
+        finally:
+            page.screenshot(path=str(team.ARTIFACTS / "ui-gate-refusal.png"))
+        if os.environ.get("SAFETY_LAB_UPDATE_DOCS") == "1":  # tests write nothing into the checkout unless asked
+            page.screenshot(path=str(DOCS_SHOT))
+        browser.close()
+    assert MlflowClient(tracking_uri=gated.url).get_registered_model("gui").aliases == {}
