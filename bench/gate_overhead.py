@@ -87,13 +87,16 @@ def main(argv: list[str] | None = None) -> None:
     calls = 40 if args.quick else args.calls
     tmp = Path(tempfile.mkdtemp(prefix="gate-bench-"))
     env = _env(tmp)
-    servers = {"plain": _start(tmp / "plain", [], env), "gated": _start(tmp / "gated", ["--app-name", "safety-gate"], env)}
+    servers = {
+        "plain": _start(tmp / "plain", [], env),
+        "gated": _start(tmp / "gated", ["--app-name", "safety-gate"], env),
+    }
     try:
         for proc, url in servers.values():
             _wait(proc, url, args.start_timeout)
         times: dict[str, list[float]] = {name: [] for name in servers}
         for i in range(20 + calls):
-            for name, (_, url) in (servers.items() if i % 2 == 0 else reversed(servers.items())):
+            for name, (_, url) in servers.items() if i % 2 == 0 else reversed(servers.items()):
                 ms = _call(url)
                 if i >= 20:
                     times[name].append(ms)

@@ -146,7 +146,8 @@ def test_a_fail_version_cannot_move_be_copied_aliased_or_relabelled(gated, team,
         ):
             with pytest.raises(MlflowException, match="safety gate: ") as info:
                 attempt()
-            assert info.value.error_code == "PERMISSION_DENIED"
+            # copy_model_version wraps the server's answer in its own "Copy failed" error
+            assert info.value.error_code == "PERMISSION_DENIED" or "Copy" in str(info.value)
         mv = client.get_model_version("gm", v)
         assert mv.current_stage == "None" and mv.tags["safety.status"] == "fail"
         assert client.get_registered_model("gm").aliases == {}
@@ -171,10 +172,10 @@ def test_a_pass_version_moves_and_each_move_is_audited(gated, team, tmp_path, me
         assert all(r.info.status == "FINISHED" and r.data.tags["forced"] == "false" for r in moves)
         assert all(r.data.tags["mlflow.user"].startswith("unauthenticated:") for r in moves)
         # a copy into a production model is a promotion too: allowed, and the copy starts unevaluated
+        client.set_model_version_tag("gp", v, "data.name", "safe")
         copy = client.copy_model_version(f"models:/gp/{v}", "prod-gp")
         tags = client.get_model_version("prod-gp", copy.version).tags
-        assert tags["safety.status"] == "unevaluated" and "safety.eval_run_id" not in tags
-        assert tags["data.name"] == client.get_model_version("gp", v).tags.get("data.name", tags["data.name"])
+        assert tags == {"data.name": "safe", "safety.status": "unevaluated"}  # lineage kept, evidence not copied
 
 
 def test_hand_edits_of_the_record_are_refused_and_the_rest_passes_unchanged(gated, team, tmp_path, measured):
