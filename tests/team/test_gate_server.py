@@ -270,7 +270,7 @@ def test_with_auth_permissions_apply_and_an_approver_override_is_recorded(gated_
         with as_user(gated_auth, ADMIN):
             admin = get_app_client("basic-auth", tracking_uri=url)
             for user in (APPROVER, EDITOR):
-                admin.create_registered_model_permission("ga", user, "EDIT")
+                admin.grant_user_permission(user, "registered_model", "ga", "EDIT")
         # permissions apply before the gate: a READ user cannot move even a pass version
         with as_user(gated_auth, READER) as client:
             with pytest.raises(MlflowException) as info:
