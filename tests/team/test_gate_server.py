@@ -323,7 +323,10 @@ def test_the_ui_alias_editor_shows_the_refusal(gated, team, tmp_path, measured):
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"])
         page = browser.new_page(viewport={"width": 1400, "height": 900})
         page.set_default_timeout(120_000)
-        page.add_init_script("try { localStorage.setItem('mlflow.assistant.panelOpen_v1', 'false'); } catch (e) {}")
+        page.add_init_script(  # keep the "MLflow Assistant" side panel closed, as tests/team/test_ui.py does
+            "try { localStorage.setItem('mlflow.assistant.panelOpen_v1', 'false');"
+            " localStorage.setItem('mlflow.assistant.fab.autoOpenedOnFirstLoad_v1', 'true'); } catch (e) {}"
+        )
         try:
             page.goto(f"{gated.url}/#/models/gui/versions/{v}", wait_until="domcontentloaded")
             page.get_by_text("safety.status").first.wait_for(state="visible")
