@@ -79,7 +79,9 @@ class Gate:
     # ------------------------------------------------------------------ tags
     @staticmethod
     def _tag_refusal(key: str, problem: str | None) -> Verdict:
-        return ALLOW if problem is None else Verdict(f"safety gate: {key}: {problem}")
+        if problem is None:
+            return ALLOW
+        return Verdict(f"safety gate: {problem if problem.startswith(key) else f'{key}: {problem}'}")
 
     def _account_problem(self, key: str, user: str | None) -> str | None:
         """Who may write safety.* tags at all: approvers the override tags, recorders (with auth) the rest."""
