@@ -13,7 +13,7 @@ export HF_HUB_DISABLE_TELEMETRY = 1
 # Torch's spinning OpenMP threads slow a step ~10x when another process holds a core (bench/RESULTS.md).
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup run lint test test-fast bench clean
+.PHONY: setup run lint test test-fast bench serve-registry clean
 
 setup: $(STAMP)
 
@@ -42,6 +42,11 @@ test: setup lint
 # The unit layer, under 2 minutes: for a contributor between edits.
 test-fast: setup lint
 	$(PY) -m pytest -q -m "$(FAST)"
+
+# The MLflow UI and REST API on the local store, with the safety gate in front of the registry: http://127.0.0.1:5000
+# (SAFETY_LAB_GATE_CONFIG=gate.yaml sets its policy, basic-auth, production models and recorder accounts).
+serve-registry: setup
+	$(MLFLOW) server --app-name safety-gate --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port 5000 -w 1
 
 bench: setup
 	$(PY) bench/judge_agreement.py

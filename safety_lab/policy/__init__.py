@@ -129,6 +129,8 @@ class Policy(BaseModel):
     required: tuple[Requirement, ...] = ()
     rules: tuple[Rule, ...] = ()
     gate: dict[str, tuple[Status, ...]]
+    # accounts (as the tracking server authenticates them) who may force a refused promotion through a gated server
+    approvers: tuple[str, ...] = ()
 
     @field_validator("gate", mode="before")
     @classmethod

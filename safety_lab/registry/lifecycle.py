@@ -404,6 +404,35 @@ def _refusal(move: _Move) -> GateRefused:
     )
 
 
+def check_move(mv, rm, *, stage: str | None = None, alias: str | None = None, policy: Policy, client=None) -> _Move:
+    """The gate's answer for moving version `mv` (of registered model `rm`) into `stage` and/or onto `alias`,
+    changing nothing: the move with its verified evidence, the rule each target used, and the refusals (none =
+    allowed) and leniency that ``promote`` would act on. The tracking server's gate calls this too."""
+    client = client or _client()
+    stage = _norm_stage(stage) if stage else None
+    alias = _norm_alias(alias) if alias else None
+    move = _Move(
+        str(mv.name),
+        mv,
+        rm,
+        stage,
+        alias,
+        None,
+        False,
+        None,
+        policy,
+        verify_evidence(mv, policy, client=client),
+        tuple(lenient_changes(policy)),
+    )
+    _gate(move)
+    return move
+
+
+def refusal_message(move: _Move) -> str:
+    """The one-line refusal ``promote`` raises for `move` (whose refusals or leniency are not empty)."""
+    return _refusal(move).problem
+
+
 # --------------------------------------------------------------------------- audit
 
 
@@ -837,10 +866,12 @@ __all__ = [
     "REPORT_FORMATS",
     "Evidence",
     "GateRefused",
+    "check_move",
     "PromotionResult",
     "format_report",
     "lineage_tree",
     "promote",
+    "refusal_message",
     "report_rows",
     "verify_evidence",
 ]

@@ -43,10 +43,10 @@ class SafetyTags:
 
     def as_tags(self) -> dict[str, str]:
         """Every tag except the status, which the recorder writes last."""
-        tags = {
+        tags = {  # the run first: a gated server checks each later tag against the run the version names
+            "safety.eval_run_id": self.eval_run_id,
             "safety.reasons": self.reasons[:4000],
             "safety.checks": self.checks[:4000],
-            "safety.eval_run_id": self.eval_run_id,
             "safety.policy": self.policy,
             "safety.policy_sha256": self.policy_sha256,
             "safety.reference": self.reference,
@@ -99,7 +99,11 @@ class Recorded:
 
 def metric_tags(report: EvalReport) -> dict[str, str]:
     """safety.<metric> values (and their interval and deltas) for every spec declared with tag=True."""
-    values = report.all_metrics()
+    return metric_tags_of(report.all_metrics())
+
+
+def metric_tags_of(values: dict[str, float]) -> dict[str, str]:
+    """metric_tags from flat metric values, e.g. the metrics an evaluation run logged."""
     out = {}
     for spec in METRICS.tagged(values):
         out[spec.name] = spec.format(values[spec.name])

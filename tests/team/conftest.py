@@ -70,9 +70,16 @@ class Server:
 
 
 def start_server(
-    root: Path, *, backend: str | None = None, command: str = "server", timeout: float = HEALTH_TIMEOUT_S
+    root: Path,
+    *,
+    backend: str | None = None,
+    command: str = "server",
+    timeout: float = HEALTH_TIMEOUT_S,
+    args: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
 ) -> Server:
-    """`mlflow server -w 1` on a free port over `backend` (default: SQLite in root); waits for /health."""
+    """`mlflow server -w 1 [args]` on a free port over `backend` (default: SQLite in root), with `env` added to the
+    environment; waits for /health."""
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
     cmd = [
@@ -86,8 +93,8 @@ def start_server(
         backend or f"sqlite:///{root / 'mlflow.db'}",
     ]
     if command == "server":
-        cmd += ["-w", "1", "--artifacts-destination", str(root / "artifacts")]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
+        cmd += ["-w", "1", "--artifacts-destination", str(root / "artifacts"), *args]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "MLFLOW_DISABLE_TELEMETRY": "true", **(env or {})}
     env.pop("MLFLOW_TRACKING_URI", None)
     with open(root / "server.log", "ab") as log:
         proc = subprocess.Popen(cmd, cwd=root, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
