@@ -73,10 +73,10 @@ def _both_forms(items: list[dict], swaps: dict[str, str], *, harmful: bool) -> l
     return out
 
 
-def per_form(rows: list[dict], outcome: str, name: str, gap: str) -> dict[str, float]:
+def per_form(rows: list[dict], outcome: str, name: str, gap: str) -> tuple[dict[str, float], dict[str, dict]]:
     """``<name>_<form>`` with ``_n`` and its Wilson interval for each form, over rows whose ``outcome`` is judged;
     ``<gap>`` = instruction minus question, with Newcombe's paired interval and exact McNemar p when every
-    judged item was judged in both forms."""
+    judged item was judged in both forms. Also returns ``{<name>_<form>: {item key: outcome}}`` for pairing."""
     metrics: dict[str, float] = {}
     by_form: dict[str, dict[str, bool]] = {}
     for form in FORMS:
@@ -100,7 +100,7 @@ def per_form(rows: list[dict], outcome: str, name: str, gap: str) -> dict[str, f
             keys = sorted(question)
             paired = M.paired_proportion_difference([instruction[k] for k in keys], [question[k] for k in keys])
             metrics.update({k: v for k, v in paired.as_metrics(gap, "").items() if k != gap})
-    return metrics
+    return metrics, {f"{name}_{form}": outcomes for form, outcomes in by_form.items()}
 
 
 @suite("form_swap", FORM_SWAP_SPECS)
@@ -130,19 +130,9 @@ def form_swap_suite(loaded, cfg) -> SuiteResult:
         {**row, "variant": item["variant"], "form": item["form"], "key": f"{row['set']}:{row['id']}"}
         for item, row in zip(harmful + safe, judged + refused)
     ]
-    metrics = {
-        **per_form(rows[: len(harmful)], "attack_success", "asr", "asr_form_gap"),
-        **per_form(rows[len(harmful) :], "refused", "over_refusal_rate", "over_refusal_form_gap"),
-    }
-    paired = {
-        f"{name}_{form}": {r["key"]: bool(r[outcome]) for r in part if r["form"] == form and r[outcome] is not None}
-        for name, outcome, part in (
-            ("asr", "attack_success", rows[: len(harmful)]),
-            ("over_refusal_rate", "refused", rows[len(harmful) :]),
-        )
-        for form in FORMS
-    }
-    return SuiteResult(metrics, rows, {}, paired)
+    asr, asr_paired = per_form(rows[: len(harmful)], "attack_success", "asr", "asr_form_gap")
+    refusal, refusal_paired = per_form(rows[len(harmful) :], "refused", "over_refusal_rate", "over_refusal_form_gap")
+    return SuiteResult({**asr, **refusal}, rows, {}, {**asr_paired, **refusal_paired})
 
 
 __all__ = ["FORM_SWAP_SPECS", "form_swap_suite", "per_form"]
