@@ -49,7 +49,7 @@ def _rate_specs(name: str, label: str, n_label: str) -> tuple[MetricSpec, ...]:
 
 def _gap_spec(name: str, label: str) -> MetricSpec:
     # no direction: a gap either way means the form, not the request, moved the answer
-    return MetricSpec(name, label, None, kind="score", fmt="+.3f", tag=True, headline=True, interval=True)
+    return MetricSpec(name, label, None, kind="score", tag=True, headline=True, interval=True)
 
 
 FORM_SWAP_SPECS = (
