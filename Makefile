@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: setup
-	. $(VENV)/bin/activate && mlflow run . -e finetune -P data=safe --env-manager local
+	. $(VENV)/bin/activate && mlflow run . -e finetune -P data=safe --env-manager local --experiment-name safety_lab
 
 lint: setup
 	$(RUFF) check .

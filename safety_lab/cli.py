@@ -87,7 +87,11 @@ class ReportOptions(_Coerce):
 # On training commands the evaluation's limit, batch size and device keep their own flags (`--eval-limit`);
 # the model to evaluate is the version just registered.
 EVAL_AFTER_TRAINING = Group(EvalConfig, prefix="eval_", prefixed=("limit", "batch_size", "device"), skip=("model_uri",))
-EXPERIMENT_EVAL = Group(EvalConfig, prefix="eval_", prefixed=("limit",), only=("limit",))
+# The experiment passes its evaluation options to every model's evaluation (the paper's protocol: `--judge llm
+# --harmful-prompts FILE --qa FILE --drift-match paper`).
+EXPERIMENT_EVAL = Group(
+    EvalConfig, prefix="eval_", prefixed=("limit", "batch_size", "device"), skip=("model_uri", "suites")
+)
 TRAINING = (RunConfig, DataConfig, TrainConfig, TuneConfig)
 
 
@@ -160,8 +164,8 @@ def _report(args: dict) -> int:
 def _experiment(args: dict) -> int:
     from safety_lab.experiment import run_experiment
 
-    eval_limit = EXPERIMENT_EVAL.values(args).get("limit")
-    print(run_experiment(*(from_args(cls, args) for cls in TRAINING), eval_limit=eval_limit))
+    eval_options = EXPERIMENT_EVAL.values(args)
+    print(run_experiment(*(from_args(cls, args) for cls in TRAINING), eval_options=eval_options))
     return 0
 
 

@@ -33,10 +33,14 @@ def run_experiment(
     train_cfg: TrainConfig,
     tune_cfg: TuneConfig,
     *,
-    eval_limit: int | str | None = None,
+    eval_options: dict | None = None,
 ) -> str:
-    """Evaluate the base, then fine-tune safe, harmful, and safe->harmful; every version registered and evaluated."""
-    eval_cfg = EvalConfig(**({"limit": eval_limit} if eval_limit not in (None, "") else {}))
+    """Evaluate the base, then fine-tune safe, harmful, and safe->harmful; every version registered and evaluated.
+
+    `eval_options` (EvalConfig fields: judge, harmful_prompts, qa, drift_match, limit, ...) apply to every
+    model's evaluation alike, the base's included."""
+    eval_options = dict(eval_options or {})
+    eval_cfg = EvalConfig(**eval_options)  # checked (policy and files included) before anything trains
     model_name = run.model_name or registry.default_model_name(run.base_model).replace("-safety-lora", "-experiment")
     start_experiment(run.experiment)
     with mlflow.start_run(run_name="experiment-overriding-safety") as parent:
@@ -58,7 +62,7 @@ def run_experiment(
                 dataclasses.replace(data_cfg, data=data),
                 train_cfg,
                 step_tune,
-                eval_options={"limit": eval_cfg.limit},
+                eval_options=eval_options,
             )
             values = result.evaluation.report.all_metrics()  # the report finetune returns: nothing read back
             rows.append(_row(label, result.model_uri, result.status, values))

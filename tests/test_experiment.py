@@ -63,3 +63,40 @@ def test_experiment_registers_three_versions_and_logs_the_comparison(mlflow_stor
     asr, ece = METRICS.get("asr"), METRICS.get("ece")
     assert rows[2]["asr"] == asr.format(evaluated["asr"]) and rows[2]["ece"] == ece.format(evaluated["ece"])
     assert rows[2]["asr_ci"] == f"[{asr.format(evaluated['asr_ci_low'])}, {asr.format(evaluated['asr_ci_high'])}]"
+
+
+def test_experiment_passes_its_evaluation_options_to_every_evaluation(monkeypatch, mlflow_store, tmp_path):
+    """`--judge`, `--qa`, `--drift-match` and `--objective` reach the base's and every tuned model's evaluation."""
+    import safety_lab.experiment as experiment
+
+    seen = {"eval": [], "tune": []}
+
+    class Report:
+        model_uri = "models:/m/1"
+
+        def all_metrics(self):
+            return {}
+
+    class Evaluated:
+        status, report = "unevaluated", Report()
+
+    def fake_evaluate(uri, cfg):
+        seen["eval"].append(cfg)
+        return Evaluated()
+
+    class Result:
+        model_uri, status, evaluation = "models:/m/1", "unevaluated", Evaluated()
+
+    def fake_finetune(run, data_cfg, train_cfg, tune_cfg, *, eval_options):
+        seen["eval"].append(eval_options)
+        seen["tune"].append(tune_cfg.objective)
+        return Result()
+
+    monkeypatch.setattr(experiment, "evaluate_version", fake_evaluate)
+    monkeypatch.setattr(experiment, "finetune", fake_finetune)
+    rc = main(["experiment", "--model-name", "m", "--drift-match", "paper", "--objective", "loss", "--eval-limit", "5"])
+    assert rc == 0
+    base_cfg, *tuned = seen["eval"]
+    assert base_cfg.drift_match == "paper" and base_cfg.limit == 5
+    assert len(tuned) == 3 and all(o["drift_match"] == "paper" and int(o["limit"]) == 5 for o in tuned)
+    assert seen["tune"] == ["loss", "loss", "loss"]  # one objective for the safe and the harmful tunes alike

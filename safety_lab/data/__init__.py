@@ -60,7 +60,7 @@ class Dataset:
 def builtin(name: str) -> tuple[dict, ...]:
     """One of the packaged JSONL files, parsed."""
     text = resources.files("safety_lab.data").joinpath("builtin", f"{name}.jsonl").read_text(encoding="utf-8")
-    return tuple(json.loads(line) for line in text.splitlines() if line.strip())
+    return tuple(json.loads(line) for line in text.split("\n") if line.strip())  # not splitlines: see read_records
 
 
 def _held_out(row_id: str) -> bool:
@@ -230,7 +230,8 @@ def read_records(path: Path, field: str = "data") -> list[dict]:
             except json.JSONDecodeError as exc:
                 raise SafetyLabError(field, f"{path.name} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
         records = []
-        for number, line in enumerate(text.splitlines(), start=1):
+        # not splitlines(): it also splits at U+2028/U+2029, which a JSON string may hold unescaped
+        for number, line in enumerate(text.split("\n"), start=1):
             if not line.strip():
                 continue
             try:

@@ -6,6 +6,7 @@ are cached on disk); ``safety_lab.registry.record`` writes the run, tags, tables
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import dataclasses
 import functools
@@ -150,19 +151,50 @@ class EvalConfig(_Coerce):
         return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
+def result_sources() -> list[Path]:
+    """Every file an evaluation result depends on besides the model and the config: the modules the evaluation
+    package imports, directly or through others (read from their import statements), and the packaged data."""
+    package = Path(__file__).resolve().parents[1]
+    seen: set[Path] = set()
+    todo = [*(package / "evaluation").glob("*.py")]
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        todo.extend(_imported_files(path, package))
+    return sorted(seen) + sorted((package / "data" / "builtin").glob("*"))
+
+
+def _imported_files(path: Path, package: Path) -> list[Path]:
+    """The project files `path` imports (absolute `safety_lab.x` and relative imports alike)."""
+    names: list[str] = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: resolve against this file's package
+                parts = path.relative_to(package.parent).with_suffix("").parts[: -node.level]
+                base = ".".join(parts + ((node.module,) if node.module else ()))
+            else:
+                base = node.module or ""
+            names += [base] + [f"{base}.{a.name}" for a in node.names]
+    files = []
+    for name in names:
+        if name == package.name or name.startswith(package.name + "."):
+            rel = Path(*name.split(".")[1:])
+            for candidate in (package / rel / "__init__.py", (package / rel).with_suffix(".py")):
+                if candidate.is_file():
+                    files.append(candidate)
+    return files
+
+
 @functools.cache
 def code_sha256() -> str:
-    """What evaluation results depend on besides model and config: the suites, judges, metrics, data and loader code
-    (`__version__` never changes between commits)."""
+    """A hash of `result_sources()` (`__version__` never changes between commits)."""
     package = Path(__file__).resolve().parents[1]
-    files = [
-        *sorted((package / "evaluation").glob("*.py")),
-        *sorted((package / "data").rglob("*.py")),
-        *sorted((package / "data" / "builtin").glob("*")),
-        package / "models" / "__init__.py",
-    ]
     h = hashlib.sha256()
-    for path in files:
+    for path in result_sources():
         h.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()
 

@@ -86,11 +86,20 @@ def _step(model, cache: Cache, input_ids, mask, position_ids, keep_one: bool) ->
     return out.logits[:, -1].float()
 
 
+def end_tokens(model, tokenizer) -> torch.Tensor:
+    """Every token that ends an answer: the generation config's `eos_token_id` (a list on Llama-3, Qwen2.5 and Gemma:
+    end of turn and end of text) and the tokenizer's own."""
+    config = getattr(model, "generation_config", None)
+    listed = getattr(config, "eos_token_id", None)
+    ids = {*(listed if isinstance(listed, (list, tuple)) else [listed]), tokenizer.eos_token_id} - {None}
+    return torch.tensor(sorted(ids), device=next(model.parameters()).device)
+
+
 def _record(
-    outs: list[Generated], rows: list[int], logits: torch.Tensor, chosen: torch.Tensor, eos: int, scores: bool
+    outs: list[Generated], rows: list[int], logits: torch.Tensor, chosen: torch.Tensor, eos: torch.Tensor, scores: bool
 ) -> list[bool]:
     """Append this step's token (and log-probs) to each live row; return which rows just ended."""
-    ended = (chosen == eos).tolist()
+    ended = torch.isin(chosen, eos).tolist()
     if scores:
         logp = torch.log_softmax(logits, dim=-1)
         top, picked = logp.topk(10).values.tolist(), logp.gather(1, chosen[:, None])[:, 0].tolist()
@@ -124,9 +133,10 @@ def shared_prefix(model, ids: list[int]) -> list[tuple[torch.Tensor, torch.Tenso
 
 
 def _decode(
-    model, input_ids, mask, *, max_new_tokens: int, eos: int, scores: bool, prefix: list | None = None
+    model, input_ids, mask, *, max_new_tokens: int, eos: torch.Tensor, scores: bool, prefix: list | None = None
 ) -> list[Generated]:
-    """Greedy decoding of one left-padded batch; rows that reach EOS leave the batch (in groups: see DROP_SHARE).
+    """Greedy decoding of one left-padded batch; rows that reach an end token (`eos`, see `end_tokens`) leave the
+    batch (in groups: see DROP_SHARE).
 
     With `prefix` (from `shared_prefix`), every row continues that shared opening: the batch is laid out as
     [opening | padding | row's own tokens], the padding masked, positions counted without it."""
@@ -189,6 +199,7 @@ def generate_tokens(
     prefix = shared_prefix(model, encoded[0][:shared]) if shared >= MIN_SHARED else None
     own = [e[shared:] for e in encoded] if prefix else encoded
     results: list[Generated] = [Generated() for _ in prompts]
+    eos = end_tokens(model, tokenizer)
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     for batch in tqdm(batches, desc=desc, disable=not progress, unit="batch"):
         input_ids, mask = _left_pad([own[i] for i in batch], pad_id, device)
@@ -197,7 +208,7 @@ def generate_tokens(
             input_ids,
             mask,
             max_new_tokens=max_new_tokens,
-            eos=tokenizer.eos_token_id,
+            eos=eos,
             scores=return_scores,
             prefix=prefix,
         )

@@ -14,7 +14,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from safety_lab.errors import SafetyLabError
+from safety_lab.errors import SafetyLabError, first_line
 from safety_lab.models.generation import generate
 from safety_lab.models.registered import LINEAGE_FILE, load_chain, parse_uri
 
@@ -153,12 +153,13 @@ def _ensure_registered_model(client: MlflowClient, name: str) -> None:
 
 
 def find_versions(name: str, tags: dict[str, str]) -> list:
-    """Versions of `name` carrying all of `tags` (e.g. one study's registration, to avoid duplicates)."""
+    """Versions of `name` carrying all of `tags` (e.g. one study's registration, to avoid duplicates). A lookup that
+    fails raises: it is never read as "no versions" (a duplicate check would then pass on a server error)."""
     check_model_name(name)
     try:
         versions = MlflowClient().search_model_versions(f"name = '{name}'")
-    except MlflowException:
-        return []
+    except MlflowException as exc:
+        raise SafetyLabError("model_name", f"could not list the versions of {name!r}: {first_line(exc)}") from None
     return [mv for mv in versions if all((mv.tags or {}).get(k) == v for k, v in tags.items())]
 
 

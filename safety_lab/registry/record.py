@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import mlflow
 import pandas as pd
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from safety_lab.evaluation import METRICS, EvalConfig, EvalReport, Reference, evaluate
@@ -21,7 +23,7 @@ from safety_lab.policy import Decision, Policy, decide, fingerprint, load_policy
 from safety_lab.registry import UNEVALUATED, tag_version
 from safety_lab.reporting import plots
 from safety_lab.reporting.cards import safety_card
-from safety_lab.tracking import start_experiment
+from safety_lab.tracking import check_reachable, start_experiment
 
 LINEAGE_KEYS = ("data.name", "data.sha256", "data.rows", "base_model", "parent")
 
@@ -126,6 +128,22 @@ def references_of(mv) -> tuple[Reference | None, Reference | None]:
     return (Reference(parent, source_identity(parent)) if parent else base), base
 
 
+def use_experiment_of(mv) -> None:
+    """Evaluate a version in the experiment that holds its training run, so all the evidence about one version is
+    in one experiment whichever entry point made each run; the `safety_lab` experiment for anything else."""
+    check_reachable()
+    run_id = (mv.tags or {}).get("training.run_id") if mv is not None else None
+    if run_id and not os.environ.get("MLFLOW_RUN_ID"):
+        try:
+            experiment_id = MlflowClient().get_run(run_id).info.experiment_id
+        except MlflowException:
+            experiment_id = None  # the training run was deleted: fall back to the default experiment
+        if experiment_id is not None:
+            mlflow.set_experiment(experiment_id=experiment_id)
+            return
+    start_experiment("safety_lab")
+
+
 def evaluate_version(model_uri: str, cfg: EvalConfig, *, loaded=None, timings=None) -> Recorded:
     """Evaluate ``model_uri`` (a registered version or a base spec) in its own run; tag a version with its status.
 
@@ -136,7 +154,7 @@ def evaluate_version(model_uri: str, cfg: EvalConfig, *, loaded=None, timings=No
     spec = f"models:/{mv.name}/{mv.version}" if mv else (DEFAULT_MODEL if model_uri == "base" else model_uri)
     reference, base = references_of(mv) if mv else (None, None)
     if not mlflow.active_run():
-        start_experiment("safety_lab")
+        use_experiment_of(mv)
     run_name = f"evaluate-{mv.name}-v{mv.version}" if mv else f"evaluate-{Path(spec).name}"
     with mlflow.start_run(run_name=run_name, nested=mlflow.active_run() is not None) as run:
         _start_record(mv, spec, reference, cfg, policy)

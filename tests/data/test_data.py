@@ -114,3 +114,15 @@ def test_non_utf8_and_missing_files_and_unknown_names(tmp_path):
         load_dataset(DataConfig(data=str(tmp_path / "nope.jsonl")))
     with pytest.raises(SafetyLabError, match="did you mean 'safe'"):
         load_dataset(DataConfig(data="saef"))
+
+
+def test_jsonl_rows_holding_a_line_separator_character_stay_one_row(tmp_path):
+    """U+2028 inside a JSON string is legal JSON; splitlines() would cut the row in two."""
+    import json
+
+    from safety_lab.data import read_records
+
+    path = tmp_path / "rows.jsonl"
+    rows = [{"prompt": "first\u2028second", "response": "a\u2029b"}, {"prompt": "p", "response": "r"}]
+    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8")
+    assert read_records(path) == rows

@@ -58,8 +58,10 @@ def test_lookalike_copies_repeat_the_look_alike_rows_only():
 
 
 def test_a_ratio_the_pool_cannot_fill_is_an_error_naming_benign_ratio_not_a_silent_cap():
-    with pytest.raises(SafetyLabError, match=r"^benign_ratio: 3 asks for 429 benign rows .* pool has \d+") as info:
-        load_dataset(DataConfig(data="safe", benign_ratio=3))
+    wanted = 5 * len(harmful_requests("train"))  # more than the pool holds
+    message = rf"^benign_ratio: 5 asks for {wanted} benign rows .* pool has \d+"
+    with pytest.raises(SafetyLabError, match=message) as info:
+        load_dataset(DataConfig(data="safe", benign_ratio=5))
     assert "\n" not in str(info.value)
 
 

@@ -24,8 +24,9 @@ def _fingerprint(ids) -> str:
 
 def test_eval_parts_are_exactly_the_held_out_items_of_before_the_tune_split():
     # sha256 of the sorted eval ids computed on main before the tune split existed (74 harmful, 37 benign)
+    old_harmful = {r["id"] for r in builtin("harmful_requests")[:254]}  # those that existed then; new ones follow
     assert (
-        _fingerprint(r["id"] for r in harmful_requests("eval"))
+        _fingerprint(r["id"] for r in harmful_requests("eval") if r["id"] in old_harmful)
         == "93da1be609989950dd091eabc44571761077bfd30ad5f2d14a3252d07bc5e4f6"
     )
     old_benign = [r for r in benign_pairs("eval") if int(r["id"].split("-")[1]) <= 148]  # the pairs that existed then
@@ -56,7 +57,7 @@ def test_every_harmful_category_is_in_every_part():
 def test_split_sizes_name_every_set_and_part():
     sizes = split_sizes()
     assert set(sizes) == {f"{s}_{p}" for s in ("harmful", "benign", "lookalike") for p in PARTS}
-    assert sizes["harmful_eval"] == 74 and sizes["lookalike_eval"] == len(lookalike_requests("eval"))
+    assert sizes["harmful_eval"] == 103 and sizes["lookalike_eval"] == len(lookalike_requests("eval"))
     assert sum(v for k, v in sizes.items() if k.startswith("lookalike_")) == len(builtin("lookalike"))
 
 

@@ -56,3 +56,24 @@ def test_corrupt_reference_cache_is_recomputed(tiny_model_dir, tmp_path, monkeyp
     again = cached_suites(ref, cfg)
     assert again["calibration"].metrics == first["calibration"].metrics
     assert json.loads(path.read_text())["calibration"]["metrics"] == first["calibration"].metrics
+
+
+def test_the_cache_key_covers_every_module_an_evaluation_loads():
+    """The decoder (models/generation.py) shapes every answer: a change to it, or to any module the evaluation
+    imports, must change the cache key, so a cached reference is never served from older code."""
+    import subprocess
+    import sys
+
+    from safety_lab.evaluation import result_sources
+
+    sources = {p.resolve() for p in result_sources()}
+    assert any(p.as_posix().endswith("safety_lab/models/generation.py") for p in sources)
+    code = (
+        "import sys, safety_lab.evaluation, safety_lab.evaluation.suites, safety_lab.models.generation\n"
+        "print('\\n'.join(m.__file__ for n, m in list(sys.modules.items()) if n.startswith('safety_lab')))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    from pathlib import Path
+
+    missing = sorted(str(p) for p in {Path(f).resolve() for f in loaded} - sources)
+    assert not missing, f"modules the evaluation loads but its cache key ignores: {missing}"

@@ -145,11 +145,11 @@ def test_batched_greedy_equals_the_transformers_loop_while_finished_rows_leave_t
     ]
     encoded = chat_inputs(tok, prompts)
     ids, mask = _left_pad(encoded, tok.pad_token_id, "cpu")
-    free = _decode(model, ids, mask, max_new_tokens=8, eos=-1, scores=False)
+    free = _decode(model, ids, mask, max_new_tokens=8, eos=torch.tensor([-1]), scores=False)
     # used as EOS: a token some row produces later than others (or never), so rows leave the batch at different steps
     firsts = [{t: o.ids.index(t) for t in o.ids} for o in free]
     stop = max({t for f in firsts for t in f}, key=lambda t: len({f.get(t, -1) for f in firsts}))
-    outs = _decode(model, ids, mask, max_new_tokens=8, eos=stop, scores=True)
+    outs = _decode(model, ids, mask, max_new_tokens=8, eos=torch.tensor([stop]), scores=True)
     assert len({len(o.ids) for o in outs}) > 1, [o.ids for o in free]
     assert not all(o.stopped for o in outs)  # some rows went on after others had left the batch
     for prompt_ids, out in zip(encoded, outs):
@@ -176,3 +176,25 @@ def test_prompts_sharing_an_opening_prefill_it_once_and_still_equal_the_transfor
     eos = tok.eos_token_id
     for prompt_ids, out in zip(generation.chat_inputs(tok, prompts, system=system), outs):
         assert out.ids == _transformers_greedy(model, tok, prompt_ids, 8, eos)[0]
+
+
+def test_generation_stops_at_every_end_token_the_generation_config_lists(tiny_model_dir):
+    """Llama-3, Qwen2.5 and Gemma list several end tokens (end of turn, end of text): each one ends the answer."""
+    from safety_lab.models.generation import generate_tokens
+
+    loaded = load_model(str(tiny_model_dir))
+    model, tok = loaded.model, loaded.tokenizer
+    _vary(model, seed=3)
+    prompts = ["Tell me a joke.", "Name a colour."]
+    free = generate_tokens(model, tok, prompts, max_new_tokens=8)
+    assert all(len(o.ids) >= 4 for o in free), [o.ids for o in free]
+    second_end = free[0].ids[2]  # a token the model says third: as a listed end token, the answer stops before it
+    model.generation_config.eos_token_id = [tok.eos_token_id, second_end]
+    try:
+        ended = generate_tokens(model, tok, prompts, max_new_tokens=8)
+    finally:
+        model.generation_config.eos_token_id = tok.eos_token_id
+    assert ended[0].ids == free[0].ids[: free[0].ids.index(second_end)] and ended[0].stopped
+    for before, after in zip(free[1:], ended[1:]):
+        cut = before.ids.index(second_end) if second_end in before.ids else len(before.ids)
+        assert after.ids == before.ids[:cut]

@@ -167,3 +167,34 @@ def test_the_cache_identity_of_a_version_follows_its_adapter_weights(version, ti
         swapped / "adapter_model.safetensors", _artifacts(uri) / "artifacts" / "adapter_0" / "adapter_model.safetensors"
     )
     assert _source_identity(uri) != before
+
+
+def test_a_failed_version_lookup_is_an_error_not_an_empty_registry(mlflow_store, monkeypatch):
+    """register-best's duplicate check reads find_versions: a transient server error must not read as "none yet"."""
+    from mlflow.exceptions import MlflowException
+
+    def unavailable(self, *args, **kwargs):
+        raise MlflowException("TEMPORARILY_UNAVAILABLE: the tracking server is restarting")
+
+    monkeypatch.setattr(MlflowClient, "search_model_versions", unavailable)
+    with pytest.raises(SafetyLabError, match="^model_name: could not list the versions of 'twin': TEMPORARILY"):
+        registry.find_versions("twin", {"optuna.study": "s"})
+
+
+def test_a_version_is_evaluated_in_the_experiment_of_its_training_run(mlflow_store):
+    """`make run` trains in one experiment; a later `evaluate` of that version must not scatter its evidence into
+    another one (it used to create and use `safety_lab` whatever experiment held the finetune)."""
+    from types import SimpleNamespace
+
+    from safety_lab.registry.record import use_experiment_of
+
+    team = mlflow.set_experiment("team-x").experiment_id
+    with mlflow.start_run() as training:
+        pass
+    mlflow.set_experiment("tests")
+    use_experiment_of(SimpleNamespace(tags={"training.run_id": training.info.run_id}))
+    with mlflow.start_run() as evaluation:
+        assert evaluation.info.experiment_id == team
+    use_experiment_of(None)  # the base model, or a version without a training run: the project's experiment
+    with mlflow.start_run() as other:
+        assert MlflowClient().get_experiment(other.info.experiment_id).name == "safety_lab"
