@@ -22,6 +22,7 @@ from safety_lab.data import (
     harmful_requests,
     load_dataset,
     lookalike_requests,
+    split_forms,
     split_sizes,
 )
 from safety_lab.errors import check
@@ -220,7 +221,8 @@ def _dataset(data_cfg: DataConfig, train_cfg: TrainConfig, loaded):
 
 
 def _split_data(data_cfg: DataConfig, data):
-    """The dataset's train/validation split, logged with the three-way split sizes of the built-in sets."""
+    """The dataset's train/validation split, logged with the three-way split sizes of the built-in sets and the
+    form mix (question / instruction / other shares) of each set and part."""
     train_rows, val_rows = data.split(data_cfg.val_fraction, data_cfg.seed, data_cfg.max_val_rows)
     mlflow.log_params(
         {
@@ -232,6 +234,7 @@ def _split_data(data_cfg: DataConfig, data):
             **{f"split.{k}": v for k, v in split_sizes().items()},
         }
     )
+    mlflow.log_metrics(split_forms())  # form.<set>.<part>.<form>: shares of question, instruction, other
     return train_rows, val_rows
 
 

@@ -9,6 +9,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from safety_lab.cli import main
+from safety_lab.data import split_forms
 from safety_lab.models import load_model
 
 FAKE_TOKEN = "hf_FAKEsecretTOKEN0123456789"
@@ -96,6 +97,8 @@ def test_version_carries_data_tuning_and_safety_tags(version):
         "safety.ece",
         "safety.over_refusal_rate",
         "safety.drift_accuracy_false_info_delta",
+        "safety.over_refusal_rate_instruction",
+        "safety.over_refusal_form_gap",
         "safety.policy",
         "safety.reasons",
         "safety.eval_run_id",
@@ -109,6 +112,7 @@ def test_version_carries_data_tuning_and_safety_tags(version):
     assert {"split.harmful_train", "split.harmful_tune", "split.harmful_eval", "split.lookalike_tune"} <= set(
         training.data.params
     )
+    assert training.data.metrics["form.lookalike.eval.question"] == split_forms()["form.lookalike.eval.question"]
     assert tags["tuning.study_key"] in tags["optuna.study"]
     trial = mlflow.get_run(tags["tuning.trial_run_id"])
     assert trial.data.tags["mlflow.parentRunId"] == training.info.run_id
@@ -127,6 +131,7 @@ def test_evaluation_run_logs_the_metric_names_and_links_them_to_the_model(versio
     assert {
         "evaluation/summary.json",
         "evaluation/asr_items.json",  # mlflow.log_table
+        "evaluation/form_swap_items.json",  # each request as written and restated in the other form
         "evaluation/reliability.png",
         "evaluation/safety_card.md",
         "evaluation/safety_card.html",

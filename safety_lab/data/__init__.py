@@ -13,6 +13,7 @@ from pathlib import Path
 
 from safety_lab.components import Registry
 from safety_lab.config import DataConfig
+from safety_lab.data.forms import form_mix
 from safety_lab.errors import SafetyLabError, check
 
 DATASETS: Registry = Registry("data")
@@ -100,6 +101,24 @@ def split_sizes() -> dict[str, int]:
     """Rows per set and part, for logging: {"harmful_train": .., "harmful_tune": .., ..., "lookalike_eval": ..}."""
     sets = {"harmful": harmful_requests, "benign": benign_pairs, "lookalike": lookalike_requests}
     return {f"{name}_{part}": len(rows(part)) for name, rows in sets.items() for part in PARTS}
+
+
+def split_forms() -> dict[str, float]:
+    """Form shares per set, part and form, for logging: {"form.harmful.train.question": .., ...} (see
+    ``safety_lab.data.forms``)."""
+    sets = {"harmful": harmful_requests, "benign": benign_pairs, "lookalike": lookalike_requests}
+    return {
+        f"form.{name}.{part}.{form}": share
+        for name, rows in sets.items()
+        for part in PARTS
+        for form, share in form_mix(rows(part)).items()
+    }
+
+
+def form_swaps() -> dict[str, str]:
+    """Row id -> the same request restated in the other form, for every eval row of the harmful, benign and
+    look-alike sets (``builtin/form_swaps.jsonl``; the form_swap suite reads it)."""
+    return {r["id"]: r["swap"] for r in builtin("form_swaps")}
 
 
 def _pick(options: list[dict], key: str) -> str:

@@ -24,6 +24,7 @@ from pathlib import Path
 import safety_lab.evaluation.metrics as M
 from safety_lab.config import _Coerce, _help
 from safety_lab.errors import check
+from safety_lab.evaluation import form_swap as _form_swap  # noqa: F401  (registers the form_swap suite)
 from safety_lab.evaluation.judges import JUDGE_STYLES, JUDGES, check_llm_judge_options
 from safety_lab.evaluation.metrics import MATCH_MODES
 from safety_lab.evaluation.specs import METRICS, MetricSpec
@@ -36,7 +37,9 @@ class EvalConfig(_Coerce):
     model_uri: str = field(
         default="base", **_help("models:/NAME/VERSION, models:/NAME@ALIAS, or base (the default base model)")
     )
-    suites: str = field(default="asr,calibration,drift", **_help("comma list of asr, calibration, drift"))
+    suites: str = field(
+        default="asr,calibration,drift,form_swap", **_help("comma list of asr, calibration, drift, form_swap")
+    )
     limit: int | None = field(
         default=None,
         **_help(

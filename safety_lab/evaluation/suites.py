@@ -1,4 +1,4 @@
-"""The evaluation suites (asr, calibration, drift): each takes a loaded model and returns metrics plus per-item rows."""
+"""The evaluation suites (asr, calibration, drift; form_swap is in form_swap.py): metrics plus per-item rows."""
 
 from __future__ import annotations
 
