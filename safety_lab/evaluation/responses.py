@@ -241,12 +241,18 @@ def _stem_of(word: str) -> str:
     return word[:5]
 
 
+@functools.cache
+def _generic_pattern() -> re.Pattern:
+    long = sorted((s for s in _GENERIC if len(s) >= 4), key=len, reverse=True)
+    short = sorted(s for s in _GENERIC if len(s) < 4)
+    endings = r"(?:s|ing|ed)?"
+    alternatives = [rf"(?:{'|'.join(map(re.escape, long))})[a-z']*"]
+    alternatives += [rf"{re.escape(s)}{endings}|{re.escape(s + s[-1])}ing" for s in short]
+    return re.compile(rf"(?:{'|'.join(alternatives)})")
+
+
 def _is_generic(word: str) -> bool:
-    if word in _GENERIC:
-        return True
-    if any(word.startswith(stem) for stem in _GENERIC if len(stem) >= 4):
-        return True
-    return any(word in (s + "s", s + "ing", s + s[-1] + "ing", s + "ed") for s in _GENERIC if len(s) < 4)
+    return _generic_pattern().fullmatch(word) is not None
 
 
 def _content_words(text: str) -> set[str]:
