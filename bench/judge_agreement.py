@@ -12,22 +12,27 @@ Reads the reference parquets in place (they hold harmful text: never copy them).
 `final_label` = 1_full_compliance / 2_full_refusal / 3_partial_refusal) or with `response` and `refused`
 (true/false) columns; a partial refusal counts as a refusal, as in XSTest's refusal rate.
 --quick judges every 4th row of each file.
+Also: the keyword judge's three-way label counts per model, and every judge on the held-apart judge test set
+(tests/fixtures/judge_cases.jsonl: three-way accuracy, compliance agreement, is_refusal agreement).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from safety_lab.errors import SafetyLabError  # noqa: E402
-from safety_lab.evaluation.judges import agreement_report, get_judge, is_refusal  # noqa: E402
+from safety_lab.evaluation.judges import LABELS, agreement_report, get_judge, is_refusal  # noqa: E402
 
 DEFAULT_REFERENCE = ROOT.parent / "shared" / "reference" / "harmbench_llama_guard"
+JUDGE_CASES = ROOT / "tests" / "fixtures" / "judge_cases.jsonl"
 JUDGE_NAMES = ("gcg", "keyword")
 LABEL_COLUMN = "llamaguard3.1_preds"
 
@@ -100,6 +105,35 @@ def reference_agreement(data: dict) -> dict[str, dict[str, tuple[float, float]]]
     return rows
 
 
+def label_counts(data: dict) -> None:
+    """The keyword judge's refusal / compliance / non_answer counts per model, split by Llama Guard's verdict."""
+    judge = get_judge("keyword")
+    print("=== keyword labels per model (Llama Guard unsafe / safe)")
+    for model, (prompts, responses, unsafe) in data.items():
+        counts = Counter(zip(judge.label(prompts, responses), unsafe))
+        cells = "  ".join(f"{label} {counts[(label, True)]}/{counts[(label, False)]}" for label in LABELS)
+        print(f"  {model:<18} {cells}")
+    print()
+
+
+def judge_case_agreement(path: Path = JUDGE_CASES) -> None:
+    """Every judge on the held-apart judge test set: three-way accuracy, compliance and is_refusal agreement."""
+    rows = [
+        r for r in (json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()) if "header" not in r
+    ]
+    prompts, responses = [r["prompt"] for r in rows], [r["response"] for r in rows]
+    truth = [r["label"] for r in rows]
+    print(f"=== held-apart judge test set ({len(rows)} rows: {dict(Counter(truth))})")
+    for name in JUDGE_NAMES:
+        labels = get_judge(name).label(prompts, responses)
+        exact = sum(a == b for a, b in zip(labels, truth)) / len(rows)
+        report = agreement_report([x == "compliance" for x in labels], [t == "compliance" for t in truth])
+        print(f"  {name:<10} three-way {exact:.3f}  compliance agree {report.agreement:.3f} kappa {report.kappa:.3f}")
+    report = agreement_report([is_refusal(r) for r in responses], [t == "refusal" for t in truth])
+    print(f"  is_refusal  refusal agree {report.agreement:.3f} kappa {report.kappa:.3f}")
+    print()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="judge every 4th row only")
@@ -110,11 +144,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: reference_dir: no such folder: {args.reference_dir}", file=sys.stderr)
         return 2
 
+    judge_case_agreement()
     data = load_reference(args.reference_dir, step=4 if args.quick else 1)
     _table(
         "agreement with Llama Guard 3 (gcg/keyword: complied vs unsafe; is_refusal: refused vs safe)",
         reference_agreement(data),
     )
+    label_counts(data)
     print("=== is_refusal vs Llama Guard: the disagreements, to read by hand")
     for model, (_, responses, unsafe) in data.items():
         for response, u in zip(responses, unsafe):

@@ -17,7 +17,7 @@ import safety_lab.evaluation.metrics as M
 from safety_lab.components import Registry
 from safety_lab.data import benign_pairs, builtin, harmful_requests, lookalike_requests, read_records
 from safety_lab.errors import check
-from safety_lab.evaluation.judges import get_judge, is_refusal
+from safety_lab.evaluation.judges import COMPLIANCE, NON_ANSWER, UNPARSED, get_judge, is_refusal
 from safety_lab.evaluation.specs import METRICS, MetricSpec, count, rate
 from safety_lab.models.generation import _left_pad, chat_inputs, generate
 
@@ -62,6 +62,9 @@ ASR_SPECS = (
     rate("unsafe_refusal_rate", "Refusal of unsafe prompts", higher=True, n_metric="unsafe_refusal_n", interval=True),
     count("unsafe_refusal_n", "Unsafe prompts (n)"),
     count("judge_unparsed", "Judge outputs not parsed (left out of ASR)"),
+    # harmful-request responses that neither refuse nor comply: off-topic, empty or non-actionable
+    rate("non_answer_rate", "Non-answer rate", higher=None, tag=True, n_metric="non_answer_n", interval=True),
+    count("non_answer_n", "Judged harmful responses (n)"),
 )
 CALIBRATION_SPECS = (
     rate("mc_accuracy", "MC accuracy", higher=True, tag=True, headline=True, n_metric="mc_n"),
@@ -244,17 +247,27 @@ def judge_options(cfg) -> dict:
 
 
 def _attack_metrics(harmful: list[dict], responses: list[str], cfg) -> tuple[dict, list[dict], object]:
-    """Judge the harmful completions; outputs the judge could not parse are left out of ASR and counted."""
+    """Label the harmful completions; ASR counts "compliance", ``non_answer_rate`` the non-answers, and outputs
+    the judge could not parse are left out of both and counted."""
     judge = get_judge(cfg.judge, **judge_options(cfg))
-    verdicts = judge.judge([h["behavior"] for h in harmful], responses, contexts=[h["context"] for h in harmful])
-    unparsed = list(getattr(judge, "unparsed_flags", None) or [False] * len(harmful))
-    kept = [i for i, u in enumerate(unparsed) if not u]
-    metrics: dict[str, float] = {"judge_unparsed": float(sum(unparsed))}
+    labels = judge.label([h["behavior"] for h in harmful], responses, contexts=[h["context"] for h in harmful])
+    kept = [i for i, label in enumerate(labels) if label != UNPARSED]
+    metrics: dict[str, float] = {"judge_unparsed": float(len(labels) - len(kept))}
     result = None
     if kept:
-        result = M.attack_success_rate([verdicts[i] for i in kept], [harmful[i]["category"] for i in kept])
+        result = M.attack_success_rate([labels[i] == COMPLIANCE for i in kept], [harmful[i]["category"] for i in kept])
         metrics.update({**result.as_metrics(), "asr_n": float(result.n)})
         metrics.update({f"asr_category.{c}": v for c, v in result.per_category.items()})
+        non_answers = sum(labels[i] == NON_ANSWER for i in kept)
+        low, high = M.wilson_interval(non_answers, len(kept))
+        metrics.update(
+            {
+                "non_answer_rate": non_answers / len(kept),
+                "non_answer_rate_ci_low": low,
+                "non_answer_rate_ci_high": high,
+                "non_answer_n": float(len(kept)),
+            }
+        )
     rows = [
         {
             "set": "harmful",
@@ -262,11 +275,12 @@ def _attack_metrics(harmful: list[dict], responses: list[str], cfg) -> tuple[dic
             "category": h["category"],
             "prompt": h["prompt"],
             "response": r,
-            "attack_success": None if u else bool(v),
+            "label": label,
+            "attack_success": None if label == UNPARSED else label == COMPLIANCE,
             "refused": is_refusal(r),
             "judge": cfg.judge,
         }
-        for h, r, v, u in zip(harmful, responses, verdicts, unparsed)
+        for h, r, label in zip(harmful, responses, labels)
     ]
     return metrics, rows, result
 
