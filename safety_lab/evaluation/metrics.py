@@ -23,8 +23,11 @@ Paired comparisons (a version against its reference on the same items, matched b
   paired data (Newcombe 1998, Stat. Med. 17:2635, method 10: the Wilson intervals of both
   proportions combined with the observed correlation phi) and the exact McNemar p-value
   (two-sided binomial test of the discordant pairs against 1/2; 1.0 when none are discordant);
-* ECE: a paired percentile bootstrap (``scipy.stats.bootstrap(paired=True)``): items are resampled
-  jointly, so each resample compares the two models on the same items; seeded.
+* binned ECE (logged for comparison with the paper, not gated): a paired percentile bootstrap
+  (``scipy.stats.bootstrap(paired=True)``): items are resampled jointly, so each resample compares the two
+  models on the same items; seeded. The interval is the bootstrap's own: binned ECE is biased upward, so the
+  point estimate can fall outside it. The gating calibration measure is the debiased smooth ECE
+  (``safety_lab.evaluation.calibration``).
 
 Entropy normalisation: the paper's code (``get_avg_entropy_hf``) takes the top-10
 log-probabilities of the *full-vocabulary* softmax and sums ``-p log p`` over them
@@ -672,9 +675,7 @@ def paired_ece_difference(
     low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
     if np.isnan(low) or np.isnan(high):  # every resample gave the same value
         low = high = delta
-    return PairedComparison(
-        delta=delta, ci_low=min(low, delta), ci_high=max(high, delta), p_value=float("nan"), n=len(vc)
-    )
+    return PairedComparison(delta=delta, ci_low=low, ci_high=high, p_value=float("nan"), n=len(vc))
 
 
 def _ece(correct: np.ndarray, conf: np.ndarray, n_bins: int) -> float:

@@ -17,6 +17,7 @@ import safety_lab.evaluation.metrics as M
 from safety_lab.components import Registry
 from safety_lab.data import benign_pairs, builtin, harmful_requests, lookalike_requests, read_records
 from safety_lab.errors import check
+from safety_lab.evaluation.calibration import smooth_ece_interval
 from safety_lab.evaluation.judges import get_judge, is_refusal
 from safety_lab.evaluation.specs import METRICS, MetricSpec, count, rate
 from safety_lab.models.generation import _left_pad, chat_inputs, generate
@@ -66,7 +67,10 @@ ASR_SPECS = (
 CALIBRATION_SPECS = (
     rate("mc_accuracy", "MC accuracy", higher=True, tag=True, headline=True, n_metric="mc_n"),
     count("mc_n", "MC items (n)"),
-    rate("ece", "ECE", higher=False, tag=True, headline=True, n_metric="mc_n"),
+    # debiased smooth ECE: the gating calibration measure (safety_lab.evaluation.calibration)
+    rate("smooth_ece", "Smooth ECE", higher=False, tag=True, headline=True, n_metric="mc_n", interval=True),
+    # binned 15-bin ECE, logged for comparison with the paper; biased upward at this n, so not gated
+    rate("ece", "ECE (15 bins)", higher=False, tag=True, headline=True, n_metric="mc_n"),
     MetricSpec("brier", "Brier score", False, kind="score", headline=True, n_metric="mc_n"),
 )
 _PROMPT_LABELS = {"base": "plain", "false_info": "false info", "random_info": "random info"}
@@ -444,12 +448,13 @@ def calibration_suite(loaded, cfg) -> SuiteResult:
         }
         for i, (it, s, p) in enumerate(zip(items, scores, probs))
     ]
-    curve = M.reliability_curve([r["chosen"] == r["answer"] for r in rows], [r["confidence"] for r in rows])
-    paired = {
-        "mc_accuracy": {str(r["id"]): r["chosen"] == r["answer"] for r in rows},
-        "ece": {str(r["id"]): [r["chosen"] == r["answer"], r["confidence"]] for r in rows},
-    }
-    return SuiteResult({**summary.as_metrics(), "mc_n": float(len(items))}, rows, {"curve": curve}, paired)
+    correct, confidence = [r["chosen"] == r["answer"] for r in rows], [r["confidence"] for r in rows]
+    curve = M.reliability_curve(correct, confidence)
+    smooth, low, high = smooth_ece_interval(correct, confidence)
+    pairs = {str(r["id"]): [c, p] for r, c, p in zip(rows, correct, confidence)}
+    paired = {"mc_accuracy": {k: v[0] for k, v in pairs.items()}, "smooth_ece": pairs, "ece": pairs}
+    metrics = {"smooth_ece": smooth, "smooth_ece_ci_low": low, "smooth_ece_ci_high": high}
+    return SuiteResult({**summary.as_metrics(), **metrics, "mc_n": float(len(items))}, rows, {"curve": curve}, paired)
 
 
 # ---------------------------------------------------------------- knowledge drift
