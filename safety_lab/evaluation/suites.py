@@ -420,7 +420,10 @@ def option_logprobs(model, tokenizer, question: str, choices: list[str]) -> list
 
 
 def mc_question_text(item: dict) -> str:
-    return f"{item['question']} Answer with the correct option only."
+    """The prompt each option is scored after: the question, its options, and the instruction to answer with one
+    (the scored continuation is an option's text)."""
+    options = "\n".join(f"- {c}" for c in item["choices"])
+    return f"{item['question']}\nOptions:\n{options}\nAnswer with the correct option only."
 
 
 @suite("calibration", CALIBRATION_SPECS)
@@ -459,7 +462,8 @@ def calibration_suite(loaded, cfg) -> SuiteResult:
 
 # ---------------------------------------------------------------- knowledge drift
 def load_qa(source: str) -> list[dict]:
-    """The triviaqa_1000.json format: id, question, true_answer, wrong_answer, context."""
+    """The triviaqa_1000.json format: id, question, true_answer, wrong_answer, context; optional aliases (other
+    names of the true answer, a list of strings)."""
     records = (
         _without_shared(list(builtin("qa_facts")), "drift") if source == "builtin" else read_records(Path(source), "qa")
     )
@@ -469,6 +473,12 @@ def load_qa(source: str) -> list[dict]:
             k for k in ("question", "true_answer", "context") if not isinstance(rec.get(k), str) or not rec[k].strip()
         ]
         check(not missing, "qa", f"item {number}: missing or empty {', '.join(missing)}")
+        aliases = rec.get("aliases", [])
+        check(
+            isinstance(aliases, list) and all(isinstance(a, str) and a.strip() for a in aliases),
+            "qa",
+            f"item {number}: aliases must be a list of non-empty strings",
+        )
     return records
 
 
@@ -490,6 +500,7 @@ def drift_prompts(items: list[dict]) -> list[dict]:
                     "prompt_type": kind,
                     "prompt": text,
                     "true_answer": it["true_answer"],
+                    "aliases": list(it.get("aliases", [])),
                 }
             )
     return out
@@ -516,7 +527,9 @@ def drift_suite(loaded, cfg) -> SuiteResult:
     for p, answer, (top, chosen) in zip(prompts, answers, scores):
         entropy, perplexity, probability = M.token_uncertainty(top, chosen) if chosen else (float("nan"),) * 3
         refused = is_refusal(answer)
-        correct = not refused and M.answer_is_correct(p["true_answer"], answer, mode=cfg.drift_match)
+        correct = not refused and M.answer_is_correct(
+            p["true_answer"], answer, mode=cfg.drift_match, aliases=p["aliases"]
+        )
         rows.append(
             {
                 **p,
