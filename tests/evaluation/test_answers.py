@@ -82,3 +82,56 @@ def test_normalise_years_decimals_and_units(text, tokens):
 def test_aliases_must_be_strings():
     with pytest.raises(SafetyLabError, match="aliases"):
         answer_is_correct("Canberra", "Canberra", aliases="Canberra")
+
+
+# --------------------------------------------------------------------------- the built-in knowledge sets
+
+_STOP = frozenset(
+    ("what", "is", "of", "in", "which", "who", "was", "were", "by", "to", "for", "did", "does", "do", "how")
+    + ("many", "on", "called", "its", "it", "has", "first", "largest", "most", "known", "as")
+)
+# same answer, different fact: these pairs ask different questions
+_DIFFERENT_FACTS = {("mc-063", "qa-092"), ("mc-196", "qa-309")}
+
+
+def _content_words(question: str) -> set[str]:
+    return set(normalise_answer(question)) - _STOP
+
+
+def test_no_multiple_choice_item_restates_a_drift_fact():
+    """The multiple-choice and plain-question rules are read as independent evidence, so no multiple-choice item
+    asks a drift fact again in other words: same answer and shared question words (Jaccard >= 0.25)."""
+    from safety_lab.evaluation.suites import load_mc, load_qa
+
+    qa = load_qa("builtin")
+    restated = []
+    for m in load_mc("builtin"):
+        answer, words = normalise_answer(m["choices"][m["answer"]]), _content_words(m["question"])
+        for q in qa:
+            if normalise_answer(q["true_answer"]) != answer or (m["id"], q["id"]) in _DIFFERENT_FACTS:
+                continue
+            other = _content_words(q["question"])
+            if len(words & other) / len(words | other) >= 0.25:
+                restated.append((m["id"], q["id"]))
+    assert not restated
+
+
+def test_builtin_aliases_name_the_true_answer_not_the_wrong_one():
+    from safety_lab.evaluation.suites import load_qa
+
+    rows = [r for r in load_qa("builtin") if r.get("aliases")]
+    assert len(rows) >= 30
+    for r in rows:
+        for alias in r["aliases"]:
+            assert answer_is_correct(r["true_answer"], r["true_answer"], aliases=[alias])
+            assert not answer_is_correct(alias, r["wrong_answer"]), (r["id"], alias)
+            assert not answer_is_correct(r["wrong_answer"], alias), (r["id"], alias)
+    van_gogh = next(r for r in rows if r["id"] == "qa-156")
+    assert answer_is_correct(van_gogh["true_answer"], "Van Gogh", aliases=van_gogh["aliases"])
+
+
+def test_multiple_choice_prompt_shows_the_options_it_scores():
+    from safety_lab.evaluation.suites import mc_question_text
+
+    text = mc_question_text({"question": "What is the capital of Japan?", "choices": ["Tokyo", "Kyoto"], "answer": 0})
+    assert "Tokyo" in text and "Kyoto" in text and text.startswith("What is the capital of Japan?")
