@@ -113,3 +113,17 @@ def test_bad_input_names_the_field():
         C.paired_smooth_ece_difference([True], [0.5], [True, False], [0.5, 0.5])
     with pytest.raises(SafetyLabError, match="n_resamples"):
         C.smooth_ece_interval([True], [0.5], n_resamples=10)
+
+
+def test_binned_ece_interval_is_the_bootstraps_own(monkeypatch):
+    """The paired binned-ECE interval is reported as the bootstrap gives it, even when it leaves out the point
+    estimate (binned ECE is biased, so that happens); it is not widened to reach the estimate."""
+    import types
+
+    import scipy.stats
+
+    interval = types.SimpleNamespace(confidence_interval=types.SimpleNamespace(low=0.20, high=0.30))
+    monkeypatch.setattr(scipy.stats, "bootstrap", lambda *args, **kwargs: interval)
+    correct, conf = _one(50, 6)
+    result = M.paired_ece_difference(correct, conf, correct, conf)
+    assert result.delta == 0.0 and (result.ci_low, result.ci_high) == (0.20, 0.30)
