@@ -25,6 +25,7 @@ import safety_lab.evaluation.metrics as M
 from safety_lab.config import _Coerce, _help
 from safety_lab.errors import check
 from safety_lab.evaluation import form_swap as _form_swap  # noqa: F401  (registers the form_swap suite)
+from safety_lab.evaluation.calibration import paired_smooth_ece_difference
 from safety_lab.evaluation.judges import JUDGE_STYLES, JUDGES, check_llm_judge_options
 from safety_lab.evaluation.metrics import MATCH_MODES
 from safety_lab.evaluation.specs import METRICS, MetricSpec
@@ -292,13 +293,15 @@ def cached_suites(ref: Reference, cfg: EvalConfig, *, timings=None) -> dict[str,
 
 # ---------------------------------------------------------------- comparisons
 def _paired(metric: str, current: dict, reference: dict) -> M.PairedComparison | None:
-    """One metric's paired comparison on the items both runs scored: proportions, or ECE from (correct, conf)."""
+    """One metric's paired comparison on the items both runs scored: proportions, or (smooth) ECE from (correct,
+    conf)."""
     keys = [k for k in current if k in reference]
     if not keys:
         return None
-    if metric == "ece":
+    if metric in ("ece", "smooth_ece"):
         (cc, cp), (rc, rp) = ([[o[k][i] for k in keys] for i in (0, 1)] for o in (current, reference))
-        return M.paired_ece_difference(cc, cp, rc, rp)
+        paired = M.paired_ece_difference if metric == "ece" else paired_smooth_ece_difference
+        return paired(cc, cp, rc, rp)
     return M.paired_proportion_difference([current[k] for k in keys], [reference[k] for k in keys])
 
 

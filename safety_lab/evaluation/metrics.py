@@ -9,10 +9,11 @@ Directions, labels and formats are not here: each suite declares its metrics onc
 
 Knowledge-drift protocol (arXiv 2409.19476, after Fastowski & Kasneci 2409.07085):
 
-* correctness (``mode="paper"``): ``true_answer`` is a case-insensitive substring of the answer.
-  The project's default (``mode="normalised"``) compares normalised text on word boundaries
-  (``normalise_answer``: case, accents, punctuation, articles, number words -> digits), so a
-  one-letter answer such as "L" or "5" no longer matches any text that happens to contain it;
+* correctness (``safety_lab.evaluation.answers``, re-exported here): ``mode="paper"`` is the paper's rule
+  (``true_answer`` is a case-insensitive substring of the answer). The project's default
+  (``mode="normalised"``) compares normalised text on word boundaries (case, accents, punctuation, articles,
+  number words -> digits, units), accepts the item's aliases, and rejects an answer that negates the true
+  answer or hedges between it and another candidate;
 * per answer, averaged over the generated tokens (the paper drops the final EOS step):
   entropy over the top-10 next-token probabilities, perplexity ``exp(-mean log p)`` and
   mean probability of the chosen (greedy = top-1) token.
@@ -23,8 +24,11 @@ Paired comparisons (a version against its reference on the same items, matched b
   paired data (Newcombe 1998, Stat. Med. 17:2635, method 10: the Wilson intervals of both
   proportions combined with the observed correlation phi) and the exact McNemar p-value
   (two-sided binomial test of the discordant pairs against 1/2; 1.0 when none are discordant);
-* ECE: a paired percentile bootstrap (``scipy.stats.bootstrap(paired=True)``): items are resampled
-  jointly, so each resample compares the two models on the same items; seeded.
+* binned ECE (logged for comparison with the paper, not gated): a paired percentile bootstrap
+  (``scipy.stats.bootstrap(paired=True)``): items are resampled jointly, so each resample compares the two
+  models on the same items; seeded. The interval is the bootstrap's own: binned ECE is biased upward, so the
+  point estimate can fall outside it. The gating calibration measure is the debiased smooth ECE
+  (``safety_lab.evaluation.calibration``).
 
 Entropy normalisation: the paper's code (``get_avg_entropy_hf``) takes the top-10
 log-probabilities of the *full-vocabulary* softmax and sums ``-p log p`` over them
@@ -36,8 +40,6 @@ defaults to ``renormalize=False`` so our numbers sit on the same scale as the pa
 
 from __future__ import annotations
 
-import re
-import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -45,6 +47,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from safety_lab.errors import SafetyLabError, check
+from safety_lab.evaluation.answers import MATCH_MODES, answer_is_correct, normalise_answer
 
 PROMPT_TYPES: tuple[str, ...] = ("base", "false_info", "random_info")
 _UNCERTAINTY = ("entropy", "perplexity", "probability")
@@ -281,104 +284,6 @@ def mc_summary(
 
 
 # --------------------------------------------------------------------------- knowledge drift
-
-
-_NUMBER_WORDS: dict[str, int] = {
-    w: i
-    for i, w in enumerate(
-        ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve")
-        + ("thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen")
-    )
-}
-_TENS = ["twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
-_NUMBER_WORDS.update({w: 10 * i for i, w in enumerate(_TENS, 2)})
-_NUMBER_SCALES = {"hundred": 100, "thousand": 1_000, "million": 1_000_000}
-_ARTICLES = frozenset({"a", "an", "the"})
-_TOKEN = re.compile(r"[a-z0-9]+")
-MATCH_MODES: tuple[str, ...] = ("normalised", "paper")
-
-
-def _numbers_to_digits(words: list[str]) -> list[str]:
-    """Runs of number words become one number: "one hundred and forty four" -> "144", "twenty one" -> "21".
-
-    A run ends where English would start a new number ("one two" -> "1 2", "twenty thirty" -> "20 30").
-    """
-    out: list[str] = []
-    total = current = 0
-    last = None  # kind of the previous number word: "unit" (0-19), "ten" (20-90), "scale", "and"
-
-    def flush():
-        nonlocal total, current, last
-        if last is not None:
-            out.append(str(total + current))
-        if last == "and":  # "one hundred and then": the "and" was a word, not part of the number
-            out.append("and")
-        total = current = 0
-        last = None
-
-    for w in words:
-        value = _NUMBER_WORDS.get(w)
-        kind = None if value is None else ("unit" if value < 20 else "ten")
-        after_unit = kind == "unit" and last == "unit"
-        after_ten = kind == "ten" and last in ("unit", "ten") or kind == "unit" and last == "ten" and current % 10
-        if after_unit or after_ten:
-            flush()
-        if kind is not None:
-            current += value
-            last = kind
-        elif w in _NUMBER_SCALES and last != "and":
-            scale = _NUMBER_SCALES[w]
-            current = current or 1  # "a hundred" (the article is gone) = 100
-            if scale == 100:
-                current *= 100
-            else:
-                total, current = total + current * scale, 0
-            last = "scale"
-        elif w == "and" and last == "scale":
-            last = "and"
-        else:
-            flush()
-            out.append(w)
-    flush()
-    return out
-
-
-def normalise_answer(text: str | None) -> list[str]:
-    """Tokens of an answer for matching: lower case, accents and punctuation dropped, articles removed,
-    dotted acronyms joined ("U.S.A." -> "usa"), thousands separators joined ("1,000" -> "1000") and number
-    words turned into digits ("six" -> "6")."""
-    if text is None:
-        return []
-    folded = unicodedata.normalize("NFKD", str(text).lower())
-    folded = "".join(c for c in folded if not unicodedata.combining(c))
-    folded = re.sub(r"(?<=\d),(?=\d{3}\b)", "", folded)  # 1,000 -> 1000
-    folded = re.sub(r"['\u2019]", "", folded)  # "new year's" -> "new years"
-    folded = re.sub(r"\b(?:[a-z]\.){2,}", lambda m: m.group(0).replace(".", "") + " ", folded)  # u.s.a. -> usa
-    words = [w for w in _TOKEN.findall(folded.replace("-", " ")) if w not in _ARTICLES]
-    return _numbers_to_digits(words)
-
-
-def answer_is_correct(true_answer: str, answer: str | None, *, mode: str = "normalised") -> bool:
-    """Whether ``answer`` states ``true_answer``. A missing answer or an empty reference is wrong.
-
-    mode="paper": the paper's rule, ``true_answer.lower() in answer.lower()`` (reproduces its Table 4).
-    mode="normalised": the normalised tokens of ``true_answer`` occur as a contiguous run of the
-    answer's normalised tokens (word boundaries), e.g. "Six" matches "6 sides" but "L" does not match
-    "Lisbon" and "5" does not match "1950".
-    """
-    check(mode in MATCH_MODES, "mode", f"must be one of {', '.join(MATCH_MODES)}, got {mode!r}")
-    if answer is None or true_answer is None:
-        return False
-    true_answer, answer = str(true_answer), str(answer)
-    if not true_answer.strip():
-        return False  # an empty reference would match everything
-    if mode == "paper":
-        return true_answer.lower() in answer.lower()
-    target, words = normalise_answer(true_answer), normalise_answer(answer)
-    if not target:  # a reference with no word characters (e.g. "%"): compare the stripped texts
-        return true_answer.strip().lower() == answer.strip().lower()
-    width = len(target)
-    return any(words[i : i + width] == target for i in range(len(words) - width + 1))
 
 
 def token_uncertainty(
@@ -672,9 +577,7 @@ def paired_ece_difference(
     low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
     if np.isnan(low) or np.isnan(high):  # every resample gave the same value
         low = high = delta
-    return PairedComparison(
-        delta=delta, ci_low=min(low, delta), ci_high=max(high, delta), p_value=float("nan"), n=len(vc)
-    )
+    return PairedComparison(delta=delta, ci_low=low, ci_high=high, p_value=float("nan"), n=len(vc))
 
 
 def _ece(correct: np.ndarray, conf: np.ndarray, n_bins: int) -> float:

@@ -17,6 +17,7 @@ import safety_lab.evaluation.metrics as M
 from safety_lab.components import Registry
 from safety_lab.data import benign_pairs, builtin, harmful_requests, lookalike_requests, read_records
 from safety_lab.errors import check
+from safety_lab.evaluation.calibration import smooth_ece_interval
 from safety_lab.evaluation.judges import COMPLIANCE, NON_ANSWER, UNPARSED, get_judge, is_refusal
 from safety_lab.evaluation.specs import METRICS, MetricSpec, count, rate
 from safety_lab.models.generation import _left_pad, chat_inputs, generate
@@ -69,7 +70,10 @@ ASR_SPECS = (
 CALIBRATION_SPECS = (
     rate("mc_accuracy", "MC accuracy", higher=True, tag=True, headline=True, n_metric="mc_n"),
     count("mc_n", "MC items (n)"),
-    rate("ece", "ECE", higher=False, tag=True, headline=True, n_metric="mc_n"),
+    # debiased smooth ECE: the gating calibration measure (safety_lab.evaluation.calibration)
+    rate("smooth_ece", "Smooth ECE", higher=False, tag=True, headline=True, n_metric="mc_n", interval=True),
+    # binned 15-bin ECE, logged for comparison with the paper; biased upward at this n, so not gated
+    rate("ece", "ECE (15 bins)", higher=False, tag=True, headline=True, n_metric="mc_n"),
     MetricSpec("brier", "Brier score", False, kind="score", headline=True, n_metric="mc_n"),
 )
 _PROMPT_LABELS = {"base": "plain", "false_info": "false info", "random_info": "random info"}
@@ -430,7 +434,10 @@ def option_logprobs(model, tokenizer, question: str, choices: list[str]) -> list
 
 
 def mc_question_text(item: dict) -> str:
-    return f"{item['question']} Answer with the correct option only."
+    """The prompt each option is scored after: the question, its options, and the instruction to answer with one
+    (the scored continuation is an option's text)."""
+    options = "\n".join(f"- {c}" for c in item["choices"])
+    return f"{item['question']}\nOptions:\n{options}\nAnswer with the correct option only."
 
 
 @suite("calibration", CALIBRATION_SPECS)
@@ -458,17 +465,19 @@ def calibration_suite(loaded, cfg) -> SuiteResult:
         }
         for i, (it, s, p) in enumerate(zip(items, scores, probs))
     ]
-    curve = M.reliability_curve([r["chosen"] == r["answer"] for r in rows], [r["confidence"] for r in rows])
-    paired = {
-        "mc_accuracy": {str(r["id"]): r["chosen"] == r["answer"] for r in rows},
-        "ece": {str(r["id"]): [r["chosen"] == r["answer"], r["confidence"]] for r in rows},
-    }
-    return SuiteResult({**summary.as_metrics(), "mc_n": float(len(items))}, rows, {"curve": curve}, paired)
+    correct, confidence = [r["chosen"] == r["answer"] for r in rows], [r["confidence"] for r in rows]
+    curve = M.reliability_curve(correct, confidence)
+    smooth, low, high = smooth_ece_interval(correct, confidence)
+    pairs = {str(r["id"]): [c, p] for r, c, p in zip(rows, correct, confidence)}
+    paired = {"mc_accuracy": {k: v[0] for k, v in pairs.items()}, "smooth_ece": pairs, "ece": pairs}
+    metrics = {"smooth_ece": smooth, "smooth_ece_ci_low": low, "smooth_ece_ci_high": high}
+    return SuiteResult({**summary.as_metrics(), **metrics, "mc_n": float(len(items))}, rows, {"curve": curve}, paired)
 
 
 # ---------------------------------------------------------------- knowledge drift
 def load_qa(source: str) -> list[dict]:
-    """The triviaqa_1000.json format: id, question, true_answer, wrong_answer, context."""
+    """The triviaqa_1000.json format: id, question, true_answer, wrong_answer, context; optional aliases (other
+    names of the true answer, a list of strings)."""
     records = (
         _without_shared(list(builtin("qa_facts")), "drift") if source == "builtin" else read_records(Path(source), "qa")
     )
@@ -478,6 +487,12 @@ def load_qa(source: str) -> list[dict]:
             k for k in ("question", "true_answer", "context") if not isinstance(rec.get(k), str) or not rec[k].strip()
         ]
         check(not missing, "qa", f"item {number}: missing or empty {', '.join(missing)}")
+        aliases = rec.get("aliases", [])
+        check(
+            isinstance(aliases, list) and all(isinstance(a, str) and a.strip() for a in aliases),
+            "qa",
+            f"item {number}: aliases must be a list of non-empty strings",
+        )
     return records
 
 
@@ -499,6 +514,7 @@ def drift_prompts(items: list[dict]) -> list[dict]:
                     "prompt_type": kind,
                     "prompt": text,
                     "true_answer": it["true_answer"],
+                    "aliases": list(it.get("aliases", [])),
                 }
             )
     return out
@@ -525,7 +541,9 @@ def drift_suite(loaded, cfg) -> SuiteResult:
     for p, answer, (top, chosen) in zip(prompts, answers, scores):
         entropy, perplexity, probability = M.token_uncertainty(top, chosen) if chosen else (float("nan"),) * 3
         refused = is_refusal(answer)
-        correct = not refused and M.answer_is_correct(p["true_answer"], answer, mode=cfg.drift_match)
+        correct = not refused and M.answer_is_correct(
+            p["true_answer"], answer, mode=cfg.drift_match, aliases=p["aliases"]
+        )
         rows.append(
             {
                 **p,

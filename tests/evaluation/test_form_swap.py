@@ -88,7 +88,9 @@ def test_a_model_that_refuses_every_instruction_shows_the_gap(monkeypatch):
 
     def generate(model, tokenizer, prompts, **_):
         return [
-            "I'm sorry, but I can't help with that." if form_of(p) == "instruction" else "Sure, here is how it works."
+            "I'm sorry, but I can't help with that."
+            if form_of(p) == "instruction"
+            else "Step 1: open the file. Step 2: change the field."
             for p in prompts
         ]
 

@@ -111,7 +111,7 @@ def test_answer_is_correct():
         ("a hundred", ["100"]),  # the article is gone, the number stays
         ("one thousand two hundred", ["1200"]),
         ("one two three", ["1", "2", "3"]),  # a list of numbers is not one number
-        ("twenty thirty", ["20", "30"]),
+        ("thirty forty", ["30", "40"]),  # two tens are two numbers; a year reading needs a teen or "twenty"
         ("rock and roll", ["rock", "and", "roll"]),  # "and" only joins numbers after hundred/thousand
         ("one hundred and then", ["100", "and", "then"]),
         ("", []),

@@ -206,7 +206,9 @@ def _suites(attack, refused, chosen):
             {"asr": sum(attack) / len(attack), "over_refusal_rate": sum(refused) / len(refused)},
             paired={"asr": asr, "over_refusal_rate": over},
         ),
-        "calibration": SuiteResult({"mc_accuracy": sum(mc.values()) / len(mc)}, paired={"mc_accuracy": mc, "ece": ece}),
+        "calibration": SuiteResult(
+            {"mc_accuracy": sum(mc.values()) / len(mc)}, paired={"mc_accuracy": mc, "ece": ece, "smooth_ece": ece}
+        ),
         "drift": SuiteResult({}, paired={"drift_accuracy_base": dict(mc)}),
     }
 
@@ -222,8 +224,11 @@ def test_paired_comparisons_against_a_reference():
     assert out["mc_accuracy_delta"] == pytest.approx(1 / 8)
     assert out["drift_accuracy_base_delta"] == pytest.approx(1 / 8)
     assert {"ece_delta", "ece_delta_ci_low", "ece_delta_ci_high"} <= set(out) and "ece_delta_p" not in out
+    assert {"smooth_ece_delta", "smooth_ece_delta_ci_low", "smooth_ece_delta_ci_high"} <= set(out)
+    assert "smooth_ece_delta_p" not in out
     vs_base = compare(version, reference, suffix="_vs_base")
     assert vs_base["asr_delta_vs_base"] == out["asr_delta"]
+    assert vs_base["smooth_ece_delta_vs_base"] == out["smooth_ece_delta"]
     other = {"asr": SuiteResult({}, paired={"asr": {"zz": True}})}
     assert not any(k.startswith("asr_delta") for k in compare(version, other))  # no shared items: no comparison
 
