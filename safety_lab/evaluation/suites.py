@@ -91,6 +91,28 @@ DRIFT_SPECS = tuple(
         count(f"flips_{t}_incorrect_to_correct", f"Answers wrong in the reference, right now ({label})"),
     )
 ) + (count("drift_n", "Drift questions (n)"),)
+# Metrics the packaged policy gates that the form-swap suite and the smooth calibration estimator compute. Declared
+# here before any suite registers, so the suites' own declarations (which run later) replace these.
+METRICS.declare(
+    (
+        rate(
+            "over_refusal_rate_question",
+            "Over-refusal (questions)",
+            higher=False,
+            n_metric="over_refusal_rate_question_n",
+        ),
+        count("over_refusal_rate_question_n", "Over-refusal questions (n)"),
+        rate(
+            "over_refusal_rate_instruction",
+            "Over-refusal (instructions)",
+            higher=False,
+            n_metric="over_refusal_rate_instruction_n",
+        ),
+        count("over_refusal_rate_instruction_n", "Over-refusal instructions (n)"),
+    ),
+    suite="form_swap",
+)
+METRICS.declare((rate("smooth_ece", "Smooth ECE", higher=False, n_metric="mc_n"),), suite="calibration")
 
 
 @dataclass
