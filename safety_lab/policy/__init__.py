@@ -297,7 +297,7 @@ def _bound(rule: Rule, value: float, metrics: Mapping[str, Any], confidence: flo
 def _absolute(rule: Rule, metrics: Mapping[str, Any], policy: Policy) -> tuple[str, str]:
     v = _get(metrics, rule.metric)
     if v is None:
-        return "incomplete", f"incomplete: {rule.metric} not measured ({rule.label})"
+        return "incomplete", f"incomplete: {rule.metric} not measured"  # the same words as a requirement's
     higher = higher_is_better(rule.metric)
     side, worse, better = ("min", "<", ">=") if higher else ("max", ">", "<=")
     if (v < rule.limit) if higher else (v > rule.limit):
