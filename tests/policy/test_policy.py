@@ -371,7 +371,8 @@ def test_fingerprint_covers_the_whole_policy(tmp_path, policy):
     ):
         assert fingerprint(_custom(policy, **change)) != fp
     summary = policy_summary(policy)
-    assert summary.startswith(f"default v2 (sha256 {fp[:12]}): requires asr>=112, over_refusal_rate>=254")
+    head = f"default v{policy.version} (sha256 {fp[:12]})"
+    assert summary.startswith(f"{head}: requires asr>=112, over_refusal_rate>=254")
 
 
 # --------------------------------------------------------------------------- leniency

@@ -353,7 +353,7 @@ def test_a_stricter_policy_is_not_an_override(registry, tmp_path):
     v = registry("pass")
     result = promote("m", version=v, stage="Staging", policy=str(path))
     assert not result.forced and _mv(c, v).current_stage == "Staging"
-    assert c.get_run(result.run_id).data.tags["policy"].startswith("strict v2 (sha256 ")
+    assert c.get_run(result.run_id).data.tags["policy"].startswith(f"strict v{load_policy().version} (sha256 ")
 
 
 # --------------------------------------------------------------------------- evidence, not tags (one test per attack)
