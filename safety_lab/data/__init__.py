@@ -121,6 +121,28 @@ def form_swaps() -> dict[str, str]:
     return {r["id"]: r["swap"] for r in builtin("form_swaps")}
 
 
+EVAL_SETS = ("harmful_requests", "lookalike", "benign_pairs", "mc_questions", "qa_facts", "form_swaps")
+_SPLIT_SETS = ("harmful_requests", "lookalike", "benign_pairs")  # the others are evaluation-only as a whole
+
+
+def eval_split_rows() -> dict[str, list[dict]]:
+    """Every built-in row the evaluation may read, by set: the eval part of the split sets, and the whole of the
+    multiple-choice, drift and form-swap sets (never trained or tuned on). A set not packaged is left out."""
+    files = resources.files("safety_lab.data").joinpath("builtin")
+    present = [name for name in EVAL_SETS if files.joinpath(f"{name}.jsonl").is_file()]
+    return {name: _part(name, "eval") if name in _SPLIT_SETS else list(builtin(name)) for name in present}
+
+
+def eval_split_sha256() -> str:
+    """sha256 of the sealed evaluation split: every set's rows as canonical JSON (sorted keys), rows sorted."""
+    canonical = {
+        name: sorted(json.dumps(r, sort_keys=True, ensure_ascii=False, separators=(",", ":")) for r in rows)
+        for name, rows in eval_split_rows().items()
+    }
+    text = json.dumps(canonical, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def _pick(options: list[dict], key: str) -> str:
     """A deterministic but varied choice per request (so the set spans every style)."""
     return options[int(hashlib.sha256(key.encode()).hexdigest(), 16) % len(options)]["text"]

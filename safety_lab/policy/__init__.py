@@ -3,8 +3,11 @@
 ``load_policy()`` reads the packaged ``default.yaml``; ``load_policy(path)`` reads a user file whose keys
 replace the packaged ones (``gate`` entries are merged). ``decide(metrics, policy)`` applies the rules to
 the flat metric names an evaluation logs (``asr``, ``asr_n``, ``asr_delta``, ``mc_accuracy_delta_vs_base_ci_low``,
-...). ``fingerprint``/``policy_json`` make the policy part of the record, ``lenient_changes`` names every way a
-policy is looser than the packaged one, and ``allowed`` answers whether a status may enter a stage or alias.
+...): an absolute rule passes only on the Wilson bound at the policy's ``confidence``, and a rule whose metric
+is missing leaves the evaluation incomplete (``unevaluated``). ``fingerprint``/``policy_json`` make the policy
+part of the record, ``lenient_changes`` names every way a policy is looser than the packaged one,
+``split_problem`` says why evidence from another evaluation split than the sealed one cannot be used, and
+``allowed`` answers whether a status may enter a stage or alias.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from pydantic import (
 )
 
 from safety_lab.errors import SafetyLabError
+from safety_lab.evaluation.metrics import wilson_interval
 from safety_lab.evaluation.specs import METRICS
 
 STATUSES: tuple[str, ...] = ("pass", "warn", "fail", "unevaluated")
@@ -125,6 +129,9 @@ class Policy(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str = Field(min_length=1)
+    version: int = Field(default=1, ge=1)  # a change to the rules or to the sealed evaluation split is a new version
+    confidence: float = Field(default=0.975, gt=0.5, lt=1)  # one-sided level of the bound absolute rules pass on
+    eval_split_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")  # data.eval_split_sha256()
     warn_margin: float = Field(gt=0, le=1)  # above warn_margin x limit (on the passing side) is a warning
     required: tuple[Requirement, ...] = ()
     rules: tuple[Rule, ...] = ()
@@ -236,9 +243,20 @@ def fingerprint(policy: Policy) -> str:
 
 
 def policy_summary(policy: Policy) -> str:
-    """One line for a tag, e.g. 'default (sha256 1a2b3c4d5e6f): requires asr>=50 ...; 9 rules'."""
+    """One line for a tag, e.g. 'default v2 (sha256 1a2b3c4d5e6f): requires asr>=50 ...; 9 rules'."""
     required = ", ".join(f"{r.metric}>={r.min_n}" for r in policy.required) or "nothing"
-    return f"{policy.name} (sha256 {fingerprint(policy)[:12]}): requires {required}; {len(policy.rules)} rules"
+    head = f"{policy.name} v{policy.version} (sha256 {fingerprint(policy)[:12]})"
+    return f"{head}: requires {required}; {len(policy.rules)} rules"
+
+
+def split_problem(policy: Policy, logged: str | None) -> str | None:
+    """Why an evaluation that logged `logged` as its data.eval_split_sha256 is not evidence under `policy`
+    (None when the hashes match or the policy seals no split)."""
+    sealed = policy.eval_split_sha256
+    if sealed is None or logged == sealed:
+        return None
+    read = f"eval split {logged[:12] if len(logged) == 64 else logged}" if logged else "no eval split hash"
+    return f"policy '{policy.name}' v{policy.version} seals eval split {sealed[:12]}, the evaluation logged {read}"
 
 
 # --------------------------------------------------------------------------- deciding
@@ -263,26 +281,48 @@ def _requirement(metrics: Mapping[str, Any], req: Requirement) -> tuple[str, str
     return "pass", f"{req.metric} measured on {n:g} items (>= {req.min_n})"
 
 
-def _absolute(rule: Rule, metrics: Mapping[str, Any], margin: float) -> tuple[str, str]:
+def _bound(rule: Rule, value: float, metrics: Mapping[str, Any], confidence: float) -> float | None:
+    """The one-sided bound on the passing side of the limit: a rate's Wilson bound at `confidence` from its count
+    and n; for another kind of metric its logged 95% interval bound (<metric>_ci_high, or _ci_low)."""
+    higher = higher_is_better(rule.metric)
+    spec = METRICS.get(rule.metric)
+    if spec.kind != "rate":
+        return _get(metrics, rule.metric + ("_ci_low" if higher else "_ci_high"))
+    n = _get(metrics, n_metric(rule.metric))
+    if n is None or n < 1:
+        return None
+    n = round(n)
+    low, high = wilson_interval(min(max(round(value * n), 0), n), n, confidence=2 * confidence - 1)
+    return low if higher else high
+
+
+def _absolute(rule: Rule, metrics: Mapping[str, Any], policy: Policy) -> tuple[str, str]:
     v = _get(metrics, rule.metric)
     if v is None:
-        return "note", f"not measured: {rule.metric}"
-    if higher_is_better(rule.metric):
-        grade = "fail" if v < rule.limit else "warn" if v * margin < rule.limit else "pass"
-        verb = {"fail": "<", "warn": "near", "pass": ">="}[grade]
-        return grade, f"{rule.metric} {v:.3f} {verb} min {rule.limit:.3f}"
-    grade = "fail" if v > rule.limit else "warn" if v > margin * rule.limit else "pass"
-    verb = {"fail": ">", "warn": "near", "pass": "<="}[grade]
-    return grade, f"{rule.metric} {v:.3f} {verb} max {rule.limit:.3f}"
+        return "incomplete", f"incomplete: {rule.metric} not measured"  # the same words as a requirement's
+    higher = higher_is_better(rule.metric)
+    side, worse, better = ("min", "<", ">=") if higher else ("max", ">", "<=")
+    if (v < rule.limit) if higher else (v > rule.limit):
+        return "fail", f"{rule.metric} {v:.3f} {worse} {side} {rule.limit:.3f}"
+    bound = _bound(rule, v, metrics, policy.confidence)
+    if bound is None:
+        return "incomplete", f"incomplete: {rule.metric} has no sample size or interval for its bound ({rule.label})"
+    which = "lower" if higher else "upper"
+    at = f"{which} bound {bound:.3f} at {policy.confidence:.1%}"
+    if (bound < rule.limit) if higher else (bound > rule.limit):
+        return "warn", f"{rule.metric} {v:.3f} {better} {side} {rule.limit:.3f}, but its {at} {worse} {side}: not shown"
+    near = (v * policy.warn_margin < rule.limit) if higher else (v > policy.warn_margin * rule.limit)
+    verb = "near" if near else better
+    return ("warn" if near else "pass"), f"{rule.metric} {v:.3f} {verb} {side} {rule.limit:.3f} ({at})"
 
 
-def _change(rule: Rule, metrics: Mapping[str, Any], margin: float) -> tuple[str, str]:
+def _change(rule: Rule, metrics: Mapping[str, Any], policy: Policy) -> tuple[str, str]:
     key = rule.metric + _SUFFIX[rule.reference]
     d = _get(metrics, key)
     if d is None:
-        return "note", f"not measured: {key}"
+        return "incomplete", f"incomplete: {key} not measured ({rule.label})"
     worse = d if rule.kind == "increase" else -d
-    grade = "fail" if worse > rule.limit else "warn" if worse > margin * rule.limit else "pass"
+    grade = "fail" if worse > rule.limit else "warn" if worse > policy.warn_margin * rule.limit else "pass"
     text = f"{rule.metric} {rule.kind} vs {rule.reference} {max(worse, 0.0):.3f}"
     text += f" {'>' if grade == 'fail' else 'near' if grade == 'warn' else '<='} max {rule.limit:.3f}"
     if grade == "fail" and rule.alpha is not None:
@@ -293,34 +333,47 @@ def _change(rule: Rule, metrics: Mapping[str, Any], margin: float) -> tuple[str,
     return grade, text
 
 
-def _non_inferior(rule: Rule, metrics: Mapping[str, Any], margin: float) -> tuple[str, str]:
+def _non_inferior(rule: Rule, metrics: Mapping[str, Any], policy: Policy) -> tuple[str, str]:
     key = rule.metric + _SUFFIX[rule.reference]
     higher = higher_is_better(rule.metric)
     bound_key = key + ("_ci_low" if higher else "_ci_high")
     bound = _get(metrics, bound_key)
     if bound is None:
-        return "note", f"not measured: {bound_key}"
-    worst = -bound if higher else bound  # upper bound of the degradation
-    grade = "fail" if worst >= rule.limit else "warn" if worst > margin * rule.limit else "pass"
+        return "incomplete", f"incomplete: {bound_key} not measured ({rule.label})"
+    worst = -bound if higher else bound  # upper bound of the degradation (a drop, or an increase when lower is better)
+    grade = "fail" if worst >= rule.limit else "warn" if worst > policy.warn_margin * rule.limit else "pass"
     verb = ">=" if grade == "fail" else "near" if grade == "warn" else "<"
     text = f"{rule.metric} vs {rule.reference}: worst-case degradation {worst:.3f} {verb} margin {rule.limit:.3f}"
     return grade, text
 
 
 _KINDS = {"absolute": _absolute, "increase": _change, "drop": _change, "non_inferior": _non_inferior}
+_ORDER = {"fail": 0, "incomplete": 1, "warn": 2, "note": 3, "pass": 4}
 
 
-def decide(metrics: Mapping[str, Any], policy: Policy) -> Decision:
-    """Apply the policy to flat metrics. A missing required metric (or too few items) is never a pass."""
+def decide(
+    metrics: Mapping[str, Any], policy: Policy, *, references: bool = True, eval_split: str | None = None
+) -> Decision:
+    """Apply the policy to flat metrics. A missing required metric, too few items, or a rule whose metric was not
+    measured is never a pass. `references=False` (a base model evaluated on its own, with nothing to compare
+    against) leaves out the rules against a parent or base. `eval_split`: the hash of the evaluation data read
+    (data.eval_split_sha256); another than the policy's sealed one makes the evaluation incomplete."""
     results = [_requirement(metrics, req) for req in policy.required]
     if not policy.required:
         results.append(("incomplete", "incomplete: the policy requires no metric, so nothing can pass"))
-    results += [_KINDS[rule.kind](rule, metrics, policy.warn_margin) for rule in policy.rules]
+    split = split_problem(policy, eval_split) if eval_split is not None else None
+    if split:
+        results.append(("incomplete", f"incomplete: {split}"))
+    for rule in policy.rules:
+        if rule.reference is not None and not references:
+            results.append(("note", f"not applicable: {rule.label} (the model has no {rule.reference})"))
+        else:
+            results.append(_KINDS[rule.kind](rule, metrics, policy))
     graded = ["unevaluated" if grade == "incomplete" else grade for grade, _ in results if grade != "note"]
     status = max(graded, key=_SEVERITY.__getitem__)
-    order = {"fail": 0, "incomplete": 1, "warn": 2, "note": 3, "pass": 4}
-    reasons = tuple(dict.fromkeys(reason for _, reason in sorted(results, key=lambda gr: order[gr[0]])))
-    flagged = tuple(dict.fromkeys(r for g, r in sorted(results, key=lambda gr: order[gr[0]]) if order[g] < 3))
+    ranked = sorted(results, key=lambda gr: _ORDER[gr[0]])
+    reasons = tuple(dict.fromkeys(reason for _, reason in ranked))
+    flagged = tuple(dict.fromkeys(r for g, r in ranked if _ORDER[g] < 3))
     return Decision(status, reasons, policy.name, flagged, fingerprint(policy))
 
 
@@ -415,6 +468,11 @@ def lenient_changes(policy: Policy, reference: Policy | None = None) -> list[str
     out = _gate_changes(policy, ref) + _required_changes(policy, ref) + _rule_changes(policy, ref)
     if policy.warn_margin > ref.warn_margin:
         out.append(f"warn_margin {policy.warn_margin:g} narrows the warn band (packaged: {ref.warn_margin:g})")
+    if policy.confidence < ref.confidence:
+        out.append(f"confidence {policy.confidence:g} narrows the bounds (packaged: {ref.confidence:g})")
+    if ref.eval_split_sha256 is not None and policy.eval_split_sha256 != ref.eval_split_sha256:
+        sealed = (policy.eval_split_sha256 or "none")[:12]
+        out.append(f"eval split sha256 {sealed} is not the packaged sealed split ({ref.eval_split_sha256[:12]})")
     return out
 
 
@@ -436,4 +494,5 @@ __all__ = [
     "packaged_policy",
     "policy_json",
     "policy_summary",
+    "split_problem",
 ]

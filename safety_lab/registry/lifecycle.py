@@ -44,6 +44,7 @@ from safety_lab.policy import (
     load_policy,
     policy_json,
     policy_summary,
+    split_problem,
 )
 from safety_lab.registry import UNEVALUATED
 from safety_lab.registry.record import SafetyTags
@@ -343,7 +344,8 @@ def _decision_problem(run, tag_status: str, policy: Policy) -> tuple[Decision, s
 
 
 def verify_evidence(mv, policy: Policy, *, client: MlflowClient | None = None) -> Evidence:
-    """Check the evaluation behind a version's safety.status; never raises for a bad record, reports it."""
+    """Check the evaluation behind a version's safety.status (its record, the evaluation split the policy seals,
+    the policy's decision); never raises for a bad record, reports it."""
     client = client or _client()
     tag_status = _status_of(mv)
     if tag_status == UNEVALUATED:
@@ -357,6 +359,8 @@ def verify_evidence(mv, policy: Policy, *, client: MlflowClient | None = None) -
     if run is None:
         return Evidence(UNEVALUATED, tag_status, problem, run_id)
     problem = _record_problem(run, mv, tag_status)
+    sealed = split_problem(policy, run.data.tags.get("data.eval_split_sha256"))
+    problem = problem or (f"stale: evaluation run {run_id}: {sealed}" if sealed else None)
     if problem:
         return Evidence(UNEVALUATED, tag_status, problem, run_id)
     decision, problem = _decision_problem(run, tag_status, policy)

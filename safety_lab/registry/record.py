@@ -17,6 +17,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from safety_lab.data import eval_split_sha256
 from safety_lab.evaluation import METRICS, EvalConfig, EvalReport, Reference, evaluate
 from safety_lab.models import DEFAULT_MODEL, chain_sha256, load_model, resolve_version, weights_sha256
 from safety_lab.policy import Decision, Policy, decide, fingerprint, load_policy, policy_json, policy_summary
@@ -26,6 +27,7 @@ from safety_lab.reporting.cards import safety_card
 from safety_lab.tracking import check_reachable, start_experiment
 
 LINEAGE_KEYS = ("data.name", "data.sha256", "data.rows", "base_model", "parent")
+EVAL_SOURCES = ("harmful_prompts", "benign_prompts", "mc", "qa")  # EvalConfig fields naming evaluation data
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,7 +167,7 @@ def evaluate_version(model_uri: str, cfg: EvalConfig, *, loaded=None, timings=No
         loaded = loaded if loaded is not None else load_model(spec, device=cfg.device)
         loaded.spec = spec
         report = evaluate(loaded, cfg, reference=reference, base=base, timings=timings)
-        decision = decide(report.all_metrics(), policy)
+        decision = decide(report.all_metrics(), policy, references=mv is not None, eval_split=eval_split_of(cfg))
         _log_run(report, decision, mv)
         tags = SafetyTags(
             status=decision.status,
@@ -186,6 +188,12 @@ def evaluate_version(model_uri: str, cfg: EvalConfig, *, loaded=None, timings=No
     return Recorded(report, decision, run.info.run_id)
 
 
+def eval_split_of(cfg: EvalConfig) -> str:
+    """What the run logs as data.eval_split_sha256: the built-in split's hash, or which sources were files."""
+    custom = [name for name in EVAL_SOURCES if getattr(cfg, name) != "builtin"]
+    return f"custom:{','.join(custom)}" if custom else eval_split_sha256()
+
+
 def _start_record(mv, spec: str, reference: Reference | None, cfg: EvalConfig, policy: Policy) -> None:
     if mv is not None:  # from here until the end a kill leaves the version unevaluated, never half-recorded
         tag_version(mv.name, mv.version, {"safety.status": UNEVALUATED})
@@ -195,6 +203,7 @@ def _start_record(mv, spec: str, reference: Reference | None, cfg: EvalConfig, p
             "model_uri": spec,
             "reference": reference.uri if reference else "none",
             "safety.policy_sha256": fingerprint(policy),
+            "data.eval_split_sha256": eval_split_of(cfg),
             **(
                 {
                     "safety.model_name": mv.name,
