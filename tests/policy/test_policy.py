@@ -365,7 +365,7 @@ def test_fingerprint_covers_the_whole_policy(tmp_path, policy):
         {"gate": {**policy.gate, "Staging": ("pass",)}},
         {"rules": policy.rules[1:]},
         {"required": policy.required[:1]},
-        {"version": 3},
+        {"version": policy.version + 1},
         {"confidence": 0.99},
         {"eval_split_sha256": "0" * 64},
     ):
