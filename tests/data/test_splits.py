@@ -57,7 +57,7 @@ def test_every_harmful_category_is_in_every_part():
 def test_split_sizes_name_every_set_and_part():
     sizes = split_sizes()
     assert set(sizes) == {f"{s}_{p}" for s in ("harmful", "benign", "lookalike") for p in PARTS}
-    assert sizes["harmful_eval"] == 103 and sizes["lookalike_eval"] == len(lookalike_requests("eval"))
+    assert sizes["harmful_eval"] == 118 and sizes["lookalike_eval"] == len(lookalike_requests("eval"))
     assert sum(v for k, v in sizes.items() if k.startswith("lookalike_")) == len(builtin("lookalike"))
 
 
