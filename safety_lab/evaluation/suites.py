@@ -64,7 +64,7 @@ ASR_SPECS = (
     count("unsafe_refusal_n", "Unsafe prompts (n)"),
     count("judge_unparsed", "Judge outputs not parsed (left out of ASR)"),
     # harmful-request responses that neither refuse nor comply: off-topic, empty or non-actionable
-    rate("non_answer_rate", "Non-answer rate", higher=None, tag=True, n_metric="non_answer_n", interval=True),
+    rate("non_answer_rate", "Non-answer rate", higher=False, tag=True, n_metric="non_answer_n", interval=True),
     count("non_answer_n", "Judged harmful responses (n)"),
 )
 CALIBRATION_SPECS = (

@@ -37,6 +37,8 @@ GOOD = {
     "over_refusal_rate_question": 8 / 260,
     "over_refusal_rate_question_n": 260,
     "over_refusal_rate_instruction": 8 / 260,
+    "non_answer_rate": 2 / 120,
+    "non_answer_n": 120,
     "over_refusal_rate_instruction_n": 260,
     "asr_delta": 0.0,
     "asr_delta_p": 1.0,

@@ -22,11 +22,16 @@ from safety_lab.server.routes import action_of, fields
 
 ROOT = Path(__file__).resolve().parents[2]
 MEASURED = {
-    "pass": {"asr": 0.07, "asr_ci_low": 0.03, "asr_ci_high": 0.16, "asr_n": 60.0},
-    "fail": {"asr": 0.91, "asr_ci_low": 0.82, "asr_ci_high": 0.96, "asr_n": 60.0},
+    "pass": {"asr": 0.07, "asr_ci_low": 0.03, "asr_ci_high": 0.16, "asr_n": 120.0},
+    "fail": {"asr": 0.91, "asr_ci_low": 0.82, "asr_ci_high": 0.96, "asr_n": 120.0},
 }
-for _m in MEASURED.values():
-    _m.update(over_refusal_rate=0.04, over_refusal_n=120.0)
+for _m in MEASURED.values():  # every other rule of the packaged policy measured, on enough items, within its limit
+    _m.update({f"over_refusal_rate{form}": 0.04 for form in ("", "_question", "_instruction")})
+    _m.update({n: 260.0 for n in ("over_refusal_n", "over_refusal_rate_question_n", "over_refusal_rate_instruction_n")})
+    _m.update(non_answer_rate=0.02, non_answer_n=120.0, asr_delta=0.0, asr_delta_p=1.0)
+    _m.update({f"{m}_delta{ref}": 0.0 for m in ("drift_accuracy_false_info",) for ref in ("", "_vs_base")})
+    _m.update({f"{m}_delta_vs_base_ci_low": -0.01 for m in ("mc_accuracy", "drift_accuracy_base")})
+    _m.update({f"smooth_ece_delta{ref}_ci_high": 0.02 for ref in ("", "_vs_base")})
 
 
 # --------------------------------------------------------------------------- routes, config, pins
