@@ -40,7 +40,7 @@ def is_conflict(exc: BaseException) -> bool:
 
 
 def retried(
-    write: Callable[..., T], *args: Any, attempts: int = ATTEMPTS, sleep: Callable[[float], Any] = time.sleep, **kw
+    write: Callable[..., T], *args: Any, attempts: int = ATTEMPTS, sleep: Callable[[float], Any] | None = None, **kw
 ) -> T:
     """``write(*args, **kw)``; an idempotent write that hits a uniqueness conflict is tried up to ``attempts`` times."""
     for attempt in range(attempts - 1):
@@ -49,7 +49,7 @@ def retried(
         except MlflowException as exc:
             if not is_conflict(exc):
                 raise
-            sleep(BASE_DELAY_S * 2**attempt * (1 + random.random()))
+            (sleep or time.sleep)(BASE_DELAY_S * 2**attempt * (1 + random.random()))
     return write(*args, **kw)
 
 
