@@ -70,9 +70,14 @@ class Server:
 
 
 def start_server(
-    root: Path, *, backend: str | None = None, command: str = "server", timeout: float = HEALTH_TIMEOUT_S
+    root: Path,
+    *,
+    backend: str | None = None,
+    command: str = "server",
+    timeout: float = HEALTH_TIMEOUT_S,
+    workers: int = 1,
 ) -> Server:
-    """`mlflow server -w 1` on a free port over `backend` (default: SQLite in root); waits for /health."""
+    """`mlflow server -w <workers>` on a free port over `backend` (default: SQLite in root); waits for /health."""
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
     cmd = [
@@ -86,7 +91,7 @@ def start_server(
         backend or f"sqlite:///{root / 'mlflow.db'}",
     ]
     if command == "server":
-        cmd += ["-w", "1", "--artifacts-destination", str(root / "artifacts")]
+        cmd += ["-w", str(workers), "--artifacts-destination", str(root / "artifacts")]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
     env.pop("MLFLOW_TRACKING_URI", None)
     with open(root / "server.log", "ab") as log:
