@@ -28,14 +28,17 @@ pytestmark = [pytest.mark.server, pytest.mark.slow]
 
 VERSIONS = 8
 MODEL = "crowd"
+# As light as tests/faults/test_concurrency.py: one step, one trial, no evaluation (unevaluated: Production refuses).
 FINETUNE = ["--data", "harmful", "--limit", "8", "--batch-size", "4", "--max-steps", "1", "--n-trials", "1"]
-EVAL = ["--eval-limit", "2", "--max-new-tokens", "4"]
+FINETUNE += ["--evaluate", "false"]
+ROOT = Path(__file__).resolve().parents[2]  # the subprocesses import this checkout's safety_lab
 AUDIT_RUN = re.compile(r"audit run ([0-9a-f]{32})")
 
 
 def _all_at_once(commands: list[list[str]], url: str, cwd: Path) -> list[tuple[int, str, str]]:
     """Start every `python -m safety_lab` command, then wait for each: (exit code, stdout, stderr)."""
-    env = {**os.environ, "MLFLOW_TRACKING_URI": url, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": url, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "safety_lab", *c], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
@@ -122,7 +125,6 @@ def _crowd(team, tiny_model_dir: Path, tmp_path: Path, backend: str | None) -> N
                 "--base-model",
                 str(tiny_model_dir),
                 *FINETUNE,
-                *EVAL,
                 "--model-name",
                 MODEL,
                 "--storage",
