@@ -26,6 +26,8 @@ from safety_lab.config import (
 from safety_lab.errors import SafetyLabError, check, clear_interrupts, note_interrupt
 from safety_lab.evaluation import EvalConfig
 
+EXIT_MOVED_UNRECORDED = 3  # promote: the version moved, but the record of the move could not be written
+
 
 def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -134,10 +136,14 @@ def _judge(args: dict) -> int:
 
 
 def _promote(args: dict) -> int:
-    from safety_lab.registry.lifecycle import promote
+    from safety_lab.registry.lifecycle import RecordNotWritten, promote
 
     opts = dataclasses.asdict(from_args(PromoteOptions, args))
-    result = promote(opts.pop("model_name"), **opts)
+    try:
+        result = promote(opts.pop("model_name"), **opts)
+    except RecordNotWritten as exc:  # it moved: not the exit code of a move that failed
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_MOVED_UNRECORDED
     forced = " (forced)" if result.forced else ""
     print(
         f"{result.model_name} version {result.version} ({result.status}) -> {result.target}{forced}; "

@@ -17,6 +17,7 @@ from mlflow.tracking import MlflowClient
 from safety_lab.errors import SafetyLabError, first_line
 from safety_lab.models.generation import generate
 from safety_lab.models.registered import LINEAGE_FILE, load_chain, parse_uri
+from safety_lab.registry.writes import set_version_tag
 
 UNEVALUATED = "unevaluated"
 
@@ -164,9 +165,10 @@ def find_versions(name: str, tags: dict[str, str]) -> list:
 
 
 def tag_version(name: str, version: str, tags: dict[str, object]) -> None:
+    """Set each tag on the version; a write that loses a concurrent uniqueness race is retried (``writes``)."""
     client = MlflowClient()
     for key, value in tags.items():
-        client.set_model_version_tag(name, str(version), key, str(value))
+        set_version_tag(client, name, str(version), key, str(value))
 
 
 def default_model_name(base_model: str) -> str:

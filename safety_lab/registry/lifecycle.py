@@ -6,9 +6,16 @@ evaluated this very version, ran the suites the policy requires on enough items,
 logged metrics gives the status on the tag) and the policy gate allows that status there. A status without
 that evidence counts as ``unevaluated``. A refusal raises ``GateRefused`` before anything in the registry
 changes, and is itself recorded as a run in the ``safety_lab-audit`` experiment. ``force=True`` (with a
-``reason``) bypasses a refusal and records who/when/why on the version's ``safety.override.*`` tags, keeping
-every earlier override in ``safety.override.history``. A policy more lenient than the packaged one is an
+``reason``) bypasses a refusal and records who/when/why on its audit run and on the version, under a tag of its
+own (``safety.override.<audit run id>``, see ``overrides``). A policy more lenient than the packaged one is an
 override too. Every promotion, demotion or archive is recorded as an audit run.
+
+Concurrent moves of one version: every write a move makes commutes with every write of another move. The stage
+and the alias are each one registry write (the later one wins, as in MLflow itself); the override goes under a
+key no other move writes; the rest goes on the move's own audit run. A write that loses MLflow's read-then-insert
+race is sent again (``writes.retried``). A move ends in exactly one of three ways: done (audit run FINISHED),
+``failed part-way`` naming the targets it reached (FAILED), or moved but not recorded (``RecordNotWritten``,
+FINISHED, the audit run holding the record).
 
 Gate rules for aliases: an alias listed in the policy gate (e.g. ``champion``) uses its own rule (the strictest
 entry that equals it ignoring case); any other alias, including one named like a stage, follows ``Staging``.
@@ -47,25 +54,15 @@ from safety_lab.policy import (
     split_problem,
 )
 from safety_lab.registry import UNEVALUATED
+from safety_lab.registry.overrides import RUN_TAG, describe, override_history, override_key, override_value
 from safety_lab.registry.record import SafetyTags
+from safety_lab.registry.writes import retried, set_version_tag
 from safety_lab.reporting import tables
 from safety_lab.reporting.tables import tagged_columns
 from safety_lab.tracking import actor
 
 AUDIT_EXPERIMENT = "safety_lab-audit"
 ACTIVE_STAGES: tuple[str, ...] = ("Staging", "Production")
-OVERRIDE_PREFIX = "safety.override."
-OVERRIDE_FIELDS: tuple[str, ...] = (
-    "by",
-    "at",
-    "reason",
-    "status_at_time",
-    "target",
-    "evidence",
-    "policy_sha256",
-    "lenient",
-)
-OVERRIDE_HISTORY = "safety.override.history"
 REPORT_COLUMNS: tuple[str, ...] = (
     "version",
     "data",
@@ -125,6 +122,14 @@ class GateRefused(SafetyLabError):
         self.model_name, self.version, self.status = model_name, version, status
         self.evidence, self.refusals, self.lenient = evidence, refusals or [], lenient
         super().__init__("refused", message)
+
+
+class RecordNotWritten(SafetyLabError):
+    """The version moved, but the record of the move (its override tag, or its audit run) could not be written."""
+
+    def __init__(self, message: str, result: PromotionResult):
+        self.result = result
+        super().__init__("record", message)
 
 
 @dataclass
@@ -191,7 +196,7 @@ def _user() -> str:
 
 
 def _now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="milliseconds")  # orders overrides made within one second
 
 
 def _ms_iso(ms: Any) -> str:
@@ -454,32 +459,6 @@ def _audit_experiment_id(client: MlflowClient) -> str:
     return exp.experiment_id
 
 
-def _override_record(tags: dict[str, str]) -> dict[str, str] | None:
-    record = {f: tags[OVERRIDE_PREFIX + f] for f in OVERRIDE_FIELDS if OVERRIDE_PREFIX + f in tags}
-    return record or None
-
-
-def _override_tags(tags: dict[str, str], record: dict[str, str]) -> dict[str, str]:
-    """New safety.override.* tags; earlier overrides are kept, oldest first, in safety.override.history."""
-    out = {OVERRIDE_PREFIX + k: v for k, v in record.items()}
-    previous = _override_record(tags)
-    raw_history = tags.get(OVERRIDE_HISTORY)
-    if previous is None and raw_history is None:
-        return out
-    history: list[Any] = []
-    if raw_history is not None:
-        try:
-            parsed = json.loads(raw_history)
-            history = parsed if isinstance(parsed, list) else [parsed]
-        except ValueError:
-            history = [{"unparsed": raw_history}]
-    if previous is not None and (not history or history[-1] != previous):
-        history.append(previous)
-    history.append(record)
-    out[OVERRIDE_HISTORY] = json.dumps(history, ensure_ascii=False)
-    return out
-
-
 def _audit_tags(move: _Move, user: str, forced: bool) -> dict[str, str]:
     ev = move.evidence
     tags = {
@@ -538,25 +517,35 @@ def _audit_refusal(client: MlflowClient, move: _Move, refused: GateRefused) -> N
         warnings.warn(f"the refusal was not audited: {_mlflow_problem(exc)}", stacklevel=3)
 
 
-def _apply(
-    client: MlflowClient, move: _Move, run_id: str, record: dict[str, str] | None, to_archive: tuple[str, ...]
-) -> tuple[str, ...]:
-    """The registry changes, in order; returns the versions that archive_existing moved to Archived."""
+def _move_targets(client: MlflowClient, move: _Move) -> None:
+    """The registry changes themselves: the stage, then the alias; each is one write, retried on a conflict."""
     name, version = move.model_name, move.version
     if move.stage:
         with warnings.catch_warnings():  # stages are deprecated in MLflow 3; the feature is kept
             warnings.simplefilter("ignore", FutureWarning)
-            client.transition_model_version_stage(
-                name, version, move.stage, archive_existing_versions=move.archive_existing
+            retried(
+                client.transition_model_version_stage,
+                name,
+                version,
+                move.stage,
+                archive_existing_versions=move.archive_existing,
             )
     if move.alias:
-        client.set_registered_model_alias(name, move.alias, version)
-    if record is not None:
-        for key, value in _override_tags(dict(move.mv.tags or {}), record).items():
-            client.set_model_version_tag(name, version, key, value)
-    archived = tuple(v for v in to_archive if (client.get_model_version(name, v).current_stage or "") == "Archived")
-    client.log_batch(run_id, tags=[RunTag("archived", ",".join(archived))])
-    return archived
+        retried(client.set_registered_model_alias, name, move.alias, version)
+
+
+def _labels(move: _Move) -> list[str]:
+    return [f"@{n}" if a else n for n, a in move.targets]
+
+
+def _in_place(client: MlflowClient, move: _Move) -> list[str] | None:
+    """The targets the version holds now, read back from the registry; None when it cannot be read."""
+    try:
+        stage = client.get_model_version(move.model_name, move.version).current_stage or "None"
+        aliases = _aliases_by_version(client.get_registered_model(move.model_name)).get(move.version, [])
+    except MlflowException:
+        return None
+    return [t for t in _labels(move) if t == stage or (t.startswith("@") and t[1:] in aliases)]
 
 
 def _to_archive(client: MlflowClient, move: _Move) -> tuple[str, ...]:
@@ -585,30 +574,73 @@ def _override(move: _Move, user: str, at: str) -> dict[str, str]:
     }
 
 
-def _failed_part_way(client: MlflowClient, move: _Move, run_id: str, exc: BaseException) -> None:
-    """Close the audit run as FAILED/KILLED; an MLflow error becomes one line naming the audit run."""
-    with contextlib.suppress(Exception):  # best effort: the original error is what the user must see
-        client.set_tag(run_id, "error", _clip(f"{type(exc).__name__}: {_mlflow_problem(exc)}", 8000))
-        client.set_terminated(run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
-    if isinstance(exc, MlflowException):
+def _close_audit(client: MlflowClient, run_id: str, status: str, tags: dict[str, str]) -> None:
+    """Best effort: the outcome tags on the audit run, then its end status."""
+    with contextlib.suppress(Exception):
+        retried(client.log_batch, run_id, tags=[RunTag(k, _clip(v, 8000)) for k, v in tags.items()])
+    with contextlib.suppress(Exception):
+        retried(client.set_terminated, run_id, status)
+
+
+def _failed_part_way(
+    client: MlflowClient, move: _Move, run_id: str, exc: BaseException, done: list[str] | None
+) -> None:
+    """The move did not complete: the audit run ends FAILED (KILLED on Ctrl-C) naming the targets it did reach, and
+    an error becomes one line saying the same. A KeyboardInterrupt is left to propagate."""
+    if done is None:
+        what = "could not read back what moved"
+    elif not done:
+        what = "nothing moved"
+    else:
+        what = f"moved to {' '.join(done)}, not to {' '.join(t for t in _labels(move) if t not in done)}"
+    problem = f"{type(exc).__name__}: {_mlflow_problem(exc)}"
+    note = f"{move.model_name} version {move.version} -> {move.target} failed part-way: {what}: {problem}"
+    interrupted = isinstance(exc, KeyboardInterrupt)
+    _close_audit(client, run_id, "KILLED" if interrupted else "FAILED", {"error": problem, "outcome": note})
+    if not interrupted:
         raise SafetyLabError(
             "registry",
             f"{move.model_name} version {move.version} -> {move.target} failed "
-            f"part-way (audit run {run_id}): {_mlflow_problem(exc)}",
+            f"part-way (audit run {run_id}): {what}: {_mlflow_problem(exc)}",
         ) from None
 
 
+def _record_move(
+    client: MlflowClient, move: _Move, run_id: str, record: dict[str, str] | None, to_archive: tuple[str, ...]
+) -> tuple[tuple[str, ...], str | None]:
+    """After the move: the override on the version (under a key only this audit run writes), the archived versions
+    and FINISHED on the audit run. Returns (archived, None), or ((), what could not be written)."""
+    missing = f"the override record could not be written: audit run {run_id} holds it"
+    try:
+        if record is not None:
+            set_version_tag(client, move.model_name, move.version, override_key(run_id), override_value(record))
+        missing = f"its audit run {run_id} could not be completed"
+        name = move.model_name
+        archived = tuple(v for v in to_archive if (client.get_model_version(name, v).current_stage or "") == "Archived")
+        outcome = f"moved to {move.target}"
+        retried(client.log_batch, run_id, tags=[RunTag("archived", ",".join(archived)), RunTag("outcome", outcome)])
+        retried(client.set_terminated, run_id, "FINISHED")
+    except Exception as exc:
+        return (), f"{missing} ({_mlflow_problem(exc)})"
+    return archived, None
+
+
 def _execute(client: MlflowClient, move: _Move, forced: bool) -> PromotionResult:
-    """Audit run first (RUNNING), then the registry changes, then FINISHED (or FAILED/KILLED part-way)."""
+    """Audit run first (RUNNING, carrying any override), then the registry changes, then their record and FINISHED.
+
+    A move that did not reach every target ends FAILED and raises "failed part-way"; a move that did, but whose
+    record could not be written, ends FINISHED and raises RecordNotWritten saying exactly that."""
     user, at, ev = _user(), _now_iso(), move.evidence
     holders = {a: v for v, names in _aliases_by_version(move.rm).items() for a in names}
     forced_note = f" (forced: {move.reason or ''})" if forced else ""
     note = f"{move.model_name} version {move.version} ({ev.tag_status}) -> {move.target}{forced_note} by {user} at {at}"
+    record = _override(move, user, at) if forced else None
     tags = {
         **_audit_tags(move, user, forced),
         "safety_lab.audit": "promotion",
         "mlflow.note.content": note,
         "alias_previous_version": holders.get(move.alias, "") if move.alias else "",
+        **({RUN_TAG: override_value(record)} if record is not None else {}),
     }
     run_id = _start_audit(client, move, f"promote-{move.model_name}-v{move.version}", tags)
     params = {
@@ -621,14 +653,20 @@ def _execute(client: MlflowClient, move: _Move, forced: bool) -> PromotionResult
         "user": user,
     }
     try:
-        client.log_batch(run_id, params=[Param(k, _clip(str(v), _MAX_PARAM)) for k, v in params.items()])
-        record = _override(move, user, at) if forced else None
-        archived = _apply(client, move, run_id, record, _to_archive(client, move))
+        retried(client.log_batch, run_id, params=[Param(k, _clip(str(v), _MAX_PARAM)) for k, v in params.items()])
+        to_archive = _to_archive(client, move)
     except BaseException as exc:
-        _failed_part_way(client, move, run_id, exc)
+        _failed_part_way(client, move, run_id, exc, [])
         raise
-    client.set_terminated(run_id, "FINISHED")
-    return PromotionResult(
+    try:
+        _move_targets(client, move)
+    except BaseException as exc:  # an error after the write committed still moved it: read back what holds
+        done = _in_place(client, move)
+        if isinstance(exc, KeyboardInterrupt) or done != _labels(move):
+            _failed_part_way(client, move, run_id, exc, done)
+            raise
+    archived, missing = _record_move(client, move, run_id, record, to_archive)
+    result = PromotionResult(
         model_name=move.model_name,
         version=move.version,
         status=ev.tag_status,
@@ -640,6 +678,11 @@ def _execute(client: MlflowClient, move: _Move, forced: bool) -> PromotionResult
         verified_status=ev.status,
         evidence=ev.problem or "verified",
     )
+    if missing:
+        text = f"{move.model_name} version {move.version} moved to {move.target}; {missing}"
+        _close_audit(client, run_id, "FINISHED", {"outcome": text, "record_written": "false"})
+        raise RecordNotWritten(text, result)
+    return result
 
 
 # --------------------------------------------------------------------------- promote
@@ -709,6 +752,8 @@ def promote(
     `policy` is a YAML path or a Policy (default: the packaged one); one more lenient than the packaged policy
     is an override. A refusal raises GateRefused, audited, before any registry change unless `force` (which
     needs a `reason`). Returns the outcome, including the id of the audit run in experiment "safety_lab-audit".
+    A move that did not reach its targets raises SafetyLabError("registry", "... failed part-way ..."); one that
+    did, but whose record could not be written, raises RecordNotWritten (its ``result`` is the outcome).
     """
     model_name, version, from_alias, stage, alias, reason = _request(
         model_name, version, from_alias, stage, alias, archive_existing, force, reason
@@ -765,7 +810,8 @@ def _parent_version(mv, model_name: str) -> tuple[str | None, str | None]:
 
 
 def lineage_tree(model_name: str) -> str:
-    """The versions of a model as a tree: each fine-tuned version under the version it started from."""
+    """The versions of a model as a tree: each fine-tuned version under the version it started from, every override
+    of a version on its own line below it, oldest first."""
     model_name = (model_name or "").strip()
     if not model_name:
         raise SafetyLabError("model_name", "is required")
@@ -810,6 +856,8 @@ def lineage_tree(model_name: str) -> str:
     def walk(mv, prefix: str, connector: str, child_prefix: str) -> None:
         out.append(prefix + connector + line(mv))
         kids = children.get(str(mv.version), [])
+        under = prefix + child_prefix + ("|   " if kids else "    ")
+        out.extend(f"{under}override: {describe(r)}" for r in override_history(mv.tags or {}))
         for i, kid in enumerate(kids):
             last = i == len(kids) - 1
             walk(kid, prefix + child_prefix, "`-- " if last else "|-- ", "    " if last else "|   ")
@@ -872,6 +920,7 @@ __all__ = [
     "GateRefused",
     "check_move",
     "PromotionResult",
+    "RecordNotWritten",
     "format_report",
     "lineage_tree",
     "promote",

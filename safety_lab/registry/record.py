@@ -22,6 +22,7 @@ from safety_lab.evaluation import METRICS, EvalConfig, EvalReport, Reference, ev
 from safety_lab.models import DEFAULT_MODEL, chain_sha256, load_model, resolve_version, weights_sha256
 from safety_lab.policy import Decision, Policy, decide, fingerprint, load_policy, policy_json, policy_summary
 from safety_lab.registry import UNEVALUATED, tag_version
+from safety_lab.registry.overrides import override_history
 from safety_lab.reporting import plots
 from safety_lab.reporting.cards import safety_card
 from safety_lab.tracking import check_reachable, start_experiment
@@ -235,7 +236,7 @@ def _log_run(report: EvalReport, decision: Decision, mv) -> None:
         if mv
         else {"base_model": report.model_uri}
     )
-    _log_card(report, decision, lineage)
+    _log_card(report, decision, lineage, override_history(mv.tags or {}) if mv else [])
     mlflow.set_tags({"safety.reasons": decision.summary[:4000], "safety.checks": "; ".join(decision.reasons)[:4000]})
 
 
@@ -271,8 +272,9 @@ def _figures(report: EvalReport) -> dict:
     return figures
 
 
-def _log_card(report: EvalReport, decision: Decision, lineage: dict) -> None:
-    """Figures (mlflow.log_figure), summary.json and the safety card (Markdown + HTML) under evaluation/."""
+def _log_card(report: EvalReport, decision: Decision, lineage: dict, overrides: list[dict]) -> None:
+    """Figures (mlflow.log_figure), summary.json and the safety card (Markdown + HTML) under evaluation/; the card
+    lists the version's overrides recorded so far."""
     figures = _figures(report)
     for name, fig in figures.items():
         mlflow.log_figure(fig, f"evaluation/{name}.png")
@@ -293,6 +295,7 @@ def _log_card(report: EvalReport, decision: Decision, lineage: dict) -> None:
         plots=figures,
         lineage=lineage,
         title=f"Safety card: {title}",
+        overrides=overrides,
     )
     mlflow.log_text(markdown, "evaluation/safety_card.md")
     mlflow.log_text(page, "evaluation/safety_card.html")

@@ -330,7 +330,19 @@ def _plot_items(plots: Mapping[str, PlotSource | None] | None) -> list[dict]:
 # --------------------------------------------------------------------------- the card
 
 
-def _context(summary, items, plots, lineage, title, examples) -> dict:
+_OVERRIDE_FIELDS = ("at", "by", "target", "status_at_time", "reason", "evidence", "audit_run")
+
+
+def _overrides(records: Sequence[Mapping[str, Any]] | None) -> list[dict]:
+    """Each override as the card shows it: every field one line, cut like a response; ``verified`` evidence left out."""
+    out = []
+    for r in records or []:
+        item = {f: truncate(r.get(f, ""), RESPONSE_CHARS) for f in _OVERRIDE_FIELDS}
+        out.append({**item, "evidence": "" if item["evidence"] == "verified" else item["evidence"]})
+    return out
+
+
+def _context(summary, items, plots, lineage, title, examples, overrides=None) -> dict:
     """What both templates show, selected and formatted (text not yet escaped: the templates escape it)."""
     summary = dict(summary or {})
     metrics = dict(summary.get("metrics") or {})
@@ -361,6 +373,7 @@ def _context(summary, items, plots, lineage, title, examples) -> dict:
         "breakdowns": _breakdowns(metrics, reference, has_ref),
         "plots": _plot_items(plots),
         "lineage": _lineage_rows(lineage or {}),
+        "overrides": _overrides(overrides),
         "examples": shown,
         "showing": f"Showing {len(shown)} of {len(asr_rows)}; prompts cut to {PROMPT_CHARS} and responses to "
         f"{RESPONSE_CHARS} characters.",
@@ -375,15 +388,18 @@ def safety_card(
     lineage: Mapping[str, Any] | None = None,
     title: str = "Safety card",
     examples: int = DEFAULT_EXAMPLES,
+    overrides: Sequence[Mapping[str, Any]] | None = None,
 ) -> tuple[str, str]:
     """(markdown, html) of one evaluation's safety card. Pure rendering.
 
     ``summary``: the evaluation's summary dict (``status``, ``reasons``, ``model_uri``, ``metrics``,
     ``reference_uri``, ``reference_metrics``, ``base_metrics``); ``items``: suite -> rows (``asr`` rows give the
     examples); ``plots``: name -> PNG path (missing files are skipped), PNG bytes or matplotlib Figure;
-    ``lineage``: flat dotted keys (``data.name``) or nested dicts; ``examples``: how many generations to show.
+    ``lineage``: flat dotted keys (``data.name``) or nested dicts; ``examples``: how many generations to show;
+    ``overrides``: every forced promotion of the version, oldest first (``at``, ``by``, ``target``,
+    ``status_at_time``, ``reason``, ``evidence``, ``audit_run``), each listed under "Overrides".
     """
-    context = _context(summary, items, plots, lineage, title, examples)
+    context = _context(summary, items, plots, lineage, title, examples, overrides)
     md = _MARKDOWN.get_template("card.md.j2").render(context)
     page = _HTML.get_template("card.html.j2").render(context)
     return md, page

@@ -16,7 +16,9 @@ from mlflow.tracking import MlflowClient
 
 from safety_lab.errors import SafetyLabError
 from safety_lab.policy import policy_json
-from safety_lab.registry.lifecycle import _audit_experiment_id, _audit_tags, _clip, _now_iso, _override, _override_tags
+from safety_lab.registry.lifecycle import _audit_experiment_id, _audit_tags, _clip, _now_iso, _override
+from safety_lab.registry.overrides import RUN_TAG, override_key, override_value
+from safety_lab.registry.writes import set_version_tag
 from safety_lab.server import compat
 
 OVERRIDE_REASON = "safety.override_reason"
@@ -76,9 +78,9 @@ def finish(client: MlflowClient, move, run_id: str, user: str, error: str | None
     """Close the audit run; after a forced move, record the override on the version and consume the reason tag."""
     try:
         if error is None and move.reason is not None:
-            record = _override(move, user, _now_iso())
-            for key, value in _override_tags(dict(move.mv.tags or {}), record).items():
-                client.set_model_version_tag(move.model_name, move.version, key, value)
+            record = override_value(_override(move, user, _now_iso()))  # one key per audit run: concurrent-safe
+            set_version_tag(client, move.model_name, move.version, override_key(run_id), record)
+            client.set_tag(run_id, RUN_TAG, record)
             with contextlib.suppress(MlflowException):
                 client.delete_model_version_tag(move.model_name, move.version, OVERRIDE_REASON)
         if error is not None:

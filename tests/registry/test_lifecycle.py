@@ -29,6 +29,7 @@ from safety_lab.registry.lifecycle import (
     report_rows,
     verify_evidence,
 )
+from safety_lab.registry.overrides import override_history
 
 # Everything else a complete evaluation measures, within every other rule of the packaged policy.
 COMPLETE = {
@@ -232,15 +233,20 @@ def test_force_with_reason_records_override_and_audit_run(registry, monkeypatch)
     v = registry("fail")
     result = promote("m", version=v, stage="Production", force=True, reason="hotfix approved by safety board")
     assert result.forced and result.status == "fail"
-    tags = _mv(c, v).tags
     assert _mv(c, v).current_stage == "Production"
-    assert tags["safety.override.by"] == "os:alice"
-    assert tags["safety.override.evidence"] == "verified" and tags["safety.override.lenient"] == ""
-    assert tags["safety.override.reason"] == "hotfix approved by safety board"
-    assert tags["safety.override.status_at_time"] == "fail"
-    assert tags["safety.override.target"] == "Production"
-    assert tags["safety.override.at"].endswith("+00:00")
-    assert "safety.override.history" not in tags
+    (override,) = override_history(_mv(c, v).tags)
+    assert override.pop("at").endswith("+00:00")
+    assert override == {
+        "by": "os:alice",
+        "reason": "hotfix approved by safety board",
+        "status_at_time": "fail",
+        "target": "Production",
+        "evidence": "verified",
+        "policy_sha256": fingerprint(load_policy(None)),
+        "lenient": "",
+        "audit_run": result.run_id,
+    }
+    assert set(k for k in _mv(c, v).tags if k.startswith("safety.override")) == {f"safety.override.{result.run_id}"}
     runs = _audit_runs(c)
     assert [r.info.run_id for r in runs] == [result.run_id]
     params = runs[0].data.params
@@ -248,26 +254,49 @@ def test_force_with_reason_records_override_and_audit_run(registry, monkeypatch)
     assert params["reason"] == "hotfix approved by safety board" and params["target"] == "Production"
     assert params["version"] == v and params["model_name"] == "m"
     assert runs[0].info.run_name == f"promote-m-v{v}"
+    on_run = json.loads(runs[0].data.tags["safety.override"])
+    assert on_run == {k: val for k, val in override_history(_mv(c, v).tags)[0].items() if k != "audit_run"}
+    assert runs[0].info.status == "FINISHED" and runs[0].data.tags["outcome"] == "moved to Production"
 
 
-def test_second_override_keeps_history(registry, monkeypatch):
+def test_every_override_is_kept_under_its_own_key(registry, monkeypatch):
     c = registry.client
     v = registry("fail")
-    monkeypatch.setattr("getpass.getuser", lambda: "alice")
-    promote("m", version=v, stage="Staging", force=True, reason="first")
-    first = {k: v2 for k, v2 in _mv(c, v).tags.items() if k.startswith("safety.override.")}
-    monkeypatch.setattr("getpass.getuser", lambda: "bob")
-    promote("m", version=v, alias="champion", force=True, reason="second")
-    tags = _mv(c, v).tags
-    assert tags["safety.override.by"] == "os:bob" and tags["safety.override.reason"] == "second"
-    assert tags["safety.override.target"] == "@champion"
-    history = json.loads(tags["safety.override.history"])
-    assert [h["reason"] for h in history] == ["first", "second"]
-    assert history[0] == {k.removeprefix("safety.override."): val for k, val in first.items()}
-    promote("m", version=v, stage="Production", force=True, reason="third")
-    history = json.loads(_mv(c, v).tags["safety.override.history"])
-    assert [h["reason"] for h in history] == ["first", "second", "third"]
+    runs = []
+    for user, kwargs, reason in (
+        ("alice", {"stage": "Staging"}, "first"),
+        ("bob", {"alias": "champion"}, "second"),
+        ("carol", {"stage": "Production"}, "third"),
+    ):
+        monkeypatch.setattr("getpass.getuser", lambda user=user: user)
+        runs.append(promote("m", version=v, force=True, reason=reason, **kwargs).run_id)
+    history = override_history(_mv(c, v).tags)
+    assert [(h["by"], h["target"], h["reason"]) for h in history] == [
+        ("os:alice", "Staging", "first"),
+        ("os:bob", "@champion", "second"),
+        ("os:carol", "Production", "third"),
+    ]
+    assert [h["audit_run"] for h in history] == runs
+    assert "safety.override.history" not in _mv(c, v).tags
     assert len(_audit_runs(c)) == 3
+    lines = [line for line in lineage_tree("m").splitlines() if "override:" in line]
+    assert len(lines) == 3 and all(
+        f"reason: {r} audit run {run}" in line for r, run, line in zip(("first", "second", "third"), runs, lines)
+    )
+
+
+def test_legacy_single_slot_overrides_are_still_read(registry):
+    """Versions tagged by the earlier layout: one override in safety.override.<field>, older ones in .history."""
+    v = registry("fail")
+    old = {"by": "os:ann", "at": "2026-01-01T00:00:00+00:00", "reason": "old", "target": "Staging"}
+    older = {**old, "at": "2025-12-01T00:00:00+00:00", "reason": "older"}
+    for key, value in {**{f"safety.override.{k}": x for k, x in old.items()}}.items():
+        registry.client.set_model_version_tag("m", v, key, value)
+    registry.client.set_model_version_tag("m", v, "safety.override.history", json.dumps([older, old]))
+    result = promote("m", version=v, alias="champion", force=True, reason="new")
+    history = override_history(_mv(registry.client, v).tags)
+    assert [h["reason"] for h in history] == ["older", "old", "new"]
+    assert history[-1]["audit_run"] == result.run_id
 
 
 def test_force_not_needed_is_not_an_override(registry):
@@ -451,9 +480,10 @@ def test_a_lenient_policy_needs_force_and_reason(registry, tmp_path, monkeypatch
     result = promote("m", version=v, stage="Production", policy=str(path), force=True, reason="board approved")
     tags = _mv(c, v).tags
     assert result.forced and _mv(c, v).current_stage == "Production"
-    assert tags["safety.override.by"] == "os:mallory" and tags["safety.override.reason"] == "board approved"
-    assert tags["safety.override.lenient"] == "; ".join(info.value.lenient)
-    assert tags["safety.override.policy_sha256"] == fingerprint(load_policy(path))
+    (override,) = override_history(tags)
+    assert override["by"] == "os:mallory" and override["reason"] == "board approved"
+    assert override["lenient"] == "; ".join(info.value.lenient)
+    assert override["policy_sha256"] == fingerprint(load_policy(path))
 
 
 def test_a_status_decided_under_another_policy_is_stale(registry, tmp_path):

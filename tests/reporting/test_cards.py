@@ -263,3 +263,36 @@ def test_plots_given_as_figures_or_bytes_are_embedded_and_written_next_to_the_ca
     assert (tmp_path / "asr.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "extra.png").read_bytes() == data
     assert page.count("data:image/png;base64,") == 2 and base64.b64encode(data).decode() in page
+
+
+def test_every_override_is_listed_escaped_and_none_says_so():
+    overrides = [
+        {
+            "at": "2026-01-01T00:00:00.000+00:00",
+            "by": "os:ann",
+            "target": "Staging",
+            "status_at_time": "fail",
+            "reason": "board *approved* <b>",
+            "evidence": "verified",
+            "audit_run": "a" * 32,
+        },
+        {
+            "at": "2026-01-02T00:00:00.000+00:00",
+            "by": "mlflow:bob",
+            "target": "@champion",
+            "status_at_time": "warn",
+            "reason": "second",
+            "evidence": "stale: re-evaluate",
+            "audit_run": "b" * 32,
+        },
+    ]
+    md, page = safety_card(_summary(status="fail"), overrides=overrides, title="t")
+    section = md.split("## Overrides", 1)[1].split("##", 1)[0]
+    lines = [line for line in section.splitlines() if line.startswith("- ")]
+    assert len(lines) == 2 and "os:ann → Staging (status fail): board \\*approved\\* &lt;b&gt;" in lines[0]
+    assert f"audit run `{'a' * 32}`" in lines[0] and "evidence" not in lines[0]
+    assert "@champion" in lines[1] and "evidence: stale: re-evaluate" in lines[1]
+    section = page.split("<h2>Overrides</h2>", 1)[1].split("<h2>", 1)[0]
+    assert section.count("<li>") == 2 and "board *approved* &lt;b&gt;" in section and "<b>" not in page
+    md, page = safety_card(_summary(status="fail"), title="t")
+    assert "_No overrides recorded._" in md and "No overrides recorded." in page

@@ -75,11 +75,12 @@ def start_server(
     backend: str | None = None,
     command: str = "server",
     timeout: float = HEALTH_TIMEOUT_S,
+    workers: int = 1,
     args: tuple[str, ...] = (),
     env: dict[str, str] | None = None,
 ) -> Server:
-    """`mlflow server -w 1 [args]` on a free port over `backend` (default: SQLite in root), with `env` added to the
-    environment; waits for /health."""
+    """`mlflow server -w <workers> [args]` on a free port over `backend` (default: SQLite in root), with `env` added
+    to the environment; waits for /health."""
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
     cmd = [
@@ -93,7 +94,7 @@ def start_server(
         backend or f"sqlite:///{root / 'mlflow.db'}",
     ]
     if command == "server":
-        cmd += ["-w", "1", "--artifacts-destination", str(root / "artifacts"), *args]
+        cmd += ["-w", str(workers), "--artifacts-destination", str(root / "artifacts"), *args]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "MLFLOW_DISABLE_TELEMETRY": "true", **(env or {})}
     env.pop("MLFLOW_TRACKING_URI", None)
     with open(root / "server.log", "ab") as log:

@@ -27,6 +27,7 @@ from mlflow.tracking import MlflowClient
 from safety_lab.evaluation import EvalConfig, EvalReport, SuiteResult
 from safety_lab.registry import record
 from safety_lab.registry.lifecycle import AUDIT_EXPERIMENT
+from safety_lab.registry.overrides import override_history
 
 pytestmark = pytest.mark.server
 
@@ -298,13 +299,12 @@ def test_with_auth_permissions_apply_and_an_approver_override_is_recorded(gated_
         with as_user(gated_auth, APPROVER) as client:
             tags = client.get_model_version("ga", v_fail).tags
             assert client.get_model_version("ga", v_fail).current_stage == "Production"
-            assert (
-                tags["safety.override.by"] == f"mlflow:{APPROVER}"
-                and tags["safety.override.reason"] == "hotfix, ticket 7"
-            )
-            assert tags["safety.override.status_at_time"] == "fail" and "safety.override_reason" not in tags
+            (record,) = override_history(tags)  # one override, under the key of the audit run that recorded it
+            assert record["by"] == f"mlflow:{APPROVER}" and record["reason"] == "hotfix, ticket 7"
+            assert record["status_at_time"] == "fail" and "safety.override_reason" not in tags
             forced = [r for r in audit_runs(client, "promotion") if r.data.tags["version"] == v_fail]
             assert len(forced) == 1 and forced[0].data.tags["forced"] == "true"
+            assert record["audit_run"] == forced[0].info.run_id
             assert forced[0].data.tags["mlflow.user"] == f"mlflow:{APPROVER}" and forced[0].info.status == "FINISHED"
             client.set_registered_model_alias("ga", "champion", v_pass)  # a pass version needs no override
 

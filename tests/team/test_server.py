@@ -9,6 +9,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from safety_lab.cli import main
+from safety_lab.registry.overrides import override_history
 
 pytestmark = pytest.mark.server
 
@@ -59,14 +60,13 @@ def test_promote_and_report_against_the_server(team_version, at_server, capsys):
         == 0
     )
     assert client.get_model_version_by_alias("team", "champion").version == "1"
-    tags = client.get_model_version("team", "1").tags
+    overrides = override_history(client.get_model_version("team", "1").tags)
     if status == "pass":  # the gate allowed it: nothing to override
-        assert "safety.override.reason" not in tags
+        assert overrides == []
     else:
-        assert tags["safety.override.reason"] == "test"
-        assert tags["safety.override.status_at_time"] == status
-        assert tags["safety.override.target"] == "@champion"
-        assert tags["safety.override.by"] and tags["safety.override.at"]
+        (override,) = overrides
+        assert override["reason"] == "test" and override["status_at_time"] == status
+        assert override["target"] == "@champion" and override["by"] and override["at"] and override["audit_run"]
     audit = client.get_experiment_by_name("safety_lab-audit")
     runs = client.search_runs([audit.experiment_id])
     assert sorted(r.data.tags["target"] for r in runs) == ["@champion", "Archived"]
