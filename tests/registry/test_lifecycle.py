@@ -31,6 +31,8 @@ from safety_lab.registry.lifecycle import (
 )
 from safety_lab.registry.overrides import override_history
 
+REAL_LOG_CARD = record._log_card  # the fixtures stub it out; one test renders the card
+
 # Everything else a complete evaluation measures, within every other rule of the packaged policy.
 COMPLETE = {
     "over_refusal_rate": 0.04,
@@ -762,3 +764,17 @@ def test_register_tolerates_another_process_creating_the_model_first(mlflow_stor
     (tmp_path / "src").mkdir()
     mv = registry_lib.register(str(tmp_path / "src"), "raced", tags={"k": "v"}, description="d")
     assert looked and str(mv.version) == "1" and mv.tags["k"] == "v"
+
+
+def test_the_safety_card_of_a_reevaluation_lists_every_override(registry, monkeypatch):
+    v = registry("fail")
+    first = promote("m", version=v, stage="Staging", force=True, reason="first")
+    second = promote("m", version=v, alias="champion", force=True, reason="second")
+    monkeypatch.setattr(record, "_log_card", REAL_LOG_CARD)
+    recorded = evaluate("m", v, "fail", registry.measured)
+    card = mlflow.artifacts.load_text(f"runs:/{recorded.run_id}/evaluation/safety_card.md")
+    section = card.split("## Overrides", 1)[1].split("\n## ", 1)[0]
+    lines = [line for line in section.splitlines() if line.startswith("- ")]
+    assert len(lines) == 2
+    assert "→ Staging (status fail): first" in lines[0] and first.run_id in lines[0]
+    assert "→ @champion (status fail): second" in lines[1] and second.run_id in lines[1]
