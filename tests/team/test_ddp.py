@@ -127,13 +127,14 @@ def test_accelerate_ddp_finetune_matches_one_process(team, tiny_model_dir, mlflo
     assert len(client.search_model_versions("name = 'ddp'")) == 1
 
     # Same seed, same sampled parameters; the global batch of 4 (2 per process) follows the one-process run closely:
-    # measured |diff| 2.4e-3, while doubling the batch instead (4 per process) moves the best loss by 1.5e-2.
+    # measured |diff| 5.3e-3 on the form-balanced built-in sets (2.4e-3 before), while doubling the batch instead
+    # (4 per process) moves the best loss by 1.5e-2: the bound sits halfway, so it still tells the two apart.
     ddp = optuna.load_study(study_name="ddp", storage=storage).trials
     one = optuna.load_study(study_name="one-process", storage=storage).trials
     assert [t.params for t in ddp] == [t.params for t in one]
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in ddp)
     for a, b in zip(ddp, one):
-        assert abs(a.value - b.value) < 5e-3, (a.value, b.value)
+        assert abs(a.value - b.value) < 7.5e-3, (a.value, b.value)
 
 
 def test_ddp_safety_tuning_passes_multi_objective_values_through(team, tiny_model_dir, mlflow_store, tmp_path):
