@@ -40,7 +40,7 @@ def test_benchmark_runs_in_quick_mode(script, tmp_path):
         env=env,
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=1800,  # end_to_end --quick evaluates a real model and its base reference (with form_swap, ~800 answers)
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert any(ch.isdigit() for ch in done.stdout)
