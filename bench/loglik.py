@@ -4,7 +4,7 @@
 
 Items: the built-in multiple-choice questions (`load_mc("builtin")`), worded as the calibration suite words them.
 
-  project   `safety_lab.evaluation.suites.option_logprobs`: one forward over the chat-templated prompt, its KV cache
+  project   `safety_lab.evaluation.scoring.option_logprobs`: one forward over the chat-templated prompt, its KV cache
             repeated for the options, one batched forward over the option tokens
   baseline  for each option, one full forward over prompt + option tokens (the same token ids), sum of the
             option tokens' log-probs
@@ -22,7 +22,9 @@ import time
 import _common as C
 import torch  # noqa: E402
 
-from safety_lab.evaluation.suites import load_mc, mc_question_text, option_logprobs  # noqa: E402
+from safety_lab.evaluation.scoring import option_logprobs  # noqa: E402
+from safety_lab.evaluation.sets import load_mc  # noqa: E402
+from safety_lab.evaluation.suites import mc_question_text  # noqa: E402
 from safety_lab.models import load_model  # noqa: E402
 
 

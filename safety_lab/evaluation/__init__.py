@@ -1,7 +1,8 @@
 """Evaluate a loaded model: run the suites, compare them item by item with its references. No MLflow here.
 
 ``evaluate(loaded, cfg, references=...) -> EvalReport`` is pure apart from loading reference models (whose results
-are cached on disk); ``safety_lab.registry.record`` writes the run, tags, tables, figures and card.
+are cached on disk); ``safety_lab.registry.record`` writes the run, tags, tables, figures and card. The model stack
+is imported where a model is loaded or run, so the package (and its metric specs) imports without torch.
 """
 
 from __future__ import annotations
@@ -25,12 +26,13 @@ import safety_lab.evaluation.metrics as M
 from safety_lab.config import _Coerce, _help
 from safety_lab.errors import check
 from safety_lab.evaluation import form_swap as _form_swap  # noqa: F401  (registers the form_swap suite)
-from safety_lab.evaluation.calibration import paired_smooth_ece_difference
+from safety_lab.evaluation.calibration import paired_ece_difference, paired_smooth_ece_difference
 from safety_lab.evaluation.judges import JUDGE_STYLES, JUDGES, check_llm_judge_options
 from safety_lab.evaluation.metrics import MATCH_MODES
+from safety_lab.evaluation.paired import PairedComparison, paired_proportion_difference
+from safety_lab.evaluation.sets import load_benign_prompts
 from safety_lab.evaluation.specs import METRICS, MetricSpec
-from safety_lab.evaluation.suites import SUITES, SuiteResult, load_benign_prompts, parse_suites
-from safety_lab.models import cache_dir, load_model, resolve_device
+from safety_lab.evaluation.suites import SUITES, SuiteResult, parse_suites
 
 
 @dataclass
@@ -138,6 +140,8 @@ class EvalConfig(_Coerce):
         for name in ("harmful_prompts", "qa", "mc", "benign_prompts"):
             if inputs[name] != "builtin":
                 inputs[name] = hashlib.sha256(Path(inputs[name]).read_bytes()).hexdigest()
+        from safety_lab.models import resolve_device
+
         device, dtype = resolve_device(self.device)
         blob = json.dumps(
             {
@@ -275,11 +279,15 @@ def run_suites(loaded, cfg: EvalConfig, *, timings=None) -> dict[str, SuiteResul
 
 
 def _cache_file(key: str) -> Path:
+    from safety_lab.models import cache_dir
+
     return cache_dir() / "eval" / f"{key}.json"
 
 
 def cached_suites(ref: Reference, cfg: EvalConfig, *, timings=None) -> dict[str, SuiteResult]:
     """A reference model's suite results, from the disk cache or computed (loading the model) and cached."""
+    from safety_lab.models import load_model
+
     path = _cache_file(cfg.cache_key(ref.identity))
     if path.is_file():
         try:
@@ -292,7 +300,7 @@ def cached_suites(ref: Reference, cfg: EvalConfig, *, timings=None) -> dict[str,
 
 
 # ---------------------------------------------------------------- comparisons
-def _paired(metric: str, current: dict, reference: dict) -> M.PairedComparison | None:
+def _paired(metric: str, current: dict, reference: dict) -> PairedComparison | None:
     """One metric's paired comparison on the items both runs scored: proportions, or (smooth) ECE from (correct,
     conf)."""
     keys = [k for k in current if k in reference]
@@ -300,9 +308,9 @@ def _paired(metric: str, current: dict, reference: dict) -> M.PairedComparison |
         return None
     if metric in ("ece", "smooth_ece"):
         (cc, cp), (rc, rp) = ([[o[k][i] for k in keys] for i in (0, 1)] for o in (current, reference))
-        paired = M.paired_ece_difference if metric == "ece" else paired_smooth_ece_difference
+        paired = paired_ece_difference if metric == "ece" else paired_smooth_ece_difference
         return paired(cc, cp, rc, rp)
-    return M.paired_proportion_difference([current[k] for k in keys], [reference[k] for k in keys])
+    return paired_proportion_difference([current[k] for k in keys], [reference[k] for k in keys])
 
 
 def compare(

@@ -12,51 +12,15 @@ import safety_lab.evaluation.metrics as M
 from safety_lab.data import form_swaps
 from safety_lab.data.forms import form_of
 from safety_lab.errors import check
-from safety_lab.evaluation.specs import MetricSpec, count, rate
+from safety_lab.evaluation.paired import paired_proportion_difference
+from safety_lab.evaluation.specs import FORM_SWAP_SPECS, FORMS
 from safety_lab.evaluation.suites import (
-    OVER_REFUSAL_MIN_ITEMS,
     SuiteResult,
-    _attack_metrics,
-    _limit,
-    _refusal_metrics,
-    load_benign_prompts,
-    load_harmful_prompts,
+    attack_metrics,
+    generate_answers,
+    refusal_metrics,
+    sample_prompts,
     suite,
-)
-from safety_lab.models.generation import generate
-
-FORMS = ("question", "instruction")  # the two forms compared; a prompt of form `other` counts in neither
-
-
-def _rate_specs(name: str, label: str, n_label: str) -> tuple[MetricSpec, ...]:
-    return tuple(
-        spec
-        for form in FORMS
-        for spec in (
-            rate(
-                f"{name}_{form}",
-                f"{label} ({form}s)",
-                higher=False,
-                tag=True,
-                headline=True,
-                n_metric=f"{name}_{form}_n",
-                interval=True,
-            ),
-            count(f"{name}_{form}_n", f"{n_label} as {form}s (n)"),
-        )
-    )
-
-
-def _gap_spec(name: str, label: str) -> MetricSpec:
-    # no direction: a gap either way means the form, not the request, moved the answer
-    return MetricSpec(name, label, None, kind="score", tag=True, headline=True, interval=True)
-
-
-FORM_SWAP_SPECS = (
-    *_rate_specs("asr", "ASR", "Harmful prompts"),
-    _gap_spec("asr_form_gap", "ASR form gap (instruction - question)"),
-    *_rate_specs("over_refusal_rate", "Over-refusal", "Safe prompts"),
-    _gap_spec("over_refusal_form_gap", "Over-refusal form gap (instruction - question)"),
 )
 
 
@@ -98,7 +62,7 @@ def per_form(rows: list[dict], outcome: str, name: str, gap: str) -> tuple[dict[
         question, instruction = by_form["question"], by_form["instruction"]
         if question.keys() == instruction.keys():
             keys = sorted(question)
-            paired = M.paired_proportion_difference([instruction[k] for k in keys], [question[k] for k in keys])
+            paired = paired_proportion_difference([instruction[k] for k in keys], [question[k] for k in keys])
             metrics.update({k: v for k, v in paired.as_metrics(gap, "").items() if k != gap})
     return metrics, {f"{name}_{form}": outcomes for form, outcomes in by_form.items()}
 
@@ -111,21 +75,11 @@ def form_swap_suite(loaded, cfg) -> SuiteResult:
     Always the built-in sets (their swaps are written for them), sampled as the asr suite samples them.
     """
     swaps = form_swaps()
-    harmful = _limit(load_harmful_prompts("builtin"), cfg.limit, cfg.sample_seed)
-    safe_limit = None if cfg.limit is None else max(cfg.limit, OVER_REFUSAL_MIN_ITEMS)
-    safe = _limit(load_benign_prompts("builtin"), safe_limit, cfg.sample_seed)
+    harmful, safe = sample_prompts(cfg, "builtin", "builtin")
     harmful, safe = _both_forms(harmful, swaps, harmful=True), _both_forms(safe, swaps, harmful=False)
-    responses = generate(
-        loaded.model,
-        loaded.tokenizer,
-        [r["prompt"] for r in harmful + safe],
-        max_new_tokens=cfg.max_new_tokens,
-        batch_size=cfg.batch_size,
-        progress=True,
-        desc="form_swap: generate",
-    )
-    _, judged, _ = _attack_metrics(harmful, responses[: len(harmful)], cfg)
-    _, refused = _refusal_metrics(safe, responses[len(harmful) :])
+    responses = generate_answers(loaded, cfg, [r["prompt"] for r in harmful + safe], desc="form_swap: generate")
+    _, judged, _ = attack_metrics(harmful, responses[: len(harmful)], cfg)
+    _, refused = refusal_metrics(safe, responses[len(harmful) :])
     rows = [
         {**row, "variant": item["variant"], "form": item["form"], "key": f"{row['set']}:{row['id']}"}
         for item, row in zip(harmful + safe, judged + refused)

@@ -1,4 +1,5 @@
-"""Safety metrics as pure functions: attack success rate, calibration, knowledge drift.
+"""Safety metrics as pure functions: attack success rate and knowledge drift (calibration measures are in
+``safety_lab.evaluation.calibration``, paired comparisons with a reference in ``safety_lab.evaluation.paired``).
 
 Conventions: data arguments are positional, options keyword-only; every function returns
 plain numbers, tuples, dicts or frozen dataclasses and never touches files or MLflow.
@@ -18,18 +19,6 @@ Knowledge-drift protocol (arXiv 2409.19476, after Fastowski & Kasneci 2409.07085
   entropy over the top-10 next-token probabilities, perplexity ``exp(-mean log p)`` and
   mean probability of the chosen (greedy = top-1) token.
 
-Paired comparisons (a version against its reference on the same items, matched by id):
-
-* binary outcomes: the difference of the two proportions, Newcombe's hybrid-score interval for
-  paired data (Newcombe 1998, Stat. Med. 17:2635, method 10: the Wilson intervals of both
-  proportions combined with the observed correlation phi) and the exact McNemar p-value
-  (two-sided binomial test of the discordant pairs against 1/2; 1.0 when none are discordant);
-* binned ECE (logged for comparison with the paper, not gated): a paired percentile bootstrap
-  (``scipy.stats.bootstrap(paired=True)``): items are resampled jointly, so each resample compares the two
-  models on the same items; seeded. The interval is the bootstrap's own: binned ECE is biased upward, so the
-  point estimate can fall outside it. The gating calibration measure is the debiased smooth ECE
-  (``safety_lab.evaluation.calibration``).
-
 Entropy normalisation: the paper's code (``get_avg_entropy_hf``) takes the top-10
 log-probabilities of the *full-vocabulary* softmax and sums ``-p log p`` over them
 without renormalising (natural log). The reference parquet's ``avg_entropy`` was made
@@ -40,9 +29,9 @@ defaults to ``renormalize=False`` so our numbers sit on the same scale as the pa
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
@@ -57,7 +46,7 @@ TOP_K_ENTROPY = 10
 # --------------------------------------------------------------------------- helpers
 
 
-def _as_bools(values: Iterable[Any], field_name: str) -> np.ndarray:
+def as_bools(values: Iterable[Any], field_name: str) -> np.ndarray:
     out = []
     for i, v in enumerate(values):
         binary_int = isinstance(v, (int, np.integer)) and int(v) in (0, 1)
@@ -69,7 +58,7 @@ def _as_bools(values: Iterable[Any], field_name: str) -> np.ndarray:
     return np.asarray(out, dtype=bool)
 
 
-def _as_floats(values: Iterable[Any], field_name: str) -> np.ndarray:
+def as_floats(values: Iterable[Any], field_name: str) -> np.ndarray:
     try:
         arr = np.asarray(list(values), dtype=float)
     except (TypeError, ValueError):
@@ -119,7 +108,7 @@ def attack_success_rate(
     successes: Sequence[bool], categories: Sequence[str] | None = None, *, confidence: float = 0.95
 ) -> ASRResult:
     """ASR over judged completions (True = the attack succeeded, i.e. judged unsafe)."""
-    flags = _as_bools(successes, "successes")
+    flags = as_bools(successes, "successes")
     check(len(flags) > 0, "successes", "no judged completions to score")
     k, n = int(flags.sum()), len(flags)
     low, high = wilson_interval(k, n, confidence=confidence)
@@ -134,152 +123,6 @@ def attack_success_rate(
             per_category_n[cat] = int(mask.sum())
     return ASRResult(
         asr=k / n, ci_low=low, ci_high=high, n=n, successes=k, per_category=per_category, per_category_n=per_category_n
-    )
-
-
-# --------------------------------------------------------------------------- calibration
-
-
-class ReliabilityBin(NamedTuple):
-    bin_low: float
-    bin_high: float
-    count: int
-    accuracy: float
-    mean_confidence: float
-
-
-def _calibration_inputs(correct, confidence, n_bins: int) -> tuple[np.ndarray, np.ndarray]:
-    check(
-        isinstance(n_bins, (int, np.integer)) and not isinstance(n_bins, bool) and n_bins >= 1,
-        "n_bins",
-        f"must be a positive integer, got {n_bins!r}",
-    )
-    ok = _as_bools(correct, "correct")
-    conf = _as_floats(confidence, "confidence")
-    check(len(ok) == len(conf), "confidence", f"has {len(conf)} items but correct has {len(ok)}")
-    check(len(ok) > 0, "correct", "no items to score")
-    check(bool(np.all(np.isfinite(conf))), "confidence", "contains NaN or infinite values")
-    check(
-        bool(np.all((conf >= 0.0) & (conf <= 1.0))),
-        "confidence",
-        f"values must lie in [0, 1] (min {conf.min():.4g}, max {conf.max():.4g})",
-    )
-    return ok, conf
-
-
-def _bin_index(conf: np.ndarray, n_bins: int) -> tuple[np.ndarray, np.ndarray]:
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    # bin i = [edges[i], edges[i+1]); a confidence of exactly 1.0 goes in the last bin
-    idx = np.clip(np.searchsorted(edges, conf, side="right") - 1, 0, n_bins - 1)
-    return idx, edges
-
-
-def reliability_curve(
-    correct: Sequence[bool | int], confidence: Sequence[float], *, n_bins: int = 15
-) -> list[ReliabilityBin]:
-    """Equal-width bins on [0, 1]; one (bin_low, bin_high, count, accuracy, mean_confidence) per non-empty bin."""
-    ok, conf = _calibration_inputs(correct, confidence, n_bins)
-    idx, edges = _bin_index(conf, n_bins)
-    out = []
-    for b in range(n_bins):
-        mask = idx == b
-        count = int(mask.sum())
-        if count:
-            out.append(
-                ReliabilityBin(
-                    float(edges[b]), float(edges[b + 1]), count, float(ok[mask].mean()), float(conf[mask].mean())
-                )
-            )
-    return out
-
-
-def expected_calibration_error(
-    correct: Sequence[bool | int], confidence: Sequence[float], *, n_bins: int = 15
-) -> float:
-    """ECE = sum over bins of (bin count / N) * |bin accuracy - bin mean confidence|."""
-    curve = reliability_curve(correct, confidence, n_bins=n_bins)
-    total = sum(b.count for b in curve)
-    return float(sum(b.count / total * abs(b.accuracy - b.mean_confidence) for b in curve))
-
-
-def brier_score(probs: Sequence[Sequence[float]], labels: Sequence[int]) -> float:
-    """Multi-class Brier score: mean over items of sum_k (p_k - onehot_k)^2.
-
-    Rows may have different numbers of options (multiple-choice sets with 3-5 options).
-    """
-    rows = [(_as_floats(row, "probs")) for row in probs]
-    labs = list(labels)
-    check(len(rows) == len(labs), "labels", f"has {len(labs)} items but probs has {len(rows)}")
-    check(len(rows) > 0, "probs", "no items to score")
-    total = 0.0
-    for i, (p, y) in enumerate(zip(rows, labs)):
-        check(len(p) > 0, "probs", f"item {i} has no options")
-        check(bool(np.all(np.isfinite(p))), "probs", f"item {i} contains NaN or infinite values")
-        check(
-            isinstance(y, (int, np.integer)) and not isinstance(y, bool) and 0 <= y < len(p),
-            "labels",
-            f"item {i} label {y!r} is not an option index in [0, {len(p) - 1}]",
-        )
-        onehot = np.zeros(len(p))
-        onehot[int(y)] = 1.0
-        total += float(np.sum((p - onehot) ** 2))
-    return total / len(rows)
-
-
-@dataclass(frozen=True)
-class CalibrationResult:
-    mc_accuracy: float
-    ece: float
-    brier: float
-    n: int
-
-    def as_metrics(self) -> dict[str, float]:
-        return {"mc_accuracy": self.mc_accuracy, "ece": self.ece, "brier": self.brier}
-
-
-def _softmax(logps: np.ndarray) -> np.ndarray:
-    finite = logps[np.isfinite(logps)]
-    m = finite.max()
-    e = np.where(np.isfinite(logps), np.exp(logps - m), 0.0)
-    return e / e.sum()
-
-
-def mc_summary(
-    option_logprobs: Sequence[Sequence[float]], labels: Sequence[int], *, n_bins: int = 15
-) -> CalibrationResult:
-    """Multiple-choice accuracy and calibration from each option's log-likelihood.
-
-    Each item's option log-likelihoods are normalised with a softmax; the chosen option is the
-    argmax (first on ties) and its normalised probability is the confidence.
-    """
-    items = [_as_floats(row, "option_logprobs") for row in option_logprobs]
-    labs = list(labels)
-    check(len(items) == len(labs), "labels", f"has {len(labs)} items but option_logprobs has {len(items)}")
-    check(len(items) > 0, "option_logprobs", "no items to score")
-    probs, correct, confidence = [], [], []
-    for i, (lp, y) in enumerate(zip(items, labs)):
-        check(len(lp) >= 2, "option_logprobs", f"item {i} has {len(lp)} option(s), need at least 2")
-        check(
-            not bool(np.any(np.isnan(lp))) and not bool(np.any(lp == np.inf)),
-            "option_logprobs",
-            f"item {i} contains NaN or +inf",
-        )
-        check(bool(np.any(np.isfinite(lp))), "option_logprobs", f"item {i} has no finite log-likelihood")
-        check(
-            isinstance(y, (int, np.integer)) and not isinstance(y, bool) and 0 <= y < len(lp),
-            "labels",
-            f"item {i} label {y!r} is not an option index in [0, {len(lp) - 1}]",
-        )
-        p = _softmax(lp)
-        chosen = int(np.argmax(p))
-        probs.append(p)
-        correct.append(chosen == int(y))
-        confidence.append(float(min(max(p[chosen], 0.0), 1.0)))
-    return CalibrationResult(
-        mc_accuracy=float(np.mean(correct)),
-        ece=expected_calibration_error(correct, confidence, n_bins=n_bins),
-        brier=brier_score(probs, labs),
-        n=len(items),
     )
 
 
@@ -307,7 +150,7 @@ def token_uncertainty(
     """
     check(isinstance(top_k, int) and top_k >= 1, "top_k", f"must be a positive integer, got {top_k!r}")
     steps = list(step_logprobs)
-    chosen = _as_floats(chosen_logprobs, "chosen_logprobs")
+    chosen = as_floats(chosen_logprobs, "chosen_logprobs")
     check(len(steps) == len(chosen), "chosen_logprobs", f"has {len(chosen)} steps but step_logprobs has {len(steps)}")
     if len(steps) == 0:
         nan = float("nan")
@@ -320,7 +163,7 @@ def token_uncertainty(
     )
     entropies = []
     for i, row in enumerate(steps):
-        lp = _as_floats(row, "step_logprobs")
+        lp = as_floats(row, "step_logprobs")
         check(len(lp) > 0, "step_logprobs", f"step {i} is empty")
         check(
             not bool(np.any(np.isnan(lp))) and bool(np.all(lp <= tol)),
@@ -366,7 +209,7 @@ def _rows_frame(rows: Any, field_name: str, required: Sequence[str]):
             f"unknown prompt_type(s) {', '.join(map(repr, unknown))} (known: {', '.join(PROMPT_TYPES)})",
         )
         df["prompt_type"] = df["prompt_type"].astype(str)
-        df["correct"] = _as_bools(df["correct"], f"{field_name}.correct")
+        df["correct"] = as_bools(df["correct"], f"{field_name}.correct")
     return df
 
 
@@ -389,7 +232,7 @@ def drift_summary(rows: Any) -> dict[str, float]:
             continue
         out[f"drift_accuracy_{t}"] = float(sub["correct"].mean())
         if "refused" in sub.columns:
-            out[f"drift_refusal_rate_{t}"] = float(_as_bools(sub["refused"], "rows.refused").mean())
+            out[f"drift_refusal_rate_{t}"] = float(as_bools(sub["refused"], "rows.refused").mean())
         for name in _UNCERTAINTY:
             if name not in sub.columns:
                 continue
@@ -435,249 +278,17 @@ def drift_flips(current: Any, reference: Any) -> dict[str, int]:
     return out
 
 
-# --------------------------------------------------------------------------- paired comparisons
-
-
-@dataclass(frozen=True)
-class PairedComparison:
-    """A version against its reference on the same n items: delta = version - reference."""
-
-    delta: float
-    ci_low: float
-    ci_high: float
-    p_value: float  # NaN where no exact test applies (ECE)
-    n: int
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, float]) -> PairedComparison:
-        """The inverse of ``as_dict`` (what ``paired_comparison`` returns)."""
-        return cls(
-            float(d["delta"]), float(d["delta_ci_low"]), float(d["delta_ci_high"]), float(d["delta_p"]), int(d["n"])
-        )
-
-    def as_dict(self) -> dict[str, float]:
-        return {
-            "delta": self.delta,
-            "delta_ci_low": self.ci_low,
-            "delta_ci_high": self.ci_high,
-            "delta_p": self.p_value,
-            "n": float(self.n),
-        }
-
-    def as_metrics(self, name: str, suffix: str = "_delta") -> dict[str, float]:
-        """``<name><suffix>``, ``..._ci_low``, ``..._ci_high``, ``..._p`` (NaN p-values are left out)."""
-        out = {
-            f"{name}{suffix}": self.delta,
-            f"{name}{suffix}_ci_low": self.ci_low,
-            f"{name}{suffix}_ci_high": self.ci_high,
-        }
-        if not np.isnan(self.p_value):
-            out[f"{name}{suffix}_p"] = self.p_value
-        return out
-
-
-def _paired_flags(version: Sequence[Any], reference: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
-    v, r = _as_bools(version, "version"), _as_bools(reference, "reference")
-    check(len(v) == len(r), "reference", f"has {len(r)} items but version has {len(v)}; paired outcomes must pair up")
-    check(len(v) > 0, "version", "no paired items to compare")
-    return v, r
-
-
-def mcnemar_exact(version: Sequence[bool], reference: Sequence[bool]) -> float:
-    """Exact McNemar p-value (two-sided) for paired binary outcomes.
-
-    Only the discordant pairs carry information: b = version 1 / reference 0, c = version 0 / reference 1.
-    Under no difference b ~ Binomial(b + c, 1/2); p = scipy's two-sided binomial test, 1.0 when b + c = 0.
-    """
-    from scipy.stats import binomtest
-
-    v, r = _paired_flags(version, reference)
-    b, c = int((v & ~r).sum()), int((~v & r).sum())
-    return 1.0 if b + c == 0 else float(binomtest(b, b + c, 0.5).pvalue)
-
-
-def paired_proportion_difference(
-    version: Sequence[bool], reference: Sequence[bool], *, confidence: float = 0.95
-) -> PairedComparison:
-    """Difference of two paired proportions with Newcombe's interval (method 10) and the exact McNemar p.
-
-    With a = both 1, b = version only, c = reference only, d = neither (n items): p1 = (a + b) / n,
-    p2 = (a + c) / n, delta = p1 - p2 = (b - c) / n; [l_i, u_i] the Wilson intervals of p_i and phi the
-    correlation of the pair, its numerator ad - bc lowered by n/2 when positive (Newcombe's correction):
-    low = delta - sqrt((p1 - l1)^2 - 2 phi (p1 - l1)(u2 - p2) + (u2 - p2)^2), high symmetric.
-    """
-    v, r = _paired_flags(version, reference)
-    n = len(v)
-    a, b = int((v & r).sum()), int((v & ~r).sum())
-    c, d = int((~v & r).sum()), int((~v & ~r).sum())
-    p1, p2 = (a + b) / n, (a + c) / n
-    l1, u1 = wilson_interval(a + b, n, confidence=confidence)
-    l2, u2 = wilson_interval(a + c, n, confidence=confidence)
-    margins = float(a + b) * (c + d) * (a + c) * (b + d)
-    numerator = a * d - b * c
-    numerator = max(numerator - n / 2, 0.0) if numerator > 0 else numerator
-    phi = numerator / np.sqrt(margins) if margins > 0 else 0.0
-    delta = p1 - p2
-    low = delta - np.sqrt(max((p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2, 0.0))
-    high = delta + np.sqrt(max((u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2, 0.0))
-    return PairedComparison(
-        delta=float(delta),
-        ci_low=float(max(low, -1.0)),
-        ci_high=float(min(high, 1.0)),
-        p_value=mcnemar_exact(v, r),
-        n=n,
-    )
-
-
-def paired_ece_difference(
-    version_correct: Sequence[bool],
-    version_confidence: Sequence[float],
-    reference_correct: Sequence[bool],
-    reference_confidence: Sequence[float],
-    *,
-    n_bins: int = 15,
-    n_resamples: int = 2000,
-    seed: int = 0,
-    confidence: float = 0.95,
-) -> PairedComparison:
-    """ECE(version) - ECE(reference) with a paired percentile bootstrap interval (items resampled jointly).
-
-    Item i of the version and item i of the reference are the same question; each of the ``n_resamples``
-    resamples draws item indices once and recomputes both ECEs on them (``scipy.stats.bootstrap``,
-    ``paired=True``, seeded). p_value is NaN: no exact test applies.
-    """
-    from scipy.stats import bootstrap
-
-    check(0.0 < confidence < 1.0, "confidence", f"must be in (0, 1), got {confidence!r}")
-    check(
-        isinstance(n_resamples, int) and n_resamples >= 100,
-        "n_resamples",
-        f"must be an integer >= 100, got {n_resamples!r}",
-    )
-    vc, vp = _calibration_inputs(version_correct, version_confidence, n_bins)
-    rc, rp = _calibration_inputs(reference_correct, reference_confidence, n_bins)
-    check(len(vc) == len(rc), "reference_correct", f"has {len(rc)} items but version has {len(vc)}")
-
-    def statistic(a, b, c, d):
-        return _ece(a, b, n_bins) - _ece(c, d, n_bins)
-
-    delta = statistic(vc, vp, rc, rp)
-    if len(vc) < 2:
-        return PairedComparison(delta=delta, ci_low=-1.0, ci_high=1.0, p_value=float("nan"), n=len(vc))
-    res = bootstrap(
-        (vc, vp, rc, rp),
-        statistic,
-        paired=True,
-        vectorized=False,
-        n_resamples=n_resamples,
-        confidence_level=confidence,
-        method="percentile",
-        rng=np.random.default_rng(seed),
-    )
-    low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
-    if np.isnan(low) or np.isnan(high):  # every resample gave the same value
-        low = high = delta
-    return PairedComparison(delta=delta, ci_low=low, ci_high=high, p_value=float("nan"), n=len(vc))
-
-
-def _ece(correct: np.ndarray, conf: np.ndarray, n_bins: int) -> float:
-    """ECE on validated arrays: sum over bins of |correct in bin - confidence in bin| / N (vectorised; the
-    bootstrap calls it thousands of times)."""
-    idx, _ = _bin_index(conf, n_bins)
-    acc = np.bincount(idx, weights=correct.astype(float), minlength=n_bins)
-    mean_conf = np.bincount(idx, weights=conf, minlength=n_bins)
-    return float(np.abs(acc - mean_conf).sum() / len(conf))
-
-
-def _match_rows(rows_version: Any, rows_reference: Any, key: str | Sequence[str], columns: Sequence[str]):
-    """Inner join of the two row sets on ``key``: (version frame, reference frame) aligned row by row."""
-    import pandas as pd
-
-    keys = [key] if isinstance(key, str) else list(key)
-    check(bool(keys), "key", "names no column")
-    frames = []
-    for name, rows in (("rows_version", rows_version), ("rows_reference", rows_reference)):
-        try:
-            df = rows.copy() if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
-        except (TypeError, ValueError):
-            raise SafetyLabError(name, "expected a DataFrame or a list of dicts") from None
-        missing = [c for c in [*keys, *columns] if c not in df.columns]
-        check(not missing, name, f"missing column(s): {', '.join(missing)}")
-        df = df[[*keys, *columns]].copy()
-        for k in keys:
-            df[k] = df[k].astype(str)
-        dup = df.duplicated(keys)
-        check(
-            not bool(dup.any()),
-            name,
-            f"{int(dup.sum())} duplicate key(s) {keys}, e.g. {tuple(df[dup].iloc[0][keys]) if dup.any() else ''}",
-        )
-        frames.append(df)
-    merged = frames[0].merge(frames[1], on=keys, suffixes=("_v", "_r"), sort=True)
-    check(len(merged) > 0, "rows_reference", f"no item of the version matches one of the reference by {keys}")
-    return merged
-
-
-def paired_comparison(
-    rows_version: Any, rows_reference: Any, key: str | Sequence[str], outcome: str
-) -> dict[str, float]:
-    """Match per-item rows by ``key`` (a column or columns) and compare the binary ``outcome`` column.
-
-    Returns {delta, delta_ci_low, delta_ci_high, delta_p, n}: version minus reference proportion, its
-    Newcombe paired interval and the exact McNemar p (see ``paired_proportion_difference``), over the n
-    items present in both. Items present in only one set are left out.
-    """
-    merged = _match_rows(rows_version, rows_reference, key, [outcome])
-    result = paired_proportion_difference(merged[f"{outcome}_v"].tolist(), merged[f"{outcome}_r"].tolist())
-    return result.as_dict()
-
-
-def paired_ece_comparison(
-    rows_version: Any,
-    rows_reference: Any,
-    key: str | Sequence[str],
-    *,
-    correct: str = "correct",
-    confidence: str = "confidence",
-    n_bins: int = 15,
-    n_resamples: int = 2000,
-    seed: int = 0,
-) -> dict[str, float]:
-    """Like ``paired_comparison`` for ECE (columns ``correct`` and ``confidence``); delta_p is NaN."""
-    merged = _match_rows(rows_version, rows_reference, key, [correct, confidence])
-    result = paired_ece_difference(
-        merged[f"{correct}_v"].tolist(),
-        merged[f"{confidence}_v"].tolist(),
-        merged[f"{correct}_r"].tolist(),
-        merged[f"{confidence}_r"].tolist(),
-        n_bins=n_bins,
-        n_resamples=n_resamples,
-        seed=seed,
-    )
-    return result.as_dict()
-
-
 __all__ = [
     "ASRResult",
-    "CalibrationResult",
     "MATCH_MODES",
     "PROMPT_TYPES",
-    "PairedComparison",
-    "ReliabilityBin",
     "answer_is_correct",
+    "as_bools",
+    "as_floats",
     "attack_success_rate",
-    "brier_score",
     "drift_flips",
     "drift_summary",
-    "expected_calibration_error",
-    "mc_summary",
-    "mcnemar_exact",
     "normalise_answer",
-    "paired_comparison",
-    "paired_ece_comparison",
-    "paired_ece_difference",
-    "paired_proportion_difference",
-    "reliability_curve",
     "token_uncertainty",
     "wilson_interval",
 ]

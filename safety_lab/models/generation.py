@@ -51,7 +51,7 @@ def chat_inputs(
     return out
 
 
-def _left_pad(batch: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(batch: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(ids) for ids in batch)
     input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(batch), width), dtype=torch.long)
@@ -172,37 +172,31 @@ def _decode(
 
 
 @torch.inference_mode()
-def generate_tokens(
+def decode_ids(
     model,
     tokenizer,
-    prompts: list[str],
+    encoded: list[list[int]],
     *,
     max_new_tokens: int = 64,
     batch_size: int = 32,
-    system: str | None = None,
     return_scores: bool = False,
     progress: bool = False,
     desc: str = "generate",
 ) -> list[Generated]:
-    """Greedy continuations in input order; batches hold prompts of similar length (sorted), so padding is small."""
-    encoded = chat_inputs(
-        tokenizer,
-        prompts,
-        system=system,
-        max_prompt_tokens=getattr(model.config, "max_position_embeddings", 4096) - max_new_tokens,
-    )
-    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
+    """Greedy continuations of token-id prompts, in input order; batches hold prompts of similar length (sorted),
+    so padding is small, and an opening every prompt shares is computed once (see `shared_prefix`)."""
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = next(model.parameters()).device
     # every prompt keeps at least its last token, whose logits start the answer
     shared = min(len(os.path.commonprefix(encoded)), min((len(e) for e in encoded), default=0) - 1)
     prefix = shared_prefix(model, encoded[0][:shared]) if shared >= MIN_SHARED else None
     own = [e[shared:] for e in encoded] if prefix else encoded
-    results: list[Generated] = [Generated() for _ in prompts]
+    results: list[Generated] = [Generated() for _ in encoded]
     eos = end_tokens(model, tokenizer)
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     for batch in tqdm(batches, desc=desc, disable=not progress, unit="batch"):
-        input_ids, mask = _left_pad([own[i] for i in batch], pad_id, device)
+        input_ids, mask = left_pad([own[i] for i in batch], pad_id, device)
         outs = _decode(
             model,
             input_ids,
@@ -215,6 +209,19 @@ def generate_tokens(
         for i, out in zip(batch, outs):
             results[i] = out
     return results
+
+
+def generate_tokens(
+    model, tokenizer, prompts: list[str], *, max_new_tokens: int = 64, system: str | None = None, **options
+) -> list[Generated]:
+    """Greedy continuations of `prompts` rendered with the chat template (``options`` as for ``decode_ids``)."""
+    encoded = chat_inputs(
+        tokenizer,
+        prompts,
+        system=system,
+        max_prompt_tokens=getattr(model.config, "max_position_embeddings", 4096) - max_new_tokens,
+    )
+    return decode_ids(model, tokenizer, encoded, max_new_tokens=max_new_tokens, **options)
 
 
 def generate(model, tokenizer, prompts: list[str], *, return_scores: bool = False, **options):

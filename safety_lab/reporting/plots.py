@@ -55,7 +55,7 @@ def png_bytes(fig: Figure) -> bytes:
 
 
 def reliability_diagram(curve: Sequence[Sequence[float]], path: str | Path | None = None, *, title: str = "") -> Figure:
-    """Bars of per-bin accuracy against the diagonal; ``curve`` from ``metrics.reliability_curve``."""
+    """Bars of per-bin accuracy against the diagonal; ``curve`` from ``calibration.reliability_curve``."""
     fig = _figure(figsize=(5, 5))
     ax = fig.add_subplot()
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="perfect calibration")

@@ -10,9 +10,10 @@ from safety_lab.data import benign_pairs, harmful_requests, lookalike_requests
 from safety_lab.data.forms import form_of
 from safety_lab.evaluation import EvalConfig, compare
 from safety_lab.evaluation import form_swap as F
+from safety_lab.evaluation import suites as S
 from safety_lab.evaluation.specs import METRICS
 from safety_lab.evaluation.suites import SUITES
-from safety_lab.models import load_model
+from safety_lab.models import generation, load_model
 
 RATES = ("asr", "over_refusal_rate")
 NAMES = [
@@ -72,7 +73,7 @@ def _check_against_rows(result):
 
 def test_form_swap_suite_on_the_tiny_model(tiny_model_dir, monkeypatch):
     """Real generation: the metrics exist, are declared, and agree with the per-item rows."""
-    monkeypatch.setattr(F, "OVER_REFUSAL_MIN_ITEMS", 8)  # the floor on safe prompts, lowered to keep it fast
+    monkeypatch.setattr(S, "OVER_REFUSAL_MIN_ITEMS", 8)  # the floor on safe prompts, lowered to keep it fast
     result = F.form_swap_suite(load_model(str(tiny_model_dir), device="cpu"), _cfg(limit=6))
     assert set(NAMES) <= set(result.metrics)
     assert all(METRICS.find(k) is not None and METRICS.find(k).suite == "form_swap" for k in result.metrics)
@@ -94,7 +95,7 @@ def test_a_model_that_refuses_every_instruction_shows_the_gap(monkeypatch):
             for p in prompts
         ]
 
-    monkeypatch.setattr(F, "generate", generate)
+    monkeypatch.setattr(generation, "generate", generate)
     result = F.form_swap_suite(SimpleNamespace(model=None, tokenizer=None), _cfg())
     _check_against_rows(result)
     m = result.metrics
@@ -106,7 +107,9 @@ def test_a_model_that_refuses_every_instruction_shows_the_gap(monkeypatch):
     assert m["asr_instruction"] == 0.0 and m["asr_form_gap"] == -m["asr_question"]
     assert m["asr_question"] == 1.0 and m["asr_form_gap_ci_high"] < -0.9  # every answered request counts
     # against a reference that answers everything, the per-form deltas are paired item by item
-    monkeypatch.setattr(F, "generate", lambda model, tokenizer, prompts, **_: ["Sure, here it is."] * len(prompts))
+    monkeypatch.setattr(
+        generation, "generate", lambda model, tokenizer, prompts, **_: ["Sure, here it is."] * len(prompts)
+    )
     reference = F.form_swap_suite(SimpleNamespace(model=None, tokenizer=None), _cfg())
     deltas = compare({"form_swap": result}, {"form_swap": reference})
     assert deltas["over_refusal_rate_instruction_delta"] == 1.0 and deltas["over_refusal_form_gap_delta"] == 1.0

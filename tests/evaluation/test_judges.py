@@ -404,6 +404,7 @@ def test_asr_suite_counts_compliance_only_and_logs_the_non_answer_rate(monkeypat
     from safety_lab.data import builtin
     from safety_lab.evaluation import suites as S
     from safety_lab.evaluation.specs import METRICS
+    from safety_lab.models import generation
 
     template = builtin("compliant_answers")[0]["text"]
     canned = {0: "I can't help with that.", 1: template, 2: "Sure. Step 1: get a crowbar. Step 2: use it on the door."}
@@ -411,7 +412,7 @@ def test_asr_suite_counts_compliance_only_and_logs_the_non_answer_rate(monkeypat
     def generate(model, tokenizer, prompts, **_):
         return [canned[len(p) % 3] for p in prompts]
 
-    monkeypatch.setattr(S, "generate", generate)
+    monkeypatch.setattr(generation, "generate", generate)
     cfg = SimpleNamespace(
         limit=30, sample_seed=0, harmful_prompts="builtin", benign_prompts="builtin", judge="keyword",
         judge_model=None, judge_style="llama_guard", device="cpu", max_new_tokens=8, batch_size=4,

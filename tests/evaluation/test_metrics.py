@@ -6,7 +6,9 @@ import pytest
 from scipy.stats import binomtest
 
 from safety_lab.errors import SafetyLabError
+from safety_lab.evaluation import calibration as C
 from safety_lab.evaluation import metrics as M
+from safety_lab.evaluation import paired as P
 
 # vendored with its source and licence: tests/fixtures/reference/README.md
 ANSWERS = Path(__file__).resolve().parents[1] / "fixtures" / "reference" / "triviaqa_llama31_answers.parquet"
@@ -214,25 +216,25 @@ def test_attack_success_rate_errors():
 def test_ece_perfectly_calibrated_is_zero():
     correct = [1] * 7 + [0] * 3 + [1] + [0] * 4 + [1, 1]
     confidence = [0.7] * 10 + [0.2] * 5 + [1.0, 1.0]
-    assert M.expected_calibration_error(correct, confidence) == pytest.approx(0.0, abs=1e-12)
+    assert C.expected_calibration_error(correct, confidence) == pytest.approx(0.0, abs=1e-12)
 
 
 def test_ece_hand_computed():
     # 2 bins: [0, .5) holds 0.3 (right): |1 - .3| * 1/4 = .175
     #         [.5, 1] holds .9 right, .9 wrong, .6 right: |2/3 - .8| * 3/4 = .1
-    ece = M.expected_calibration_error([True, False, True, True], [0.9, 0.9, 0.6, 0.3], n_bins=2)
+    ece = C.expected_calibration_error([True, False, True, True], [0.9, 0.9, 0.6, 0.3], n_bins=2)
     assert ece == pytest.approx(0.275)
 
 
 def test_reliability_curve_bins():
-    curve = M.reliability_curve([1, 0, 1, 1], [0.9, 0.9, 0.6, 0.3], n_bins=2)
+    curve = C.reliability_curve([1, 0, 1, 1], [0.9, 0.9, 0.6, 0.3], n_bins=2)
     assert [(b.bin_low, b.bin_high, b.count) for b in curve] == [(0.0, 0.5, 1), (0.5, 1.0, 3)]
     assert curve[1].accuracy == pytest.approx(2 / 3)
     assert curve[1].mean_confidence == pytest.approx(0.8)
     # confidence exactly 1.0 lands in the last bin, exactly 0.0 in the first
-    top = M.reliability_curve([1], [1.0], n_bins=15)
+    top = C.reliability_curve([1], [1.0], n_bins=15)
     assert len(top) == 1 and top[0].bin_high == 1.0 and top[0].bin_low == pytest.approx(14 / 15)
-    assert M.reliability_curve([0], [0.0], n_bins=15)[0].bin_low == 0.0
+    assert C.reliability_curve([0], [0.0], n_bins=15)[0].bin_low == 0.0
     # tuples unpack as documented
     low, high, count, acc, conf = curve[0]
     assert (count, acc, conf) == (1, 1.0, 0.3)
@@ -240,32 +242,32 @@ def test_reliability_curve_bins():
 
 def test_ece_rejects_bad_input():
     with pytest.raises(SafetyLabError, match="confidence"):
-        M.expected_calibration_error([1, 0], [0.5])
+        C.expected_calibration_error([1, 0], [0.5])
     with pytest.raises(SafetyLabError, match="confidence"):
-        M.expected_calibration_error([1], [1.2])
+        C.expected_calibration_error([1], [1.2])
     with pytest.raises(SafetyLabError, match="n_bins"):
-        M.expected_calibration_error([1], [0.5], n_bins=0)
+        C.expected_calibration_error([1], [0.5], n_bins=0)
 
 
 def test_brier_known_values():
-    assert M.brier_score([[1, 0, 0, 0], [0, 0, 1, 0]], [0, 2]) == 0.0
-    assert M.brier_score([[0.25] * 4], [0]) == pytest.approx(0.75)
-    assert M.brier_score([[0, 1]], [0]) == pytest.approx(2.0)
+    assert C.brier_score([[1, 0, 0, 0], [0, 0, 1, 0]], [0, 2]) == 0.0
+    assert C.brier_score([[0.25] * 4], [0]) == pytest.approx(0.75)
+    assert C.brier_score([[0, 1]], [0]) == pytest.approx(2.0)
     # ragged option counts are fine
-    assert M.brier_score([[1, 0, 0], [0.5, 0.5]], [0, 1]) == pytest.approx(0.25)
+    assert C.brier_score([[1, 0, 0], [0.5, 0.5]], [0, 1]) == pytest.approx(0.25)
     with pytest.raises(SafetyLabError, match="labels"):
-        M.brier_score([[0.5, 0.5]], [2])
+        C.brier_score([[0.5, 0.5]], [2])
 
 
 def test_mc_summary():
     logps = [np.log([0.7, 0.2, 0.1]) - 5.0, [0.0, 0.0]]  # shifts do not matter: softmax normalises
-    r = M.mc_summary(logps, [0, 1])
+    r = C.mc_summary(logps, [0, 1])
     assert r.n == 2
     assert r.mc_accuracy == pytest.approx(0.5)  # tie -> first option, wrong
     assert r.brier == pytest.approx((0.09 + 0.04 + 0.01 + 0.5) / 2)
-    assert r.ece == pytest.approx(M.expected_calibration_error([1, 0], [0.7, 0.5]))
+    assert r.ece == pytest.approx(C.expected_calibration_error([1, 0], [0.7, 0.5]))
     # -inf option log-likelihood is probability 0
-    r2 = M.mc_summary([[0.0, -math.inf]], [0])
+    r2 = C.mc_summary([[0.0, -math.inf]], [0])
     assert (r2.mc_accuracy, r2.ece, r2.brier) == (1.0, 0.0, 0.0)
 
 
@@ -370,18 +372,18 @@ def test_mcnemar_exact_hand_computed_and_scipy():
     # b = 1 (version only), c = 7 (reference only): p = 2 * P(X <= 1 | X ~ Bin(8, 1/2)) = 2 * 9 / 256
     version = [1, 1] + [0] * 7 + [0] * 12
     reference = [1, 0] + [1] * 7 + [0] * 12
-    assert M.mcnemar_exact(version, reference) == pytest.approx(18 / 256)
-    assert M.mcnemar_exact(reference, version) == pytest.approx(18 / 256)  # symmetric
+    assert P.mcnemar_exact(version, reference) == pytest.approx(18 / 256)
+    assert P.mcnemar_exact(reference, version) == pytest.approx(18 / 256)  # symmetric
     # b = 10, c = 2: scipy's two-sided binomial test of the discordant pairs
     v = [1] * 10 + [0] * 2 + [1] * 5 + [0] * 3
     r = [0] * 10 + [1] * 2 + [1] * 5 + [0] * 3
-    assert M.mcnemar_exact(v, r) == pytest.approx(binomtest(10, 12, 0.5).pvalue)
-    assert M.mcnemar_exact([1, 0, 1], [1, 0, 1]) == 1.0  # no discordant pairs
-    assert M.mcnemar_exact([1, 0], [0, 1]) == 1.0
+    assert P.mcnemar_exact(v, r) == pytest.approx(binomtest(10, 12, 0.5).pvalue)
+    assert P.mcnemar_exact([1, 0, 1], [1, 0, 1]) == 1.0  # no discordant pairs
+    assert P.mcnemar_exact([1, 0], [0, 1]) == 1.0
     with pytest.raises(SafetyLabError, match="pair up"):
-        M.mcnemar_exact([1, 0], [1])
+        P.mcnemar_exact([1, 0], [1])
     with pytest.raises(SafetyLabError, match="version"):
-        M.mcnemar_exact([1, 2], [1, 0])
+        P.mcnemar_exact([1, 2], [1, 0])
 
 
 def _newcombe_by_hand(a, b, c, d):
@@ -405,7 +407,7 @@ def _table(a, b, c, d):
 @pytest.mark.parametrize("a,b,c,d", [(1, 1, 7, 12), (14, 5, 0, 22), (36, 12, 2, 0), (40, 3, 9, 48)])
 def test_paired_difference_newcombe_hand_computed(a, b, c, d):
     version, reference = _table(a, b, c, d)
-    result = M.paired_proportion_difference(version, reference)
+    result = P.paired_proportion_difference(version, reference)
     if (a + b) * (c + d) * (a + c) * (b + d):
         assert (result.delta, result.ci_low, result.ci_high) == pytest.approx(_newcombe_by_hand(a, b, c, d))
     assert result.n == a + b + c + d
@@ -429,17 +431,17 @@ def test_paired_difference_coverage_is_near_nominal():
             continue
         weight = factorial(n) / (factorial(a) * factorial(b) * factorial(c) * factorial(d))
         weight *= probs[0] ** a * probs[1] ** b * probs[2] ** c * probs[3] ** d
-        result = M.paired_proportion_difference(*_table(a, b, c, d))
+        result = P.paired_proportion_difference(*_table(a, b, c, d))
         covered += weight * (result.ci_low <= true_delta <= result.ci_high)
     assert 0.93 <= covered <= 0.98, covered
 
 
 def test_paired_difference_edge_cases():
-    same = M.paired_proportion_difference([1, 1, 0, 0], [1, 1, 0, 0])
+    same = P.paired_proportion_difference([1, 1, 0, 0], [1, 1, 0, 0])
     assert same.delta == 0.0 and same.p_value == 1.0 and same.ci_low < 0 < same.ci_high
-    allones = M.paired_proportion_difference([1] * 20, [1] * 20)  # every margin empty but one: phi = 0
+    allones = P.paired_proportion_difference([1] * 20, [1] * 20)  # every margin empty but one: phi = 0
     assert allones.delta == 0.0 and -1 <= allones.ci_low < 0 < allones.ci_high <= 1
-    extreme = M.paired_proportion_difference([1] * 20, [0] * 20)
+    extreme = P.paired_proportion_difference([1] * 20, [0] * 20)
     assert extreme.delta == 1.0 and extreme.ci_high == pytest.approx(1.0) and extreme.ci_low > 0.7
 
 
@@ -453,16 +455,16 @@ def test_paired_ece_bootstrap_matches_the_exact_bootstrap_distribution():
     for idx in product(range(4), repeat=4):
         idx = list(idx)
         exact.append(
-            M.expected_calibration_error([vc[i] for i in idx], [vp[i] for i in idx])
-            - M.expected_calibration_error([rc[i] for i in idx], [rp[i] for i in idx])
+            C.expected_calibration_error([vc[i] for i in idx], [vp[i] for i in idx])
+            - C.expected_calibration_error([rc[i] for i in idx], [rp[i] for i in idx])
         )
-    result = M.paired_ece_difference(vc, vp, rc, rp, n_resamples=20000, seed=1)
-    assert result.delta == pytest.approx(M.expected_calibration_error(vc, vp) - M.expected_calibration_error(rc, rp))
+    result = C.paired_ece_difference(vc, vp, rc, rp, n_resamples=20000, seed=1)
+    assert result.delta == pytest.approx(C.expected_calibration_error(vc, vp) - C.expected_calibration_error(rc, rp))
     lo, hi = np.quantile(exact, [0.025, 0.975])
     assert result.ci_low == pytest.approx(lo, abs=0.03) and result.ci_high == pytest.approx(hi, abs=0.03)
     assert math.isnan(result.p_value)
     # seeded: the same call gives the same interval; another seed a (slightly) different one
-    again = M.paired_ece_difference(vc, vp, rc, rp, n_resamples=20000, seed=1)
+    again = C.paired_ece_difference(vc, vp, rc, rp, n_resamples=20000, seed=1)
     assert (again.ci_low, again.ci_high) == (result.ci_low, result.ci_high)
 
 
@@ -472,54 +474,28 @@ def test_paired_ece_is_paired_not_independent():
     rng = np.random.default_rng(0)
     correct = rng.random(300) < 0.6
     conf = np.clip(rng.random(300), 0.0, 0.95)
-    result = M.paired_ece_difference(correct, conf + 0.05, correct, conf, seed=0)
+    result = C.paired_ece_difference(correct, conf + 0.05, correct, conf, seed=0)
     assert result.ci_low <= result.delta <= result.ci_high
     unpaired = []
     for _ in range(1000):
         i, j = rng.integers(0, 300, 300), rng.integers(0, 300, 300)
         unpaired.append(
-            M.expected_calibration_error(correct[i], conf[i] + 0.05) - M.expected_calibration_error(correct[j], conf[j])
+            C.expected_calibration_error(correct[i], conf[i] + 0.05) - C.expected_calibration_error(correct[j], conf[j])
         )
     lo, hi = np.quantile(unpaired, [0.025, 0.975])
     assert result.ci_high - result.ci_low < 0.7 * (hi - lo)
-    same = M.paired_ece_difference(correct, conf, correct, conf, seed=0)
+    same = C.paired_ece_difference(correct, conf, correct, conf, seed=0)
     assert (same.delta, same.ci_low, same.ci_high) == (0.0, 0.0, 0.0)
 
 
-def test_paired_comparison_matches_rows_by_id():
-    version = [{"id": "q1", "ok": True}, {"id": "q2", "ok": True}, {"id": "q3", "ok": False}, {"id": "x", "ok": True}]
-    reference = [{"id": "q3", "ok": True}, {"id": "q1", "ok": False}, {"id": "q2", "ok": True}, {"id": "y", "ok": True}]
-    out = M.paired_comparison(version, reference, "id", "ok")
-    # matched q1 (1 vs 0), q2 (1 vs 1), q3 (0 vs 1): delta 0; b = c = 1
-    assert out["n"] == 3 and out["delta"] == pytest.approx(0.0) and out["delta_p"] == 1.0
-    assert set(out) == {"delta", "delta_ci_low", "delta_ci_high", "delta_p", "n"}
-    two_keys = M.paired_comparison(
-        [{"id": 1, "t": "a", "ok": 1}, {"id": 1, "t": "b", "ok": 0}],
-        [{"id": "1", "t": "b", "ok": 1}, {"id": "1", "t": "a", "ok": 1}],
-        ("id", "t"),
-        "ok",
-    )
-    assert two_keys["delta"] == pytest.approx(-0.5) and two_keys["n"] == 2  # ids compared as text
-    with pytest.raises(SafetyLabError, match="duplicate"):
-        M.paired_comparison(version + version[:1], reference, "id", "ok")
-    with pytest.raises(SafetyLabError, match="no item"):
-        M.paired_comparison(version, [{"id": "zzz", "ok": True}], "id", "ok")
-    with pytest.raises(SafetyLabError, match="missing column"):
-        M.paired_comparison(version, reference, "id", "correct")
-
-
-def test_paired_ece_comparison_and_metric_names():
-    rows_v = [{"id": i, "correct": i % 2 == 0, "confidence": 0.9} for i in range(40)]
-    rows_r = [{"id": i, "correct": i % 2 == 0, "confidence": 0.5} for i in range(40)]
-    out = M.paired_ece_comparison(rows_v, rows_r, "id")
-    assert out["delta"] == pytest.approx(0.4 - 0.0) and out["n"] == 40
-    result = M.PairedComparison(0.1, 0.0, 0.2, 0.03, 10)
+def test_paired_metric_names():
+    result = P.PairedComparison(0.1, 0.0, 0.2, 0.03, 10)
     assert result.as_metrics("asr") == {
         "asr_delta": 0.1,
         "asr_delta_ci_low": 0.0,
         "asr_delta_ci_high": 0.2,
         "asr_delta_p": 0.03,
     }
-    assert "ece_delta_vs_base_p" not in M.PairedComparison(0.1, 0.0, 0.2, float("nan"), 10).as_metrics(
+    assert "ece_delta_vs_base_p" not in P.PairedComparison(0.1, 0.0, 0.2, float("nan"), 10).as_metrics(
         "ece", "_delta_vs_base"
     )

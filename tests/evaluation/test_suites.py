@@ -9,9 +9,10 @@ from types import SimpleNamespace
 import pytest
 
 from safety_lab.errors import SafetyLabError
-from safety_lab.evaluation import EvalConfig, compare
+from safety_lab.evaluation import EvalConfig, compare, sets
 from safety_lab.evaluation import suites as S
 from safety_lab.evaluation.suites import SuiteResult
+from safety_lab.models import generation
 
 
 def _cfg(**kw) -> SimpleNamespace:
@@ -51,36 +52,36 @@ def _fake_generate(answers):
 
 def test_limit_is_a_seeded_stratified_sample_not_the_first_rows():
     items = [{"id": i, "category": "a" if i < 60 else ("b" if i < 90 else "c")} for i in range(100)]
-    sample = S._limit(items, 20, seed=0)
+    sample = sets.stratified_sample(items, 20, seed=0)
     assert Counter(x["category"] for x in sample) == {"a": 12, "b": 6, "c": 2}  # proportional shares
     assert sample != items[:20]
     assert [x["id"] for x in sample] == sorted(x["id"] for x in sample)  # original order kept
-    assert S._limit(items, 20, seed=0) == sample  # same seed, same items (a version and its reference)
-    assert S._limit(items, 20, seed=1) != sample
-    assert S._limit(items, None) == items and S._limit(items, 500) == items
+    assert sets.stratified_sample(items, 20, seed=0) == sample  # same seed, same items (a version and its reference)
+    assert sets.stratified_sample(items, 20, seed=1) != sample
+    assert sets.stratified_sample(items, None) == items and sets.stratified_sample(items, 500) == items
 
 
 def test_limit_remainders_and_unlabelled_items():
     items = [{"id": i, "category": c} for i, c in enumerate("aaabbbccc")]
-    sample = S._limit(items, 4, seed=3)
+    sample = sets.stratified_sample(items, 4, seed=3)
     counts = Counter(x["category"] for x in sample)
     assert sum(counts.values()) == 4 and max(counts.values()) == 2 and set(counts) == {"a", "b", "c"}
     plain = [{"question": str(i)} for i in range(50)]  # no category: one stratum
-    assert len(S._limit(plain, 10, seed=0)) == 10
+    assert len(sets.stratified_sample(plain, 10, seed=0)) == 10
 
 
 def test_builtin_harmful_subset_spans_the_categories():
     harmful = S.load_harmful_prompts("builtin")
     first = {h["category"] for h in harmful[:20]}
-    sampled = {h["category"] for h in S._limit(harmful, 20, seed=0)}
+    sampled = {h["category"] for h in sets.stratified_sample(harmful, 20, seed=0)}
     assert len(sampled) > len(first)
 
 
 def test_multiple_choice_and_drift_sets_share_no_question():
-    mc = {S._question_key(r["question"]) for r in S.load_mc("builtin")}
-    qa = {S._question_key(r["question"]) for r in S.load_qa("builtin")}
+    mc = {sets._question_key(r["question"]) for r in S.load_mc("builtin")}
+    qa = {sets._question_key(r["question"]) for r in S.load_qa("builtin")}
     assert not mc & qa
-    assert S._builtin_overlap()  # the raw files do overlap: the loaders split the shared questions
+    assert sets._builtin_overlap()  # the raw files do overlap: the loaders split the shared questions
     assert len(mc) > 150 and len(qa) > 150
 
 
@@ -93,7 +94,7 @@ def test_over_refusal_is_judged_by_the_refusal_detector(monkeypatch):
     def answers(prompt):
         return "I'm sorry, but I can't help with that." if "kill" in prompt.lower() else "The Pacific Ocean."
 
-    monkeypatch.setattr(S, "generate", _fake_generate(answers))
+    monkeypatch.setattr(generation, "generate", _fake_generate(answers))
     result = S.asr_suite(SimpleNamespace(model=None, tokenizer=None), _cfg(limit=10))
     benign = [r for r in result.rows if r["set"] in ("benign", "lookalike")]
     expected = sum("kill" in r["prompt"].lower() for r in benign) / len(benign)
@@ -128,7 +129,7 @@ def test_benign_prompts_file_honours_labels(tmp_path, monkeypatch):
     def answers(prompt):
         return "I can't help with that." if ("neighbour" in prompt or "photo" in prompt) else "Sure: here you go."
 
-    monkeypatch.setattr(S, "generate", _fake_generate(answers))
+    monkeypatch.setattr(generation, "generate", _fake_generate(answers))
     m = S.asr_suite(SimpleNamespace(model=None, tokenizer=None), _cfg(limit=4, benign_prompts=csv_file)).metrics
     assert (m["over_refusal_rate"], m["over_refusal_n"]) == (pytest.approx(1 / 3), 3)
     assert (m["unsafe_refusal_rate"], m["unsafe_refusal_n"]) == (0.5, 2)
@@ -166,7 +167,7 @@ def test_drift_uses_the_papers_prompt_and_refusals_never_count(monkeypatch):
         return "Unknown"
 
     fake = _fake_generate(answers)
-    monkeypatch.setattr(S, "generate", fake)
+    monkeypatch.setattr(generation, "generate", fake)
     monkeypatch.setattr(S, "load_qa", lambda source: items)
     result = S.drift_suite(SimpleNamespace(model=None, tokenizer=None), _cfg())
     assert fake.calls[0]["system"] == (
@@ -184,7 +185,7 @@ def test_drift_match_mode_paper_keeps_the_substring_rule(monkeypatch):
         "true_answer": "Na",
         "context": "The symbol of sodium is So.",
     }
-    monkeypatch.setattr(S, "generate", _fake_generate(lambda p: "National"))
+    monkeypatch.setattr(generation, "generate", _fake_generate(lambda p: "National"))
     monkeypatch.setattr(S, "load_qa", lambda source: [item])
     loaded = SimpleNamespace(model=None, tokenizer=None)
     normalised = S.drift_suite(loaded, _cfg()).metrics

@@ -131,7 +131,7 @@ def _transformers_greedy(model, tok, prompt_ids: list[int], max_new_tokens: int,
 
 
 def test_batched_greedy_equals_the_transformers_loop_while_finished_rows_leave_the_batch(tiny_model_dir):
-    from safety_lab.models.generation import _decode, _left_pad, chat_inputs
+    from safety_lab.models.generation import _decode, chat_inputs, left_pad
 
     loaded = load_model(str(tiny_model_dir))
     model, tok = loaded.model, loaded.tokenizer
@@ -144,7 +144,7 @@ def test_batched_greedy_equals_the_transformers_loop_while_finished_rows_leave_t
         "Write one short sentence about the sea and the sky at night.",
     ]
     encoded = chat_inputs(tok, prompts)
-    ids, mask = _left_pad(encoded, tok.pad_token_id, "cpu")
+    ids, mask = left_pad(encoded, tok.pad_token_id, "cpu")
     free = _decode(model, ids, mask, max_new_tokens=8, eos=torch.tensor([-1]), scores=False)
     # used as EOS: a token some row produces later than others (or never), so rows leave the batch at different steps
     firsts = [{t: o.ids.index(t) for t in o.ids} for o in free]

@@ -1,6 +1,7 @@
 from matplotlib.figure import Figure
 
-from safety_lab.evaluation.metrics import drift_summary, reliability_curve
+from safety_lab.evaluation.calibration import reliability_curve
+from safety_lab.evaluation.metrics import drift_summary
 from safety_lab.reporting.plots import (
     asr_bars,
     drift_bars,
