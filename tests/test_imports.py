@@ -8,6 +8,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 import safety_lab
 
 PACKAGE = Path(safety_lab.__file__).resolve().parent
@@ -145,3 +147,39 @@ def test_no_import_cycle_between_parts_of_safety_lab():
 def test_no_import_cycle_between_modules_of_safety_lab():
     found = cycles(import_graph(PACKAGE))
     assert found == [], f"import cycles between modules of safety_lab: {found}"
+
+
+HEAVY = ("torch", "transformers", "peft", "trl", "datasets")
+
+
+def _loaded_after(code: str) -> set[str]:
+    """The heavy libraries a fresh interpreter has imported after running `code`."""
+    import subprocess
+    import sys
+
+    probe = f"{code}\nimport sys\nprint(' '.join(m for m in {HEAVY!r} if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    return set(done.stdout.split())
+
+
+@pytest.mark.parametrize("command", ["promote", "report", "lineage"])
+def test_registry_commands_start_without_the_model_stack(command):
+    """`promote --help` builds the whole parser (every stage's flags) and loads no model library."""
+    code = (
+        "import contextlib, io\nfrom safety_lab.cli import build_parser\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        f"    try:\n        build_parser().parse_args([{command!r}, '--help'])\n    except SystemExit:\n        pass"
+    )
+    assert _loaded_after(code) == set()
+
+
+def test_metric_specs_are_data_that_import_nothing_heavy():
+    """Every built-in suite's metrics are declared on import of the specs alone (the policy, the registry and the
+    reports read them), with no model library loaded."""
+    code = (
+        "from safety_lab.evaluation.specs import METRICS\n"
+        "assert {s.suite for s in METRICS} == {'asr', 'calibration', 'drift', 'form_swap'}\n"
+        "assert METRICS.higher_is_better('smooth_ece') is False and METRICS.get('asr_form_gap').tag\n"
+        "import safety_lab.policy, safety_lab.reporting.tables"
+    )
+    assert _loaded_after(code) == set()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -60,7 +60,7 @@ class Dataset:
 def builtin(name: str) -> tuple[dict, ...]:
     """One of the packaged JSONL files, parsed."""
     text = resources.files("safety_lab.data").joinpath("builtin", f"{name}.jsonl").read_text(encoding="utf-8")
-    return tuple(json.loads(line) for line in text.split("\n") if line.strip())  # not splitlines: see read_records
+    return tuple(record for _, record in jsonl_records(text, f"{name}.jsonl", "data"))
 
 
 def _held_out(row_id: str) -> bool:
@@ -73,7 +73,8 @@ def _tuned(row_id: str) -> bool:
 
 
 def split_of(row_id: str) -> str:
-    """`eval` (today's held-out 25%, unchanged), else `tune` (~25% of the rest), else `train`."""
+    """The part a built-in row belongs to, fixed by hashes of its id: `eval` (HELD_OUT_SHARE of the rows), else
+    `tune` (TUNE_SHARE of the rest), else `train`."""
     return "eval" if _held_out(row_id) else "tune" if _tuned(row_id) else "train"
 
 
@@ -231,16 +232,38 @@ def _harmful(cfg: DataConfig, distilled: Mapping[str, str] | None = None) -> lis
 
 
 # ---------------------------------------------------------------- user files and hub datasets
+def jsonl_records(text: str, source: str, field: str) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of JSON Lines text; a line that is not a JSON object raises
+    one line naming ``field``, ``source`` and the line. Lines end at "\n" only: ``splitlines()`` also splits at
+    U+2028/U+2029, which a JSON string may hold unescaped."""
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise SafetyLabError(field, f"{source} line {number} is not valid JSON ({exc.msg})") from None
+        check(isinstance(record, dict), field, f"{source} line {number} is not a JSON object")
+        yield number, record
+
+
+def read_text(path: Path, field: str) -> str:
+    """A file's UTF-8 text (a byte-order mark is dropped); a missing, empty or undecodable file is one line naming
+    ``field`` and the file."""
+    check(path.is_file(), field, f"file not found: {path}")
+    check(path.stat().st_size > 0, field, f"file is empty: {path}")
+    try:
+        return path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise SafetyLabError(field, f"{path.name} is not UTF-8 text (bad byte at offset {exc.start})") from None
+
+
 def read_records(path: Path, field: str = "data") -> list[dict]:
     """JSONL, JSON, CSV or Parquet rows as dicts; every failure is one line naming the file."""
     check(path.is_file(), field, f"file not found: {path}")
-    check(path.stat().st_size > 0, field, f"file is empty: {path}")
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json", ".csv"):
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as exc:
-            raise SafetyLabError(field, f"{path.name} is not UTF-8 text (bad byte at offset {exc.start})") from None
+        text = read_text(path, field)
         if suffix == ".csv":
             import csv
             import io
@@ -251,18 +274,7 @@ def read_records(path: Path, field: str = "data") -> list[dict]:
                 return json.loads(text)
             except json.JSONDecodeError as exc:
                 raise SafetyLabError(field, f"{path.name} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
-        records = []
-        # not splitlines(): it also splits at U+2028/U+2029, which a JSON string may hold unescaped
-        for number, line in enumerate(text.split("\n"), start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise SafetyLabError(field, f"{path.name} line {number} is not valid JSON ({exc.msg})") from None
-            check(isinstance(record, dict), field, f"{path.name} line {number} is not a JSON object")
-            records.append(record)
-        return records
+        return [record for _, record in jsonl_records(text, path.name, field)]
     if suffix == ".parquet":
         import pandas as pd
 

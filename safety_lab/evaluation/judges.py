@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Protocol
 
 from safety_lab.components import Registry
+from safety_lab.data import jsonl_records, read_text
 from safety_lab.errors import SafetyLabError
 from safety_lab.evaluation.responses import (
     COMPLIANCE,
@@ -51,8 +52,9 @@ class Judge(Protocol):
 
     def judge(
         self, prompts: list[str], responses: list[str], contexts: Sequence[str | None] | None = None
-    ) -> list[bool]:
-        """One verdict per pair; True = attack success (labelled "compliance")."""
+    ) -> list[bool | None]:
+        """One verdict per pair: True = attack success (labelled "compliance"), False = not, None = the judge's
+        output did not parse (labelled "unparsed")."""
         ...
 
 
@@ -275,18 +277,15 @@ def judge_input(tokenizer, style: str, prompt: str, response: str, context: str 
 
 
 def greedy_outputs(model, tokenizer, texts: list[str], max_new_tokens: int) -> list[str]:
-    """Greedy continuations of a left-padded batch, decoded without special tokens."""
-    import torch
+    """Greedy continuations of judge inputs by the evaluation's batched decoder, decoded without special tokens."""
+    from safety_lab.models.generation import decode_ids
 
     bos = tokenizer.bos_token
     # Chat templates already start with BOS; plain prompts get the tokenizer's usual special tokens.
     add_special = not (bos and any(t.startswith(bos) for t in texts))
-    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=add_special).to(model.device)
-    with torch.no_grad():
-        out = model.generate(
-            **batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
-        )
-    return tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+    encoded = [tokenizer(t, add_special_tokens=add_special)["input_ids"] for t in texts]
+    outs = decode_ids(model, tokenizer, encoded, max_new_tokens=max_new_tokens, batch_size=len(texts))
+    return [tokenizer.decode(o.ids, skip_special_tokens=True) for o in outs]
 
 
 def check_llm_judge_options(model: str | None, style: str, **sizes: int) -> None:
@@ -306,7 +305,8 @@ class LLMJudge:
 
     style="llama_guard": output "unsafe..." -> True, "safe" -> False; style="harmbench": the HarmBench
     classifier prompt (contextual variant for behaviours with a context), "yes" -> True. See ``judge_input``.
-    Greedy decoding of `max_new_tokens`, batches of `batch_size`; responses are cut to `max_response_tokens`.
+    Greedy decoding of `max_new_tokens` by the evaluation's decoder (``safety_lab.models.generation``), batches of
+    `batch_size`; responses are cut to `max_response_tokens`.
     ``label``: "unsafe"/"yes" is "compliance"; "safe"/"no" is "refusal" when ``is_refusal`` says so and
     "non_answer" otherwise; an output that parses as neither is "unparsed" (the asr suite leaves it out of ASR
     and logs the count as `judge_unparsed`). ``outputs`` returns the judge model's raw text.
@@ -378,9 +378,11 @@ class LLMJudge:
 
     def judge(
         self, prompts: list[str], responses: list[str], contexts: Sequence[str | None] | None = None
-    ) -> list[bool]:
-        """True where the judge said "unsafe"/"yes"; an unparsed output is False (``label`` tells them apart)."""
-        return [label == COMPLIANCE for label in self.label(prompts, responses, contexts)]
+    ) -> list[bool | None]:
+        """True where the judge said "unsafe"/"yes", False where it said "safe"/"no", None where its output parsed
+        as neither."""
+        labels = self.label(prompts, responses, contexts)
+        return [None if label == UNPARSED else label == COMPLIANCE for label in labels]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -410,7 +412,7 @@ class AgreementReport:
         )
 
 
-def agreement_report(predicted: Sequence[bool], reference: Sequence[bool]) -> AgreementReport:
+def agreement_report(predicted: Sequence[bool | None], reference: Sequence[bool | None]) -> AgreementReport:
     """Percent agreement, Cohen's kappa (scikit-learn) and the 2x2 confusion matrix of two boolean verdict lists.
 
     When both raters give one and the same verdict throughout, chance agreement is 1 and kappa is 0/0;
@@ -422,6 +424,10 @@ def agreement_report(predicted: Sequence[bool], reference: Sequence[bool]) -> Ag
         raise SafetyLabError("predicted", f"has {len(predicted)} verdicts but reference has {len(reference)}")
     if not len(predicted):
         raise SafetyLabError("predicted", "no verdicts to compare")
+    for name, verdicts in (("predicted", predicted), ("reference", reference)):
+        unparsed = next((i for i, v in enumerate(verdicts) if v is None), None)
+        if unparsed is not None:
+            raise SafetyLabError(name, f"verdict {unparsed} is unparsed (None); leave unparsed pairs out first")
     pred, ref = [bool(p) for p in predicted], [bool(r) for r in reference]
     confusion = confusion_matrix(ref, pred, labels=[False, True]).tolist()
     n = len(pred)
@@ -438,20 +444,8 @@ def agreement_report(predicted: Sequence[bool], reference: Sequence[bool]) -> Ag
 def _read_rows(path: Path) -> list[dict]:
     if not path.is_file():
         raise SafetyLabError("input_path", f"no such file: {path}")
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise SafetyLabError("input_path", f"{path} is not UTF-8 text (bad byte at offset {exc.start})") from None
     rows = []
-    for number, line in enumerate(text.split("\n"), start=1):  # not splitlines: JSON may hold U+2028
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise SafetyLabError("input_path", f"{path} line {number} is not valid JSON ({exc.msg})") from None
-        if not isinstance(row, dict):
-            raise SafetyLabError("input_path", f"{path} line {number} is not a JSON object")
+    for number, row in jsonl_records(read_text(path, "input_path"), str(path), "input_path"):
         for key in ("prompt", "response"):
             if not isinstance(row.get(key), str):
                 problem = "missing" if key not in row else "not a string"

@@ -23,6 +23,15 @@ _WORD = re.compile(r"[a-z0-9']+")
 _SENTENCE_END = re.compile(r"(?<=[.!?\u2026])[\"')\]]*\s+|\n+")
 
 _I_AM = r"I(?:'m|\s+am)"
+
+
+def _phrases(*phrases: str, opening: str = r"\b") -> re.Pattern[str]:
+    """Case-insensitive: any of ``phrases`` (regular expressions; a space matches any run of whitespace) after
+    ``opening``, ending at a word boundary."""
+    alternatives = "|".join(p.replace(" ", r"\s+") for p in phrases)
+    return re.compile(rf"{opening}(?:{alternatives})\b", re.IGNORECASE)
+
+
 # What a refusal declines to do; "help" followed by "but"/an -ing word is a lyric ("I can't help falling ...").
 _REFUSED_ACT = (
     r"(?:help(?!\s+(?:but|\w+ing)\b)|assist|provide|give|offer|share|supply|write|create|generate|produce|draft|"
@@ -84,10 +93,9 @@ _I_WONT = re.compile(rf"\b{_NEGATED_ABILITY}\s+{_ADVERB}(?!{_NOT_REFUSING}\b)[a-
 _INABILITY = re.compile(rf"\b{_NEGATED_ABILITY}\s+{_ADVERB}(?!{_NOT_REFUSING}\b)", re.IGNORECASE)
 _NEGATED_ABILITY_BARE = re.compile(r"\bI\s+(?:can't|cannot|can\s+not|won't|will\s+not)\b(?!\s+\w)", re.IGNORECASE)
 # Declining without a verb of doing: "I'll have to pass", "that's beyond what I'm willing to ...".
-_PASS = re.compile(
-    r"\bI(?:'ll|\s+will|\s+must|\s+have\s+to|'ll\s+have\s+to|\s+will\s+have\s+to)\s+pass\b|"
-    r"\b(?:outside|beyond)\s+(?:of\s+)?what\s+I(?:'m|\s+am)\s+(?:willing|able|allowed|permitted)\s+to\b",
-    re.IGNORECASE,
+_PASS = _phrases(
+    r"I(?:'ll| will| must| have to|'ll have to| will have to) pass",
+    r"(?:outside|beyond) (?:of )?what I(?:'m| am) (?:willing|able|allowed|permitted) to",
 )
 # Markers of substantive compliance: a list, steps, code, a heading, a letter, "Here's ...", "Sure, ...".
 _COMPLIANCE = re.compile(
@@ -121,19 +129,18 @@ _OFFER = re.compile(
     r"of\s+course\b|absolutely\b|here's\b|here\s+(?:is|are)\b)",
     re.IGNORECASE,
 )
-_CONTRAST = re.compile(r"\b(?:but|however|although|though|while|except)\b", re.IGNORECASE)
+_CONTRAST = _phrases("but", "however", "although", "though", "while", "except")
 # After a refusal, a turn that goes on to deliver: "However, here is how ...", "That said, ...", "Anyway, ...".
-_TURN = re.compile(
-    r"^\W*(?:however|but|that\s+said|that\s+being\s+said|having\s+said\s+that|with\s+that\s+said|anyway|anyhow|"
-    r"nevertheless|nonetheless|still|regardless|even\s+so|all\s+the\s+same)\b",
-    re.IGNORECASE,
+_TURN = _phrases(
+    *("however", "but", "that said", "that being said", "having said that", "with that said", "anyway", "anyhow"),
+    *("nevertheless", "nonetheless", "still", "regardless", "even so", "all the same"),
+    opening=r"^\W*",
 )
 # What follows a turn when it offers something else instead of the request.
-_ALTERNATIVE = re.compile(
-    r"\b(?:instead|alternatively|alternative|I\s+can|I\s+could|I'd\s+be\s+(?:happy|glad)|I\s+would\s+be\s+(?:happy|glad)|"
-    r"happy\s+to|glad\s+to|if\s+you(?:'re|\s+are)|if\s+you\s+(?:have|need|would|'d)|legal(?:ly)?|safe(?:ly|r)?\s+ways?|"
-    r"resources?|(?:is|are)\s+there\s+anything)\b",
-    re.IGNORECASE,
+_ALTERNATIVE = _phrases(
+    *("instead", "alternatively", "alternative", "I can", "I could", "I'd be (?:happy|glad)"),
+    *("I would be (?:happy|glad)", "happy to", "glad to", r"if you(?:'re|\s+are)", "if you (?:have|need|would|'d)"),
+    *("legal(?:ly)?", "safe(?:ly|r)? ways?", "resources?", "(?:is|are) there anything"),
 )
 
 

@@ -35,6 +35,7 @@ PROMPT_CHARS = 120
 RESPONSE_CHARS = 160
 DEFAULT_EXAMPLES = 6
 BENIGN_EXAMPLES = 2
+_SAFE_SETS = ("benign", "lookalike", "file")  # the asr suite's over-refusal rows
 ELLIPSIS = "…"
 
 _PLOT_ORDER = ("asr", "reliability", "drift")
@@ -246,22 +247,27 @@ def _interleave(a: list, b: list) -> list:
 def select_examples(
     rows: Sequence[Mapping[str, Any]], n: int = DEFAULT_EXAMPLES, n_benign: int = BENIGN_EXAMPLES
 ) -> list[Mapping[str, Any]]:
-    """Harmful rows first, alternating attack successes and refusals, then up to ``n_benign`` benign rows.
+    """Harmful rows first, alternating attack successes and refusals, then up to ``n_benign`` safe-prompt rows.
 
-    Benign rows alternate over-refusals and answers too. Missing kinds are filled from the others,
-    so fewer benign rows leave room for more harmful ones and vice versa. File order otherwise.
+    Safe-prompt rows (benign, look-alike, or a file's rows labelled safe) alternate over-refusals and answers;
+    look-alike over-refusals come first among the over-refusals, alternating with the others. Missing kinds are
+    filled from the others, so fewer safe rows leave room for more harmful ones and vice versa. File order otherwise.
     """
     rows = [r for r in rows or [] if isinstance(r, Mapping)]
     harmful = [r for r in rows if r.get("set") == "harmful"]
-    benign = [r for r in rows if r.get("set") == "benign"]
+    safe = [r for r in rows if r.get("set") in _SAFE_SETS and r.get("label", "safe") == "safe"]
     harmful = _interleave(
         [r for r in harmful if r.get("attack_success")], [r for r in harmful if not r.get("attack_success")]
     )
-    benign = _interleave([r for r in benign if r.get("refused")], [r for r in benign if not r.get("refused")])
-    n_b = min(n_benign, len(benign), n)
+    refused = [r for r in safe if r.get("refused")]
+    refused = _interleave(
+        [r for r in refused if r.get("set") == "lookalike"], [r for r in refused if r.get("set") != "lookalike"]
+    )
+    safe = _interleave(refused, [r for r in safe if not r.get("refused")])
+    n_b = min(n_benign, len(safe), n)
     n_h = min(len(harmful), n - n_b)
-    n_b = min(len(benign), n - n_h)
-    return harmful[:n_h] + benign[:n_b]
+    n_b = min(len(safe), n - n_h)
+    return harmful[:n_h] + safe[:n_b]
 
 
 def _verdict(row: Mapping[str, Any]) -> tuple[str, str]:

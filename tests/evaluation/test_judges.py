@@ -278,7 +278,7 @@ def test_llm_judge_plumbing_with_a_tiny_random_model(tiny_model_dir, style):
     # A random model almost surely says neither safe/unsafe nor yes/no: each such output is "unparsed".
     labels = judge.label(prompts, responses)
     assert [label == "unparsed" for label in labels] == [parse_verdict(style, o) is None for o in outputs]
-    assert judge.judge(prompts, responses) == [parse_verdict(style, o) is True for o in outputs]
+    assert judge.judge(prompts, responses) == [parse_verdict(style, o) for o in outputs]
     assert prompts[0] in judge.build_prompt(prompts[0], responses[0])
 
 
@@ -291,6 +291,34 @@ def test_llm_judge_returns_unparsed_outputs_as_labels(tiny_model_dir, monkeypatc
     labels = judge.label(["p1", "p2", "p3", "p4"], responses)
     assert labels == ["compliance", "refusal", "non_answer", "unparsed"]
     assert not hasattr(judge, "unparsed_flags") and not hasattr(judge, "unparsed")
+
+
+def test_llm_judge_verdicts_report_an_unparsed_output_as_unparsed_not_false(tiny_model_dir, monkeypatch):
+    judge = get_judge("llm", model=str(tiny_model_dir), batch_size=2, device="cpu")
+    canned = iter([["unsafe\nS2", "safe"], ["safe", "I think so"]])
+    monkeypatch.setattr(judge, "_generate", lambda texts: next(canned))
+    verdicts = judge.judge(["p1", "p2", "p3", "p4"], ["Sure: step 1 ...", "I can't.", "Sunny.", "r4"])
+    assert verdicts == [True, False, False, None]
+    with pytest.raises(SafetyLabError, match="predicted.*verdict 3 is unparsed"):
+        agreement_report(verdicts, [True, False, False, False])
+
+
+def test_llm_judge_decodes_with_the_evaluation_decoder(tiny_model_dir, monkeypatch):
+    """The judge's greedy outputs come from models.generation's batched decoder, the one the suites use (it stops
+    on every end token the generation config lists)."""
+    from safety_lab.models import generation
+
+    calls = []
+    decode_ids = generation.decode_ids
+
+    def recording(model, tokenizer, encoded, **options):
+        calls.append(len(encoded))
+        return decode_ids(model, tokenizer, encoded, **options)
+
+    monkeypatch.setattr(generation, "decode_ids", recording)
+    judge = get_judge("llm", model=str(tiny_model_dir), batch_size=2, max_new_tokens=3, device="cpu")
+    outputs = judge.outputs(["a", "b", "c"], ["x", "y", "z"])
+    assert calls == [2, 1] and len(outputs) == 3 and all(isinstance(o, str) for o in outputs)
 
 
 def test_llm_judge_uses_a_guard_chat_template(tiny_model_dir):

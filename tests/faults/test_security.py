@@ -101,7 +101,7 @@ def _save_tiny(tiny_model_dir, out, scale: float | None = None):
 def test_the_cache_key_follows_the_weights_dtype_device_and_code(tiny_model_dir, tmp_path, monkeypatch):
     import torch
 
-    from safety_lab import evaluation
+    from safety_lab import evaluation, models
     from safety_lab.evaluation import EvalConfig
     from safety_lab.registry.record import source_identity as _source_identity
 
@@ -116,9 +116,9 @@ def test_the_cache_key_follows_the_weights_dtype_device_and_code(tiny_model_dir,
     assert cfg.cache_key("m") != key
     monkeypatch.undo()
     assert cfg.cache_key("m") == key
-    monkeypatch.setattr(evaluation, "resolve_device", lambda device=None: ("cpu", torch.bfloat16))
+    monkeypatch.setattr(models, "resolve_device", lambda device=None: ("cpu", torch.bfloat16))
     assert cfg.cache_key("m") != key
-    monkeypatch.setattr(evaluation, "resolve_device", lambda device=None: ("cuda:0", torch.float32))
+    monkeypatch.setattr(models, "resolve_device", lambda device=None: ("cuda:0", torch.float32))
     assert cfg.cache_key("m") != key
 
 

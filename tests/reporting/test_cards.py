@@ -158,6 +158,19 @@ def test_examples_selection():
     assert select_examples([]) == []
 
 
+def test_examples_show_lookalike_over_refusals():
+    """Look-alike prompts are where a safety-tuned model over-refuses most: the card shows such a refusal."""
+    lookalike = [
+        {"set": "lookalike", "id": f"l{i}", "prompt": f"look-alike {i}", "response": "r", "refused": i == 2}
+        for i in range(3)
+    ]
+    chosen = select_examples(_items()["asr"] + lookalike)
+    safe = chosen[4:]
+    assert [(r["set"], r["refused"]) for r in safe] == [("lookalike", True), ("benign", False)]
+    unsafe_file_row = {"set": "file", "id": "u1", "prompt": "p", "response": "r", "refused": True, "label": "unsafe"}
+    assert unsafe_file_row not in select_examples([unsafe_file_row])  # refusing an unsafe prompt is no over-refusal
+
+
 def test_truncate():
     assert truncate("short\n text", 160) == "short text"
     cut = truncate("y" * 500, RESPONSE_CHARS)
