@@ -88,6 +88,11 @@ class FinetuneResult:
     status: str = registry.UNEVALUATED
     evaluation: Recorded | None = None  # the recorded evaluation, when one ran
 
+    @classmethod
+    def tuned(cls, run_id: str, model_name: str, timings: Timings, result: TuneResult) -> FinetuneResult:
+        """A run's result once tuning chose `result`, before any version is registered."""
+        return cls(run_id, model_name, timings, best_value=result.best_value, best_params=result.best_params)
+
     def registered(self, published: Published | None, evaluation: Recorded | None) -> FinetuneResult:
         """This result with the version it registered and that version's evaluation, when they exist."""
         if published is None:
@@ -149,23 +154,11 @@ def finetune(
             )
             _check_lineage(result, data.sha256, active.info.run_id)
             _log_tuning(result, tune_cfg)
-            out = FinetuneResult(
-                run_id=active.info.run_id,
-                model_name=model_name,
-                timings=timings,
-                best_value=result.best_value,
-                best_params=result.best_params,
-            )
+            out = FinetuneResult.tuned(active.info.run_id, model_name, timings, result)
             if run.register:
                 tags = {"data.name": data.name, "data.sha256": result.data_sha256, "data.rows": len(data.rows)}
                 published = publish(
-                    loaded,
-                    result,
-                    model_name=model_name,
-                    run_id=active.info.run_id,
-                    data_tags=tags,
-                    run=run,
-                    timings=timings,
+                    loaded, result, tags, run, model_name=model_name, run_id=active.info.run_id, timings=timings
                 )
         # the evaluation needs only the reloaded version (and loads the base reference itself): let the base
         # model and the trained copy go, or three copies of the weights are held while the reference runs
@@ -344,23 +337,11 @@ def register_best(run: RunConfig, tune_cfg: TuneConfig, *, eval_options: dict | 
                 base = worker.data.params.get("run.base_model", worker.data.tags.get("base_model", run.base_model))
                 loaded = load_model(base, device=None, trust_remote_code=run.trust_remote_code)
             _log_tuning(result, tune_cfg)
-            out = FinetuneResult(
-                run_id=active.info.run_id,
-                model_name=model_name,
-                timings=timings,
-                best_value=result.best_value,
-                best_params=result.best_params,
-            )
+            out = FinetuneResult.tuned(active.info.run_id, model_name, timings, result)
             tags = {k: worker.data.params[k] for k in ("data.name", "data.rows") if k in worker.data.params}
             tags["data.sha256"] = result.data_sha256 or worker.data.params.get("data.sha256", "")
             published = publish(
-                loaded,
-                result,
-                model_name=model_name,
-                run_id=active.info.run_id,
-                data_tags=tags,
-                run=run,
-                timings=timings,
+                loaded, result, tags, run, model_name=model_name, run_id=active.info.run_id, timings=timings
             )
             loaded = result = None
             evaluation = _evaluate(published, eval_cfg, timings) if eval_cfg is not None else None

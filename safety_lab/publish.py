@@ -62,7 +62,7 @@ def _description(data_name: str, data_rows, data_sha: str, loaded, best_params: 
 
 
 def publish(
-    loaded, result: TuneResult, *, model_name: str, run_id: str, data_tags: dict, run: RunConfig, timings
+    loaded, result: TuneResult, data_tags: dict, run: RunConfig, *, model_name: str, run_id: str, timings
 ) -> Published:
     """Log the adapter chain, prove it reloads to the same logits, then register the version (trained by run
     `run_id`) as `model_name` with all its tags."""
