@@ -82,25 +82,7 @@ def publish(
         )
         reloaded, diff = _check_reload(expected, info.model_uri, loaded.tokenizer)
         mlflow.log_metric("reload_max_abs_logit_diff", diff)
-    tags = {
-        **data_tags,
-        "base_model": loaded.base_model,
-        "tuning.best_value": f"{result.best_value:.6f}",
-        "tuning.best_params": str(result.best_params),
-        "tuning.best_trial": str(result.best_trial),
-        "optuna.study": result.study.study_name,
-        "training.run_id": run_id,
-        "safety.status": registry.UNEVALUATED,
-        "tuning.objective": result.objective,
-        "tuning.selection": result.selection,
-        "tuning.selection_reason": result.selection_reason[:4000],
-        "tuning.trial_run_id": result.best_run_id,
-        **{f"tuning.{k}": f"{float(v):.4f}" for k, v in result.objectives.items() if k != "objective_seconds"},
-    }
-    if result.study.user_attrs.get(KEY_ATTR):
-        tags["tuning.study_key"] = result.study.user_attrs[KEY_ATTR]
-    if loaded.parent:
-        tags["parent"] = loaded.parent
+    tags = _tags(loaded, result, data_tags, run_id)
     with timings.stage("register"):
         mv = registry.register(
             info.model_uri,
@@ -122,3 +104,27 @@ def publish(
         flush=True,
     )
     return Published(str(mv.version), f"models:/{model_name}/{mv.version}", reloaded)
+
+
+def _tags(loaded, result: TuneResult, data_tags: dict, run_id: str) -> dict:
+    """The version's tags: its data, base model and parent, the tuning choice and its values, an unevaluated status."""
+    tags = {
+        **data_tags,
+        "base_model": loaded.base_model,
+        "tuning.best_value": f"{result.best_value:.6f}",
+        "tuning.best_params": str(result.best_params),
+        "tuning.best_trial": str(result.best_trial),
+        "optuna.study": result.study.study_name,
+        "training.run_id": run_id,
+        "safety.status": registry.UNEVALUATED,
+        "tuning.objective": result.objective,
+        "tuning.selection": result.selection,
+        "tuning.selection_reason": result.selection_reason[:4000],
+        "tuning.trial_run_id": result.best_run_id,
+        **{f"tuning.{k}": f"{float(v):.4f}" for k, v in result.objectives.items() if k != "objective_seconds"},
+    }
+    if result.study.user_attrs.get(KEY_ATTR):
+        tags["tuning.study_key"] = result.study.user_attrs[KEY_ATTR]
+    if loaded.parent:
+        tags["parent"] = loaded.parent
+    return tags
