@@ -76,6 +76,9 @@ def test_pareto_front_plot_marks_the_chosen_trial_and_the_limits(tmp_path):
     ax = fig.axes[0]
     assert isinstance(fig, Figure) and ax.get_title() == "front" and _is_png((tmp_path / "front.png").read_bytes())
     assert sorted(t.get_text() for t in ax.texts) == ["0", "1", "2 *", "3"]
+    drawn = {c.get_label(): len(c.get_offsets()) for c in ax.collections}
+    # the front: 1 and 2; 3 is dominated by 2; 0 is over the ASR bar
+    assert drawn == {"Best Trial": 2, "Feasible Trial": 1, "Infeasible Trial": 1}
     assert ax.get_xlabel() == "ASR (tune split)" and ax.get_ylabel().startswith("over-refusal")
     assert {tuple(line.get_xdata()) for line in ax.lines} >= {(0.2, 0.2)}  # the ASR limit
     import matplotlib.pyplot as plt
