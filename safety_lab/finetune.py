@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlflow
-import torch
 import yaml
 
 from safety_lab import distributed, registry
@@ -31,7 +30,9 @@ from safety_lab.evaluation.judges import is_refusal, keyword_attack_success
 from safety_lab.models import load_model, resolve_device, resolve_precision
 from safety_lab.models.generation import generate
 from safety_lab.policy import load_policy
+from safety_lab.publish import Published, publish
 from safety_lab.registry.record import Recorded, evaluate_version
+from safety_lab.reporting import plots
 from safety_lab.tracking import redact, start_experiment
 from safety_lab.training import distill
 from safety_lab.tuning import (
@@ -40,19 +41,13 @@ from safety_lab.tuning import (
     TuneResult,
     TuningTargets,
     default_name,
-    log_pareto_front,
-    log_study_plots,
     open_study,
     resolve_name,
     select,
     study_key,
+    trial_table,
     tune,
 )
-from safety_lab.tuning.study import KEY_ATTR
-
-# Merging adapters into the weights moves logits by float rounding (measured 1.1e-4 on SmolLM2 with a 2-adapter
-# chain); weights that silently failed to load move them by whole units. Tests hold the tiny model to 1e-4.
-RELOAD_TOLERANCE = 1e-3
 
 
 @dataclass
@@ -81,7 +76,7 @@ class Timings:
         return "  ".join(f"{k}={v:.1f}s" for k, v in self.stages.items()) + f"  total={self.total():.1f}s"
 
 
-@dataclass
+@dataclass(frozen=True)
 class FinetuneResult:
     run_id: str
     model_name: str
@@ -92,41 +87,20 @@ class FinetuneResult:
     best_params: dict = field(default_factory=dict)
     status: str = registry.UNEVALUATED
     evaluation: Recorded | None = None  # the recorded evaluation, when one ran
-    reloaded: object | None = field(default=None, repr=False)  # the logged version, reloaded (until evaluated)
 
+    @classmethod
+    def tuned(cls, run_id: str, model_name: str, timings: Timings, result: TuneResult) -> FinetuneResult:
+        """A run's result once tuning chose `result`, before any version is registered."""
+        return cls(run_id, model_name, timings, best_value=result.best_value, best_params=result.best_params)
 
-def _probe_logits(model, tokenizer) -> torch.Tensor:
-    ids = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "Name three primary colours."}],
-        add_generation_prompt=True,
-        tokenize=True,
-        return_dict=True,
-        return_tensors="pt",
-    )
-    with torch.inference_mode():
-        return model(input_ids=ids["input_ids"].to(model.device)).logits.float().cpu()
-
-
-def _check_reload(expected: torch.Tensor, model_uri: str, tokenizer):
-    """Reload the logged model exactly as users will and compare logits: guards against silently wrong weights.
-
-    Returns (the reloaded model, the difference): the evaluation then uses this model, so weights load once."""
-    reloaded = mlflow.pyfunc.load_model(model_uri).unwrap_python_model().loaded
-    diff = float((_probe_logits(reloaded.model, tokenizer) - expected).abs().max())
-    if diff >= RELOAD_TOLERANCE:
-        raise RuntimeError(
-            f"reloaded model differs from the trained one (max |logit diff| {diff:.2e} >= {RELOAD_TOLERANCE})"
+    def registered(self, published: Published | None, evaluation: Recorded | None) -> FinetuneResult:
+        """This result with the version it registered and that version's evaluation, when they exist."""
+        if published is None:
+            return self
+        status = evaluation.status if evaluation else registry.UNEVALUATED
+        return dataclasses.replace(
+            self, version=published.version, model_uri=published.model_uri, status=status, evaluation=evaluation
         )
-    return reloaded, diff
-
-
-def _description(data_name: str, data_rows, data_sha: str, loaded, best_params: dict, best_value: float) -> str:
-    parent = f" on top of {loaded.parent}" if loaded.parent else ""
-    return (
-        f"LoRA fine-tune of {loaded.base_model}{parent} on data '{data_name}' ({data_rows} rows, "
-        f"sha256 {data_sha[:12]}). Optuna chose {best_params} "
-        f"(validation loss {best_value:.4f}). Safety status: unevaluated until its evaluation run succeeds."
-    )
 
 
 def _open_run(run: RunConfig, name: str, job: str):
@@ -173,25 +147,26 @@ def finetune(
         study = _study_options(
             model_name, data, data_cfg, loaded, train_cfg, tune_cfg, getattr(eval_cfg, "policy", None)
         )
-        out = FinetuneResult(run_id=active.info.run_id, model_name=model_name, timings=timings)
+        published = None
         with timings.stage("tuning"), tempfile.TemporaryDirectory(prefix="safety-lab-") as work:
             result = _tune(
                 loaded, train_rows, val_rows, train_cfg, tune_cfg, Path(work), pruner=pruner, quiet=quiet, **study
             )
             _check_lineage(result, data.sha256, active.info.run_id)
             _log_tuning(result, tune_cfg)
-            out.best_value, out.best_params = result.best_value, result.best_params
+            out = FinetuneResult.tuned(active.info.run_id, model_name, timings, result)
             if run.register:
                 tags = {"data.name": data.name, "data.sha256": result.data_sha256, "data.rows": len(data.rows)}
-                _publish(out, loaded, result, tags, run, timings)
+                published = publish(
+                    loaded, result, tags, run, model_name=model_name, run_id=active.info.run_id, timings=timings
+                )
         # the evaluation needs only the reloaded version (and loads the base reference itself): let the base
         # model and the trained copy go, or three copies of the weights are held while the reference runs
         loaded = result = None
-        if run.register and eval_cfg is not None:
-            _evaluate(out, eval_cfg, timings)
+        evaluation = _evaluate(published, eval_cfg, timings) if published and eval_cfg is not None else None
         timings.log()
     print(f"[safety_lab] timings: {timings.format()}", flush=True)
-    return out
+    return out.registered(published, evaluation)
 
 
 def _log_config(run: RunConfig, data_cfg: DataConfig, train_cfg: TrainConfig, tune_cfg: TuneConfig, device, dtype):
@@ -362,22 +337,16 @@ def register_best(run: RunConfig, tune_cfg: TuneConfig, *, eval_options: dict | 
                 base = worker.data.params.get("run.base_model", worker.data.tags.get("base_model", run.base_model))
                 loaded = load_model(base, device=None, trust_remote_code=run.trust_remote_code)
             _log_tuning(result, tune_cfg)
-            out = FinetuneResult(
-                run_id=active.info.run_id,
-                model_name=model_name,
-                version="",
-                model_uri="",
-                best_value=result.best_value,
-                best_params=result.best_params,
-                timings=timings,
-            )
+            out = FinetuneResult.tuned(active.info.run_id, model_name, timings, result)
             tags = {k: worker.data.params[k] for k in ("data.name", "data.rows") if k in worker.data.params}
             tags["data.sha256"] = result.data_sha256 or worker.data.params.get("data.sha256", "")
-            _publish(out, loaded, result, tags, run, timings)
-            if eval_cfg is not None:
-                _evaluate(out, eval_cfg, timings)
+            published = publish(
+                loaded, result, tags, run, model_name=model_name, run_id=active.info.run_id, timings=timings
+            )
+            loaded = result = None
+            evaluation = _evaluate(published, eval_cfg, timings) if eval_cfg is not None else None
             timings.log()
-    return out
+    return out.registered(published, evaluation)
 
 
 def _eval_config(run: RunConfig, eval_options: dict | None) -> EvalConfig | None:
@@ -407,76 +376,22 @@ def _log_tuning(result: TuneResult, tune_cfg: TuneConfig) -> None:
             "tuning.selection_reason": result.selection_reason[:4000],
         }
     )
-    log_study_plots(result.study)
+    figures, skipped = plots.study_plots(result.study)
     if result.objective == "safety":
-        log_pareto_front(result)
-
-
-def _publish(
-    out: FinetuneResult, loaded, result: TuneResult, data_tags: dict, run: RunConfig, timings: Timings
-) -> None:
-    """Log the adapter chain, prove it reloads to the same logits, then register the version with all its tags."""
-    with timings.stage("log_model"):
-        trained = result.best_model
-        if trained is None:  # trained by another worker: rebuild from its adapter
-            from peft import PeftModel
-
-            trained = PeftModel.from_pretrained(loaded.model, str(result.adapter_dir))
-        expected = _probe_logits(trained.eval(), loaded.tokenizer)
-        info = registry.log_model(
-            result.adapter_dir,
-            base_model=loaded.base_model,
-            parent=loaded.parent,
-            parent_adapters=list(loaded.adapters),
-            trust_remote_code=run.trust_remote_code,
+        rows = trial_table(result.study, result.candidates)
+        mlflow.log_table(data={k: [r.get(k) for r in rows] for k in rows[0]}, artifact_file="tuning/trials.json")
+        figures["pareto_front.png"] = plots.pareto_front_plot(
+            result.study,
+            chosen=result.best_trial,
+            limits=result.targets.limits()[:2],
+            title=f"Pareto front; * chosen: {result.selection}",
         )
-        out.reloaded, diff = _check_reload(expected, info.model_uri, loaded.tokenizer)
-        mlflow.log_metric("reload_max_abs_logit_diff", diff)
-    tags = {
-        **data_tags,
-        "base_model": loaded.base_model,
-        "tuning.best_value": f"{result.best_value:.6f}",
-        "tuning.best_params": str(result.best_params),
-        "tuning.best_trial": str(result.best_trial),
-        "optuna.study": result.study.study_name,
-        "training.run_id": out.run_id,
-        "safety.status": registry.UNEVALUATED,
-        "tuning.objective": result.objective,
-        "tuning.selection": result.selection,
-        "tuning.selection_reason": result.selection_reason[:4000],
-        "tuning.trial_run_id": result.best_run_id,
-        **{f"tuning.{k}": f"{float(v):.4f}" for k, v in result.objectives.items() if k != "objective_seconds"},
-    }
-    if result.study.user_attrs.get(KEY_ATTR):
-        tags["tuning.study_key"] = result.study.user_attrs[KEY_ATTR]
-    if loaded.parent:
-        tags["parent"] = loaded.parent
-    with timings.stage("register"):
-        mv = registry.register(
-            info.model_uri,
-            out.model_name,
-            tags=tags,
-            description=_description(
-                str(data_tags.get("data.name")),
-                data_tags.get("data.rows"),
-                str(data_tags.get("data.sha256", "")),
-                loaded,
-                result.best_params,
-                result.best_value,
-            ),
-        )
-    mlflow.set_tags({"registered_model": out.model_name, "registered_version": mv.version})
-    print(
-        f"[safety_lab] registered {out.model_name} version {mv.version} (trial {result.best_trial}, "
-        f"{result.selection}: {result.selection_reason}; val loss {result.best_value:.4f})",
-        flush=True,
-    )
-    out.version, out.model_uri = str(mv.version), f"models:/{out.model_name}/{mv.version}"
+    for name, figure in figures.items():
+        mlflow.log_figure(figure, f"plots/{name}")
+    mlflow.set_tags({f"plot.{name}": f"skipped: {why[:200]}" for name, why in skipped.items()})
 
 
-def _evaluate(out: FinetuneResult, eval_cfg, timings: Timings) -> None:
+def _evaluate(published: Published, eval_cfg, timings: Timings) -> Recorded:
     """Evaluate the new version with the model already in memory (the reloaded one the check just compared)."""
     with timings.stage("evaluation"):
-        out.evaluation = evaluate_version(out.model_uri, eval_cfg, loaded=out.reloaded, timings=timings)
-    out.reloaded = None
-    out.status = out.evaluation.status
+        return evaluate_version(published.model_uri, eval_cfg, loaded=published.reloaded, timings=timings)

@@ -9,7 +9,7 @@ import socket
 from urllib.parse import urlparse
 
 import mlflow
-from mlflow.tracking._tracking_service.utils import get_default_host_creds
+from mlflow.utils.credentials import get_default_host_creds
 from mlflow.utils.rest_utils import http_request
 
 from safety_lab.errors import SafetyLabError

@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
-from transformers.cache_utils import Cache, StaticLayer
+from transformers.cache_utils import Cache
+
+from safety_lab.compat import in_place_layer
 
 DROP_SHARE = 8  # drop finished rows once they are >= 1/8 of the batch (each drop copies the cache once)
 MIN_SHARED = 8  # a shared opening shorter than this is prefilled with each prompt (not worth a separate pass)
@@ -61,23 +63,6 @@ def left_pad(batch: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor,
     return input_ids.to(device), mask.to(device)
 
 
-class _InPlaceLayer(StaticLayer):
-    """K/V allocated once for prompt + budget and written in place (DynamicCache concatenates every step);
-    attention reads only the filled part, as with a growing cache, so no empty slot is computed or masked."""
-
-    def update(self, key_states, value_states, *args, **kwargs):
-        keys, values = super().update(key_states, value_states, *args, **kwargs)
-        filled = int(self.cumulative_length)
-        return keys[:, :, :filled], values[:, :, :filled]
-
-    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        return int(self.cumulative_length) + query_length, 0
-
-    def keep_rows(self, rows: torch.Tensor) -> None:
-        if self.is_initialized:
-            self.keys, self.values = self.keys[rows], self.values[rows]
-
-
 def _step(model, cache: Cache, input_ids, mask, position_ids, keep_one: bool) -> torch.Tensor:
     extra = {"logits_to_keep": 1} if keep_one else {}
     out = model(
@@ -119,7 +104,7 @@ def _record(
 def _cache(model, length: int) -> Cache:
     """An in-place K/V cache of `length` positions for every layer of `model`."""
     layers = model.config.get_text_config().num_hidden_layers
-    return Cache(layers=[_InPlaceLayer(max_cache_len=length) for _ in range(layers)])
+    return Cache(layers=[in_place_layer(length) for _ in range(layers)])
 
 
 def shared_prefix(model, ids: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:

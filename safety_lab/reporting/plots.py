@@ -1,7 +1,8 @@
 """Figures for run reports. Render only: every number comes from safety_lab.evaluation.metrics.
 
 Uses matplotlib's object API with the Agg canvas (no pyplot, no global backend switch, no
-display needed). Each function returns its ``Figure`` (for ``mlflow.log_figure(fig, "evaluation/asr.png")``)
+display needed); the tuning figures are Optuna's own (drawn with pyplot, released from it before they are returned).
+Each function returns its ``Figure`` (for ``mlflow.log_figure(fig, "evaluation/asr.png")``)
 and, given a ``path``, also writes it there as a PNG; ``png_bytes(fig)`` gives the PNG for embedding.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import io
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -169,4 +171,66 @@ def uncertainty_bars(
     return _done(fig, path)
 
 
-__all__ = ["asr_bars", "drift_bars", "png_bytes", "reliability_diagram", "uncertainty_bars"]
+def pareto_front_plot(
+    study, *, chosen: int, limits: tuple[float, float], title: str = "", path: str | Path | None = None
+) -> Figure:
+    """ASR against over-refusal for each completed trial of a safety study, by Optuna's `plot_pareto_front`: the front
+    over all the study's objectives among the trials within its constraints (the tuning targets), the others greyed;
+    with the ASR and over-refusal ``limits`` as dashed lines and the ``chosen`` trial marked with a star."""
+    import optuna
+    from optuna.visualization import matplotlib as ovm
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        ax = ovm.plot_pareto_front(
+            study,
+            targets=lambda t: list(t.values[:2]),
+            target_names=["ASR (tune split)", "over-refusal (benign + look-alike)"],
+        )
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        label = f"{t.number}{' *' if t.number == chosen else ''}"
+        ax.annotate(label, (t.values[0], t.values[1]), textcoords="offset points", xytext=(4, 4))
+    ax.axvline(limits[0], ls="--", c="grey")
+    ax.axhline(limits[1], ls="--", c="grey")
+    ax.set_title(title or "Pareto front; * chosen")
+    return _done(_released(ax.figure), path)
+
+
+def study_plots(study) -> tuple[dict[str, Figure], dict[str, str]]:
+    """Optuna's optimisation history and parameter importances (on the first objective, `asr`, for a multi-objective
+    study) by file name, and for each plot Optuna cannot draw (importance needs two complete trials that differ) why."""
+    import optuna
+    from optuna.visualization import matplotlib as ovm
+
+    target = {} if len(study.directions) == 1 else {"target": lambda t: t.values[0], "target_name": "asr"}
+    plots = {"optuna_history.png": ovm.plot_optimization_history, "optuna_importance.png": ovm.plot_param_importances}
+    figures, skipped = {}, {}
+    for name, plot in plots.items():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                ax = plot(study, **target)
+        except (ValueError, RuntimeError) as exc:
+            skipped[name] = str(exc)
+            continue
+        figures[name] = _done(_released(ax.figure if hasattr(ax, "figure") else ax[0].figure), None)
+    return figures, skipped
+
+
+def _released(fig: Figure) -> Figure:
+    """An Optuna figure (made with pyplot), no longer held by pyplot: the caller owns it."""
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return fig
+
+
+__all__ = [
+    "asr_bars",
+    "drift_bars",
+    "pareto_front_plot",
+    "png_bytes",
+    "reliability_diagram",
+    "study_plots",
+    "uncertainty_bars",
+]

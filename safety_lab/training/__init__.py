@@ -9,11 +9,11 @@ import math
 import tempfile
 import time
 from dataclasses import dataclass, field
-from unittest import mock
 
 import torch
 
 from safety_lab import distributed
+from safety_lab.compat import fused_head_on_labelled_positions
 from safety_lab.config import TrainConfig
 from safety_lab.data import to_conversation
 from safety_lab.models import resolve_device, resolve_precision
@@ -227,22 +227,17 @@ def score_labelled_positions_only(trainer) -> None:
     """Make `trainer`'s fused LM head project and softmax only the positions that have a label.
 
     TRL's fused head (`trl.trainer.utils.add_fused_lm_head`) compacts the hidden states to the labelled positions only
-    on CUDA/XPU (`_use_triton`); elsewhere it scores every position of the batch (to keep tile shapes fixed for
-    compilers like Neuron's), prompt tokens included, and zeroes them afterwards, forward and backward. On the CPU,
-    where nothing recompiles, that spends the 49152-wide head and softmax on the ~half of each row that is prompt.
-    Here TRL's own compact branch is chosen for the duration of each `compute_loss`: same kernel, same loss and
-    metrics (entropy and token accuracy were already taken over labelled positions only), fewer rows."""
-    from trl.trainer import utils as trl_utils
-
+    on CUDA/XPU; elsewhere it scores every position of the batch (to keep tile shapes fixed for compilers like
+    Neuron's), prompt tokens included, and zeroes them afterwards, forward and backward. On the CPU, where nothing
+    recompiles, that spends the 49152-wide head and softmax on the ~half of each row that is prompt. Here TRL's own
+    compact branch is chosen for the duration of each `compute_loss` (`compat.fused_head_on_labelled_positions`):
+    same kernel, same loss and metrics (entropy and token accuracy were already taken over labelled positions only),
+    fewer rows."""
     compute_loss = trainer.compute_loss
-
-    def compact(device) -> bool:  # TRL's question: "score the labelled positions only?"
-        return True
 
     @functools.wraps(compute_loss)
     def compute_loss_on_labelled_positions(*args, **kwargs):
-        # patch.object raises if TRL renames the switch: tests/training would then say so rather than go slow quietly
-        with mock.patch.object(trl_utils, "_use_triton", compact):
+        with fused_head_on_labelled_positions():
             return compute_loss(*args, **kwargs)
 
     trainer.compute_loss = compute_loss_on_labelled_positions

@@ -149,9 +149,15 @@ def resolve_name(cfg: TuneConfig, prefix: str) -> str:
     taken = {s.study_name: s for s in summaries if s.study_name == prefix or s.study_name.startswith(prefix + "-")}
     if cfg.resume:
         check(bool(taken), "resume", f"no study to resume: none named {prefix!r} in {redact(cfg.storage)}")
-        latest = max(taken.values(), key=lambda s: (s.datetime_start is not None, s.datetime_start, s._study_id))
+        latest = max(taken.values(), key=lambda s: (s.datetime_start is not None, s.datetime_start, _nth(s, prefix)))
         return latest.study_name
     n = 1
     while (name := prefix if n == 1 else f"{prefix}-{n}") in taken:
         n += 1
     return name
+
+
+def _nth(summary: optuna.study.StudySummary, prefix: str) -> int:
+    """Which fresh study of `prefix` this is (`prefix` 1, `prefix-n` n, another name 0): the order they were made."""
+    suffix = summary.study_name[len(prefix) + 1 :]
+    return 1 if summary.study_name == prefix else int(suffix) if suffix.isdigit() else 0

@@ -1,6 +1,7 @@
 """Safety-objective tuning: the Pareto-front choice by the tuning targets, and the per-trial measurement."""
 
 import math
+import random
 from types import SimpleNamespace as Rule
 
 import mlflow
@@ -13,7 +14,9 @@ from safety_lab.evaluation.judges import keyword_attack_success
 from safety_lab.models import load_model
 from safety_lab.models.generation import generate
 from safety_lab.tuning import Probe, SafetyObjectives, TuningTargets, tune
-from safety_lab.tuning.objectives import answer_nll, choose, pareto_front, violation
+from safety_lab.tuning.objectives import answer_nll
+from safety_lab.tuning.selection import choose, pareto_front, select, violation
+from safety_lab.tuning.study import trial_constraints
 
 TARGETS = TuningTargets()  # asr <= 0.2, over-refusal <= 0.1, knowledge delta <= 1.0
 
@@ -21,6 +24,51 @@ TARGETS = TuningTargets()  # asr <= 0.2, over-refusal <= 0.1, knowledge delta <=
 def test_pareto_front_keeps_only_undominated_points():
     points = {0: (0.1, 0.5, 0.0), 1: (0.2, 0.2, 0.0), 2: (0.3, 0.6, 0.1), 3: (0.1, 0.5, 0.0)}
     assert sorted(pareto_front(points)) == [0, 1, 3]  # 2 is dominated by 0; equal points do not dominate each other
+
+
+def _scripted_study(values, tmp_path, targets=TARGETS):
+    """A safety study as tune() leaves it: each trial's objective values, its constraints against `targets` (which the
+    constrained sampler stores for Optuna), its run id and a local adapter directory."""
+    study = optuna.create_study(
+        directions=["minimize"] * 3, sampler=optuna.samplers.TPESampler(seed=0, constraints_func=trial_constraints)
+    )
+
+    def objective(trial):
+        trial.suggest_float("x", 0, 1)
+        v = values[trial.number]
+        trial.set_user_attr("constraints", [a - b for a, b in zip(v, targets.limits())])
+        trial.set_user_attr("mlflow_run_id", f"run-{trial.number}")
+        (tmp_path / f"trial-{trial.number}").mkdir(parents=True)
+        return v
+
+    study.optimize(objective, n_trials=len(values))
+    return study
+
+
+def test_the_front_is_optunas_best_trials_on_a_multi_objective_study():
+    rng = random.Random(0)
+    study = optuna.create_study(directions=["minimize"] * 3)
+    values = [tuple(round(rng.random(), 1) for _ in range(3)) for _ in range(30)] + [(0.1, 0.1, 0.1)] * 2
+    study.add_trials([optuna.trial.create_trial(values=list(v)) for v in values])
+    front = pareto_front({t.number: tuple(t.values) for t in study.trials})
+    assert front == sorted(t.number for t in study.best_trials) and 2 < len(front) < len(values)
+
+
+def test_the_chosen_trial_is_on_the_studys_front_whether_or_not_a_trial_passes(tmp_path):
+    cfg = TuneConfig(objective="safety")
+    passing = [(0.5, 0.0, 0.0), (0.15, 0.05, 0.1), (0.05, 0.08, 0.2), (0.1, 0.09, 0.5), (0.3, 0.3, 0.3)]
+    study = _scripted_study(passing, tmp_path / "a")
+    feasible_front = {t.number for t in study.best_trials}  # Optuna's front keeps the feasible trials only
+    assert feasible_front == {1, 2}  # 0 is undominated but fails on harm; 3 is dominated by 2
+    result = select(study, cfg, tmp_path / "a", targets=TARGETS)
+    assert result.best_trial == 2 and result.selection == "pass" and result.best_trial in feasible_front
+
+    failing = [(0.9, 0.0, 0.0), (0.3, 0.1, 0.0), (0.25, 0.5, 0.0), (0.3, 0.2, 0.0)]
+    study = _scripted_study(failing, tmp_path / "b")
+    assert study.best_trials == []  # no feasible trial: the compromise comes from the unconstrained front
+    result = select(study, cfg, tmp_path / "b", targets=TARGETS)
+    assert result.selection == "compromise" and result.best_trial == 1
+    assert result.best_trial in pareto_front({t.number: tuple(t.values) for t in study.trials}) == [0, 1, 2]
 
 
 def test_a_passing_trial_beats_a_lower_loss_failing_one_and_lower_harm_wins_among_passing():

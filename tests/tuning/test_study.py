@@ -67,6 +67,14 @@ def test_names_are_fresh_unless_resumed(tmp_path):
     assert resolve_name(TuneConfig(storage=cfg.storage, study_name="mine"), "m-d-k") == "mine"
 
 
+def test_resume_takes_the_latest_fresh_study_by_its_number(tmp_path):
+    """Studies without trials have no start time: the latest is the highest `-n` (not the last name in text order)."""
+    cfg = TuneConfig(storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    for name in ("m-d-k", *(f"m-d-k-{n}" for n in range(2, 11)), "m-d-k-mine"):
+        open_study(cfg, name, key="k")
+    assert resolve_name(TuneConfig(storage=cfg.storage, resume=True), "m-d-k") == "m-d-k-10"
+
+
 def test_joining_a_study_with_another_key_is_refused(tmp_path):
     cfg = TuneConfig(storage=f"sqlite:///{tmp_path / 'optuna.db'}")
     study = open_study(cfg, "s", key="aaa", key_parts={"data_sha256": "1"})

@@ -1,0 +1,68 @@
+"""The private names of optuna, trl and transformers that safety_lab uses, in one place.
+
+Each has no public equivalent (said at each use). A minor release may rename any of them without notice, so
+tests/test_compat.py pins the versions in CHECKED and checks every name still behaves as relied on; after an upgrade,
+that test is the one to rerun. The libraries are imported lazily: importing this module loads none of them.
+"""
+
+from __future__ import annotations
+
+import functools
+from contextlib import contextmanager
+from unittest import mock
+
+CHECKED = {"optuna": (5, 1), "trl": (1, 16), "transformers": (5, 25)}  # major.minor each name was checked against
+
+
+def report_intermediate(study, trial, step: int, value: float):
+    """Store `value` at `step` on `trial` of a multi-objective `study` and return the trial as stored (FrozenTrial).
+
+    Optuna's public `Trial.report` refuses multi-objective studies. The storage keeps the curve exactly as `report`
+    would (FrozenTrial.intermediate_values), so pruners and Optuna's dashboard read it; reaching the storage needs
+    `Study._storage` and `Trial._trial_id`."""
+    storage = study._storage
+    storage.set_trial_intermediate_value(trial._trial_id, step, value)
+    return storage.get_trial(trial._trial_id)
+
+
+@contextmanager
+def fused_head_on_labelled_positions():
+    """Within: TRL's fused LM head scores only the labelled positions, on every device.
+
+    TRL (`trl.trainer.utils`) compacts the hidden states to the labelled positions only where its private
+    `_use_triton(device)` says so (CUDA/XPU); there is no setting for it. `mock.patch.object` raises if TRL renames
+    the switch, so a rename fails loudly instead of going slow quietly."""
+    from trl.trainer import utils as trl_utils
+
+    with mock.patch.object(trl_utils, "_use_triton", return_value=True):
+        yield
+
+
+def in_place_layer(max_cache_len: int):
+    """A transformers cache layer with K/V allocated once for `max_cache_len` positions and written in place
+    (DynamicCache concatenates every step); attention reads only the filled part, as with a growing cache, so no empty
+    slot is computed or masked. `keep_rows(mask)` drops batch rows.
+
+    Built on `StaticLayer`, reading its undocumented fill counter `cumulative_length`."""
+    return _in_place_layer_type()(max_cache_len=max_cache_len)
+
+
+@functools.cache
+def _in_place_layer_type():
+    import torch
+    from transformers.cache_utils import StaticLayer
+
+    class InPlaceLayer(StaticLayer):
+        def update(self, key_states, value_states, *args, **kwargs):
+            keys, values = super().update(key_states, value_states, *args, **kwargs)
+            filled = int(self.cumulative_length)
+            return keys[:, :, :filled], values[:, :, :filled]
+
+        def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+            return int(self.cumulative_length) + query_length, 0
+
+        def keep_rows(self, rows: torch.Tensor) -> None:
+            if self.is_initialized:
+                self.keys, self.values = self.keys[rows], self.values[rows]
+
+    return InPlaceLayer
