@@ -37,7 +37,7 @@ class SafetyLabModel(mlflow.pyfunc.PythonModel):
         lineage_path = Path(context.artifacts["lineage"])
         lineage = json.loads(lineage_path.read_text())
         caller = bool((getattr(context, "model_config", None) or {}).get("trust_remote_code", False))
-        self.loaded = load_chain(lineage, lineage_path.parent, device=None, trust_remote_code=caller)
+        self.loaded = load_chain(lineage, lineage_path.parent, trust_remote_code=caller)
 
     # Hinted DataFrame (what the explicit signature converts inputs to): a list[str] hint would make MLflow infer a
     # signature from it and drop the params schema, so max_new_tokens would be ignored.
