@@ -3,15 +3,25 @@
 import argparse
 import dataclasses
 import shlex
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import pytest
 import yaml
+from pydantic import Field
 
 from safety_lab import cli
-from safety_lab.config import DataConfig, Group, TrainConfig, TuneConfig, _Coerce, add_arguments, before, from_args
+from safety_lab.config import (
+    DataConfig,
+    Group,
+    Stage,
+    TrainConfig,
+    TuneConfig,
+    add_arguments,
+    before,
+    from_args,
+    stage,
+)
 from safety_lab.errors import SafetyLabError
 from safety_lab.evaluation import EvalConfig
 
@@ -130,13 +140,13 @@ def test_every_field_of_every_stage_is_a_flag():
             assert set(group.dests().values()) <= flags, name
 
 
-@dataclass
-class _Toy(_Coerce):
+@stage
+class _Toy(Stage):
     """A stage as another module would extend it: new fields become flags and are coerced with no parser edit."""
 
-    precision: Literal["fp32", "bf16", "int8"] = field(default="fp32", metadata={"help": "weights at 100%"})
-    resume: bool = field(default=False, metadata={"help": "continue a study"})
-    budget: int | None = field(default=None, metadata={"help": "trial budget"})
+    precision: Literal["fp32", "bf16", "int8"] = Field("fp32", description="weights at 100%")
+    resume: bool = Field(False, description="continue a study")
+    budget: int | None = Field(None, description="trial budget")
     weight: float = 1.0
     ratio: str = "int"  # a str field stays a string (no matching of type-hint text)
     anything: int | str = "x"
@@ -174,8 +184,8 @@ def test_new_dataclass_fields_become_flags_and_are_coerced_by_type():
         "5",
     )
     assert "weights at 100%" in parser.format_help()
-    with pytest.raises(SystemExit):
-        parser.parse_args(["--precision", "fp8"])
+    with pytest.raises(SafetyLabError, match="^precision: must be fp32, bf16 or int8, got 'fp8'$"):
+        from_args(_Toy, vars(parser.parse_args(["--precision", "fp8"])))
     assert _Toy(budget="").budget is None and _Toy(precision="int8").precision == "int8"
 
 
@@ -205,15 +215,18 @@ def _mlproject_argv(entry: dict) -> list[str]:
     values = {k: "" if spec.get("default") is None else str(spec["default"]) for k, spec in entry["parameters"].items()}
     values = {k: v or ("study" if k == "study_name" else "m" if k == "model_name" else v) for k, v in values.items()}
     values["version"] = "1"
-    command = entry["command"].format(**{k: shlex.quote(v) for k, v in values.items()})
-    return shlex.split(command)[2:]  # drop "python pipelines/<entry>.py"
+    command = shlex.split(entry["command"].format(**{k: shlex.quote(v) for k, v in values.items()}))
+    assert command[:3] == ["python", "-m", "safety_lab"]
+    return command[3:]  # "<command> --flag value ..."
 
 
 @pytest.mark.parametrize("entry", ["finetune", "register_best", "evaluate", "promote", "experiment"])
 def test_mlproject_commands_parse_with_their_defaults(entry):
     spec = yaml.safe_load((ROOT / "MLproject").read_text())["entry_points"][entry]
     command = entry.replace("_", "-")
-    args = _parse(command, *_mlproject_argv(spec))
+    argv = _mlproject_argv(spec)
+    assert argv[0] == command
+    args = _parse(*argv)
     for group in cli.COMMANDS[command][2]:
         group = group if isinstance(group, Group) else Group(group)
         if group.cls is EvalConfig and group.prefix:
