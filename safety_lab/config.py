@@ -74,7 +74,8 @@ def before(value: Any, name: str, hint: Any) -> Any:
 
 # ---------------------------------------------------------------- the stage dataclasses and their one error shape
 def declared(cls: type) -> dict[str, FieldInfo]:
-    """A stage's fields as declared (pydantic's FieldInfo: annotation, default, description, constraints)."""
+    """A stage's fields as declared: pydantic's `__pydantic_fields__` (documented on its dataclasses), one FieldInfo
+    (annotation, default, description, constraints) per field."""
     return cls.__pydantic_fields__
 
 
@@ -134,14 +135,10 @@ def _bounds(info: FieldInfo) -> str:
     high = (limits["le"], "]") if "le" in limits else (limits["lt"], ")") if "lt" in limits else None
     if low and high:
         return f"must be in {low[0]}{low[1]}, {high[0]}{high[1]}"
+    if low and low[0] == "[":
+        return f"must be at least {low[1]}"
     if low:
-        return (
-            f"must be at least {low[1]}"
-            if low[0] == "["
-            else "must be positive"
-            if low[1] == 0
-            else (f"must be greater than {low[1]}")
-        )
+        return "must be positive" if low[1] == 0 else f"must be greater than {low[1]}"
     return f"must be at most {high[0]}" if high[1] == "]" else f"must be below {high[0]}"
 
 

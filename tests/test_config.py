@@ -3,6 +3,8 @@
 import argparse
 import dataclasses
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 from typing import Literal
 
@@ -14,13 +16,16 @@ from safety_lab import cli
 from safety_lab.config import (
     DataConfig,
     Group,
+    RunConfig,
     Stage,
     TrainConfig,
     TuneConfig,
     add_arguments,
     before,
     from_args,
+    param_key,
     stage,
+    to_params,
 )
 from safety_lab.errors import SafetyLabError
 from safety_lab.evaluation import EvalConfig
@@ -226,6 +231,7 @@ def test_mlproject_commands_parse_with_their_defaults(entry):
     command = entry.replace("_", "-")
     argv = _mlproject_argv(spec)
     assert argv[0] == command
+    assert {f"--{name.replace('_', '-')}" for name in spec["parameters"]} == {a for a in argv if a.startswith("--")}
     args = _parse(*argv)
     for group in cli.COMMANDS[command][2]:
         group = group if isinstance(group, Group) else Group(group)
@@ -242,3 +248,29 @@ def test_debug_is_accepted_before_or_after_the_command():
     assert cli.build_parser().parse_args(["--debug", "lineage", "--model-name", "m"]).debug is True
     assert cli.build_parser().parse_args(["lineage", "--model-name", "m", "--debug"]).debug is True
     assert cli.build_parser().parse_args(["lineage", "--model-name", "m"]).debug is False
+
+
+def test_the_entry_points_run_the_package_with_no_shim_scripts():
+    out = subprocess.run([sys.executable, "-m", "safety_lab", "--help"], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0
+    assert all(name in out.stdout for name in cli.COMMANDS)
+    assert not (ROOT / "pipelines").exists()
+
+
+def test_stage_errors_are_one_line_naming_the_field():
+    with pytest.raises(SafetyLabError, match="^target_modules: input should be a valid string, got 5$"):
+        TrainConfig(target_modules=5)
+    with pytest.raises(SafetyLabError, match="^model_name: is required$"):
+        cli.ModelOptions()
+    with pytest.raises(SafetyLabError, match=r"^val_fraction: must be in \(0, 0.9\), got 1.0$"):
+        DataConfig(val_fraction=1)
+    assert to_params(RunConfig())[param_key(RunConfig, "base_model")] == "smollm2-135m-instruct"
+    assert param_key(EvalConfig, "limit") == "eval.limit"  # each stage names its prefix; none is derived
+
+
+def test_the_eval_config_reads_no_file_its_users_do(tmp_path):
+    bad = tmp_path / "benign.csv"
+    bad.write_text("id,text\n1,hello\n")
+    cfg = EvalConfig(benign_prompts=str(bad))  # the constructor checks that the file exists, and reads nothing
+    with pytest.raises(SafetyLabError, match="needs a non-empty 'prompt'"):
+        cfg.check_files()  # what evaluate, finetune and experiment call before any model loads
