@@ -33,6 +33,7 @@ class LoadedModel:
     base_model: str  # the root base model spec (registry chains resolve to it)
     adapters: list[Path] = field(default_factory=list)  # LoRA adapters merged into `model`, oldest first
     parent: str | None = None  # models:/NAME/VERSION when fine-tuned from a registered version
+    precision: Precision | None = None  # the decision the weights were loaded with
 
 
 # ---------------------------------------------------------------- device and precision
@@ -298,7 +299,7 @@ def load_base(
         local_only=True,
     )
     model.eval()
-    return LoadedModel(model=model, tokenizer=tok, spec=spec, base_model=spec)
+    return LoadedModel(model=model, tokenizer=tok, spec=spec, base_model=spec, precision=precision)
 
 
 def apply_adapters(loaded: LoadedModel, adapters: list[Path]) -> LoadedModel:

@@ -1,6 +1,7 @@
 """One precision decision (device, weight dtype, autocast) from the request and the probed hardware: the loader,
 the trainer and the evaluation use it, and the run's params say what they used."""
 
+import json
 from types import SimpleNamespace
 
 import mlflow
@@ -117,3 +118,17 @@ def test_what_is_logged_is_what_is_used(
     assert params["precision"] == (autocast if autocast != "none" else params["precision.weights"])
     decided = resolve_precision(request_, "auto")
     assert (decided.device, decided.weights) == (device, dtype)  # the evaluation's loader follows the same decision
+
+
+def test_a_registered_version_reloads_with_the_precision_it_is_asked_for(monkeypatch, tiny_model_dir, tmp_path, loads):
+    """The finetune's reload check (and the evaluation that reuses it) loads the version with the run's decision."""
+    from safety_lab.registry import SafetyLabModel
+
+    (tmp_path / "adapter_0").mkdir()
+    lineage = tmp_path / "lineage.json"
+    lineage.write_text(json.dumps({"base_model": str(tiny_model_dir), "adapters": ["adapter_0"]}))
+    _hardware(monkeypatch, gpu=True, bf16=True)
+    for config, expected in (({"precision": "fp32", "device": "cuda"}, torch.float32), ({}, torch.bfloat16)):
+        with pytest.raises(_Loaded):
+            SafetyLabModel().load_context(SimpleNamespace(artifacts={"lineage": str(lineage)}, model_config=config))
+        assert loads.pop() == ("cuda", expected)
