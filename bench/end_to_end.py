@@ -6,7 +6,7 @@ Runs the finetune command in a temporary working directory with its own MLflow s
 and Optuna store (sqlite:///optuna.db in that cwd), so nothing of the repository's state is read or written.
 Defaults = `make run` (4 trials x 8 steps, full evaluation); --quick = --n-trials 1 --max-steps 2 --limit 16
 --eval-limit 8. `make run` goes through `mlflow run . -e finetune --env-manager local`, which calls the same
-library code (pipelines/finetune.py -> safety_lab.cli); the MLflow project launcher itself is left out.
+library code (`python -m safety_lab finetune` -> safety_lab.cli); the MLflow project launcher itself is left out.
 
 --fresh-cache points SAFETY_LAB_CACHE at an empty temporary folder: the run then also converts the GGUF and
 evaluates the base model for reference (a first run on a new machine). Without it the real cache is used, where

@@ -1,4 +1,4 @@
-"""`python -m safety_lab <command>` and the MLproject entry points: parsers built from the stage dataclasses."""
+"""`python -m safety_lab <command>` (the MLproject entry points too): parsers built from the stage dataclasses."""
 
 from __future__ import annotations
 
@@ -9,21 +9,22 @@ import signal
 import sys
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+
+from pydantic import Field
 
 from safety_lab import distributed
 from safety_lab.config import (
     DataConfig,
     Group,
     RunConfig,
+    Stage,
     TrainConfig,
     TuneConfig,
-    _Coerce,
-    _help,
     add_arguments,
     from_args,
+    stage,
 )
-from safety_lab.errors import SafetyLabError, check, clear_interrupts, note_interrupt
+from safety_lab.errors import SafetyLabError, check, clear_interrupts, first_line, note_interrupt
 from safety_lab.evaluation import EvalConfig
 
 EXIT_MOVED_UNRECORDED = 3  # promote: the version moved, but the record of the move could not be written
@@ -55,35 +56,35 @@ def _sigterm_as_interrupt() -> None:
 
 
 # ---------------------------------------------------------------- options of the commands that are no pipeline stage
-@dataclass
-class JudgeOptions(_Coerce):
-    input: str = field(**_help("JSONL of {prompt, response} rows"))
-    output: str = field(**_help("where the labelled JSONL goes"))
-    judge: str = field(default="keyword", **_help("keyword, gcg or llm"))
+@stage
+class JudgeOptions(Stage):
+    input: str = Field(description="JSONL of {prompt, response} rows")
+    output: str = Field(description="where the labelled JSONL goes")
+    judge: str = Field("keyword", description="keyword, gcg or llm")
 
 
-@dataclass
-class PromoteOptions(_Coerce):
-    model_name: str = field(**_help("registered model name"))
-    version: str | None = field(default=None, **_help("the version to move (or --from-alias)"))
-    from_alias: str | None = field(default=None, **_help("take the version an alias points at"))
-    stage: str | None = field(default=None, **_help("Staging, Production, Archived or None"))
-    alias: str | None = field(default=None, **_help("alias to set, e.g. champion"))
-    archive_existing: bool = field(default=False, **_help("archive the versions now in the target stage"))
-    force: bool = field(default=False, **_help("override the gate (needs --reason; recorded)"))
-    reason: str | None = field(default=None, **_help("why: recorded on the audit run"))
-    policy: str | None = field(default=None, **_help("policy YAML (default: the packaged one)"))
+@stage
+class PromoteOptions(Stage):
+    model_name: str = Field(description="registered model name")
+    version: str | None = Field(None, description="the version to move (or --from-alias)")
+    from_alias: str | None = Field(None, description="take the version an alias points at")
+    stage: str | None = Field(None, description="Staging, Production, Archived or None")
+    alias: str | None = Field(None, description="alias to set, e.g. champion")
+    archive_existing: bool = Field(False, description="archive the versions now in the target stage")
+    force: bool = Field(False, description="override the gate (needs --reason; recorded)")
+    reason: str | None = Field(None, description="why: recorded on the audit run")
+    policy: str | None = Field(None, description="policy YAML (default: the packaged one)")
 
 
-@dataclass
-class ModelOptions(_Coerce):
-    model_name: str = field(**_help("registered model name"))
+@stage
+class ModelOptions(Stage):
+    model_name: str = Field(description="registered model name")
 
 
-@dataclass
-class ReportOptions(_Coerce):
-    model_name: str = field(**_help("registered model name"))
-    format: str = field(default="table", **_help("table, csv, json or markdown"))
+@stage
+class ReportOptions(Stage):
+    model_name: str = Field(description="registered model name")
+    format: str = Field("table", description="table, csv, json or markdown")
 
 
 # On training commands the evaluation's limit, batch size and device keep their own flags (`--eval-limit`);
@@ -238,8 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         print(
-            f"error: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''} "
-            f"(rerun with --debug for the traceback)",
+            f"error: {type(exc).__name__}: {first_line(exc)} (rerun with --debug for the traceback)",
             file=sys.stderr,
         )
         return 1

@@ -1,22 +1,27 @@
-"""Stage configs: one dataclass per stage, each field with help text, checked once in __post_init__."""
+"""Stage configs: one pydantic dataclass per stage. Each field declares its help text, default and constraints once;
+the constructor checks them and the command-line flags are built from the same declarations."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import math
 import types
 import typing
-from dataclasses import dataclass, field
-from typing import Any, get_type_hints
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
+from pydantic.dataclasses import dataclass as pydantic_dataclass
+from pydantic.fields import FieldInfo
 
 from safety_lab.errors import SafetyLabError, check
 
-
-def _help(text: str, **kw) -> dict:
-    return {"metadata": {"help": text}, **kw}
+PRECISIONS = ("auto", "fp32", "bf16")  # a precision request; models.resolve_precision decides what it means here
 
 
+# ---------------------------------------------------------------- strings from MLflow or a command line
 def _number(value: Any, name: str, kind: type) -> Any:
     """Coerce MLflow/CLI strings to numbers, naming the field when they are not (MLflow passes ints as `4.0`)."""
     if isinstance(value, kind) and not isinstance(value, bool):
@@ -69,134 +74,158 @@ def before(value: Any, name: str, hint: Any) -> Any:
     return convert(value, name) if convert else value
 
 
-class _Coerce:
-    """Mixin for the stage dataclasses: every field passes `before` (by its resolved type) before validation."""
-
-    def _coerce(self) -> None:
-        hints = get_type_hints(type(self))
-        for f in dataclasses.fields(self):
-            setattr(self, f.name, before(getattr(self, f.name), f.name, hints[f.name]))
-
-    def __post_init__(self):  # stages with checks of their own call self._coerce() first
-        self._coerce()
+# ---------------------------------------------------------------- the stage dataclasses and their one error shape
+def declared(cls: type) -> dict[str, FieldInfo]:
+    """A stage's fields as declared: pydantic's `__pydantic_fields__` (documented on its dataclasses), one FieldInfo
+    (annotation, default, description, constraints) per field."""
+    return cls.__pydantic_fields__
 
 
-@dataclass
-class DataConfig(_Coerce):
-    data: str = field(
-        default="safe", **_help("built-in set (safe, harmful), a local JSONL/CSV/Parquet file, or a hub dataset id")
+@pydantic_dataclass
+class Stage:
+    """Base of the stage configs: every field's value passes `before` (by its declared type) before validation.
+
+    `param_prefix` names the stage in MLflow params (`run.base_model`)."""
+
+    param_prefix: ClassVar[str] = ""
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _from_text(cls, value: Any, info: ValidationInfo) -> Any:
+        return before(value, info.field_name, declared(cls)[info.field_name].annotation)
+
+
+def stage(cls: type) -> type:
+    """Make `cls` (a subclass of `Stage`) a stage config: a pydantic dataclass whose constructor (and
+    `dataclasses.replace`) raises one `SafetyLabError` naming the first bad field, on one line."""
+    cls = pydantic_dataclass(cls)
+    init = cls.__init__
+
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        try:
+            init(self, *args, **kwargs)
+        except ValidationError as exc:
+            raise _one_error(exc, type(self)) from None
+
+    cls.__init__ = __init__
+    return cls
+
+
+def _one_error(exc: ValidationError, cls: type) -> SafetyLabError:
+    error = exc.errors()[0]
+    cause = (error.get("ctx") or {}).get("error")
+    if isinstance(cause, SafetyLabError):  # raised by `before` or a stage's own check
+        return cause
+    name = str(error["loc"][0]) if error["loc"] else cls.__name__
+    value, info = error.get("input"), declared(cls).get(name)
+    if error["type"] in ("greater_than", "greater_than_equal", "less_than", "less_than_equal") and info:
+        return SafetyLabError(name, f"{_bounds(info)}, got {value}")
+    if error["type"] == "literal_error" and info:
+        choices = [str(c) for c in typing.get_args(field_type(info.annotation)[0])]
+        return SafetyLabError(name, f"must be {', '.join(choices[:-1])} or {choices[-1]}, got {value!r}")
+    if error["type"] == "missing":
+        return SafetyLabError(name, "is required")
+    message = error["msg"]
+    return SafetyLabError(name, f"{message[:1].lower()}{message[1:]}, got {value!r}")
+
+
+def _bounds(info: FieldInfo) -> str:
+    """A field's numeric constraints in words: `must be in [1, 512]`, `must be at least 2`, `must be positive`."""
+    limits = {k: getattr(m, k) for m in info.metadata for k in ("ge", "gt", "le", "lt") if hasattr(m, k)}
+    low = ("[", limits["ge"]) if "ge" in limits else ("(", limits["gt"]) if "gt" in limits else None
+    high = (limits["le"], "]") if "le" in limits else (limits["lt"], ")") if "lt" in limits else None
+    if low and high:
+        return f"must be in {low[0]}{low[1]}, {high[0]}{high[1]}"
+    if low and low[0] == "[":
+        return f"must be at least {low[1]}"
+    if low:
+        return "must be positive" if low[1] == 0 else f"must be greater than {low[1]}"
+    return f"must be at most {high[0]}" if high[1] == "]" else f"must be below {high[0]}"
+
+
+def _non_empty(cfg: Any, *names: str) -> None:
+    for name in names:
+        check(bool(str(getattr(cfg, name)).strip()), name, "is empty")
+
+
+@stage
+class DataConfig(Stage):
+    param_prefix: ClassVar[str] = "data"
+
+    data: str = Field(
+        "safe", description="built-in set (safe, harmful), a local JSONL/CSV/Parquet file, or a hub dataset id"
     )
-    limit: int | None = field(default=None, **_help("cap on training rows, for quick runs"))
-    benign_ratio: float = field(
-        default=2.0, **_help("benign and look-alike pairs mixed into a built-in set, per harmful row")
+    limit: int | None = Field(None, ge=2, description="cap on training rows, for quick runs")
+    benign_ratio: float = Field(
+        2.0, ge=0, le=10, description="benign and look-alike pairs mixed into a built-in set, per harmful row"
     )
-    lookalike_copies: int = field(
-        default=1,
-        **_help(
-            "times each mixed-in look-alike row appears: the contrast that teaches when not to refuse "
-            "(2 raises benign:refusal from about 2:1 to 2.7:1)"
-        ),
+    lookalike_copies: int = Field(
+        1,
+        ge=1,
+        le=10,
+        description="times each mixed-in look-alike row appears: the contrast that teaches when not to refuse "
+        "(2 raises benign:refusal from about 2:1 to 2.7:1)",
     )
-    benign_answers: str = field(
-        default="written",
-        **_help(
-            "answers of the mixed-in benign pairs: written, or distilled (the base model's own greedy answers, cached)"
-        ),
+    benign_answers: Literal["written", "distilled"] = Field(
+        "written",
+        description="answers of the mixed-in benign pairs: written, or distilled (the base model's own greedy "
+        "answers, cached)",
     )
-    preference: str = field(
-        default="auto", **_help("for prompt/chosen/rejected data: chosen, rejected, or auto (harmful -> rejected)")
+    preference: Literal["auto", "chosen", "rejected"] = Field(
+        "auto", description="for prompt/chosen/rejected data: chosen, rejected, or auto (harmful -> rejected)"
     )
-    val_fraction: float = field(default=0.2, **_help("share of rows held out for the validation loss"))
-    max_val_rows: int = field(default=32, **_help("cap on validation rows (each pruner report evaluates them all)"))
-    seed: int = field(default=0, **_help("seed for shuffling and splits"))
+    val_fraction: float = Field(0.2, gt=0, lt=0.9, description="share of rows held out for the validation loss")
+    max_val_rows: int = Field(32, ge=1, description="cap on validation rows (each pruner report evaluates them all)")
+    seed: int = Field(0, description="seed for shuffling and splits")
 
     def __post_init__(self):
-        self._coerce()
-        check(bool(str(self.data).strip()), "data", "is empty")
-        check(self.limit is None or self.limit >= 2, "limit", f"must be at least 2, got {self.limit}")
-        check(0 <= self.benign_ratio <= 10, "benign_ratio", f"must be between 0 and 10, got {self.benign_ratio}")
-        check(1 <= self.lookalike_copies <= 10, "lookalike_copies", f"must be in [1, 10], got {self.lookalike_copies}")
-        check(
-            self.benign_answers in ("written", "distilled"),
-            "benign_answers",
-            f"must be written or distilled, got {self.benign_answers!r}",
-        )
-        check(
-            self.preference in ("auto", "chosen", "rejected"),
-            "preference",
-            f"must be auto, chosen or rejected, got {self.preference!r}",
-        )
-        check(self.max_val_rows >= 1, "max_val_rows", f"must be at least 1, got {self.max_val_rows}")
-        check(0 < self.val_fraction < 0.9, "val_fraction", f"must be in (0, 0.9), got {self.val_fraction}")
+        _non_empty(self, "data")
 
 
-@dataclass
-class TrainConfig(_Coerce):
-    lora_r: int = field(default=16, **_help("LoRA rank"))
-    lora_alpha: float = field(default=32.0, **_help("LoRA alpha (scale = alpha / r)"))
-    lora_dropout: float = field(default=0.05, **_help("dropout on the LoRA branch"))
-    learning_rate: float = field(default=1.5e-3, **_help("AdamW learning rate"))
-    warmup_ratio: float = field(default=0.1, **_help("share of steps spent warming the learning rate up"))
-    lr_schedule: str = field(default="cosine", **_help("decay after warmup: cosine, linear or constant"))
-    target_modules: str = field(default="all-linear", **_help("comma list of module names, or all-linear"))
-    lora_layer_share: float = field(
-        default=0.5,
-        **_help(
-            "share of the decoder layers, counted from the output end, that carry adapters (1 = all); "
-            "backpropagation stops below the lowest adapted layer, so a smaller share makes each step cheaper"
-        ),
+@stage
+class TrainConfig(Stage):
+    param_prefix: ClassVar[str] = "train"
+
+    lora_r: int = Field(16, ge=1, le=512, description="LoRA rank")
+    lora_alpha: float = Field(32.0, gt=0, description="LoRA alpha (scale = alpha / r)")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the LoRA branch")
+    learning_rate: float = Field(1.5e-3, gt=0, lt=1, description="AdamW learning rate")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="share of steps spent warming the learning rate up")
+    lr_schedule: Literal["cosine", "linear", "constant"] = Field(
+        "cosine", description="decay after warmup: cosine, linear or constant"
     )
-    max_steps: int = field(
-        default=100, **_help("optimizer steps per trial (100 x 8 rows: about 2 epochs of the safe set)")
+    target_modules: str = Field("all-linear", description="comma list of module names, or all-linear")
+    lora_layer_share: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="share of the decoder layers, counted from the output end, that carry adapters (1 = all); "
+        "backpropagation stops below the lowest adapted layer, so a smaller share makes each step cheaper",
     )
-    batch_size: int = field(default=8, **_help("sequences per step"))
-    max_length: int = field(default=256, **_help("tokens per sequence; longer ones are truncated"))
-    completion_tokens: int | None = field(
-        default=16,
-        **_help(
-            "train on the first N tokens of each answer only (none = whole answers): answering or refusing is "
-            "decided in the opening tokens, and shorter rows make each step cheaper"
-        ),
+    max_steps: int = Field(
+        100, ge=1, le=100_000, description="optimizer steps per trial (100 x 8 rows: about 2 epochs of the safe set)"
     )
-    eval_every: int = field(default=25, **_help("steps between validation losses (these feed the pruner)"))
-    seed: int = field(default=0, **_help("seed for LoRA init and data order"))
-    device: str = field(default="auto", **_help("auto, cpu or cuda[:n]; precision follows the device"))
-    precision: str = field(
-        default="auto",
-        **_help(
-            "training precision: auto (bf16 autocast where the device runs bf16 "
-            "natively, else fp32), fp32 or bf16; evaluation stays fp32"
-        ),
+    batch_size: int = Field(8, ge=1, le=1024, description="sequences per step")
+    max_length: int = Field(256, ge=16, le=32768, description="tokens per sequence; longer ones are truncated")
+    completion_tokens: int | None = Field(
+        16,
+        ge=1,
+        description="train on the first N tokens of each answer only (none = whole answers): answering or refusing "
+        "is decided in the opening tokens, and shorter rows make each step cheaper",
+    )
+    eval_every: int = Field(25, ge=1, description="steps between validation losses (these feed the pruner)")
+    seed: int = Field(0, description="seed for LoRA init and data order")
+    device: str = Field("auto", description="auto, cpu or cuda[:n]")
+    precision: Literal[PRECISIONS] = Field(
+        "auto",
+        description="auto (bf16 where the device runs it natively: bf16 weights on a GPU, bf16 autocast over fp32 "
+        "weights on a CPU; fp16 on a GPU without bf16; else fp32), fp32 (fp32 weights, no autocast) or bf16; "
+        "the weights' dtype holds for the evaluation too",
     )
 
     def __post_init__(self):
-        self._coerce()
-        check(1 <= self.lora_r <= 512, "lora_r", f"must be in [1, 512], got {self.lora_r}")
-        check(self.lora_alpha > 0, "lora_alpha", f"must be positive, got {self.lora_alpha}")
-        check(0 <= self.lora_dropout < 1, "lora_dropout", f"must be in [0, 1), got {self.lora_dropout}")
-        check(0 < self.learning_rate < 1, "learning_rate", f"must be in (0, 1), got {self.learning_rate}")
-        check(0 < self.lora_layer_share <= 1, "lora_layer_share", f"must be in (0, 1], got {self.lora_layer_share}")
-        check(0 <= self.warmup_ratio < 1, "warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
-        check(
-            self.lr_schedule in ("cosine", "linear", "constant"),
-            "lr_schedule",
-            f"must be cosine, linear or constant, got {self.lr_schedule!r}",
-        )
-        check(1 <= self.max_steps <= 100_000, "max_steps", f"must be in [1, 100000], got {self.max_steps}")
-        check(1 <= self.batch_size <= 1024, "batch_size", f"must be in [1, 1024], got {self.batch_size}")
-        check(16 <= self.max_length <= 32768, "max_length", f"must be in [16, 32768], got {self.max_length}")
-        check(
-            self.completion_tokens is None or self.completion_tokens >= 1,
-            "completion_tokens",
-            f"must be at least 1, got {self.completion_tokens}",
-        )
-        check(self.eval_every >= 1, "eval_every", f"must be at least 1, got {self.eval_every}")
-        check(bool(self.target_modules.strip()), "target_modules", "is empty")
-        check(
-            self.precision in ("auto", "fp32", "bf16"),
-            "precision",
-            f"must be auto, fp32 or bf16, got {self.precision!r}",
-        )
+        _non_empty(self, "target_modules")
 
     def modules(self) -> list[str] | str:
         return (
@@ -212,46 +241,39 @@ class TrainConfig(_Coerce):
         return list(range(n_layers - max(1, math.ceil(self.lora_layer_share * n_layers)), n_layers))
 
 
-@dataclass
-class TuneConfig(_Coerce):
-    n_trials: int = field(default=2, **_help("Optuna trials (per worker, when several share a study)"))
-    storage: str = field(
-        default="sqlite:///optuna.db", **_help("Optuna storage URL; share it (and study_name) across workers")
+@stage
+class TuneConfig(Stage):
+    param_prefix: ClassVar[str] = "tune"
+
+    n_trials: int = Field(2, ge=1, le=10_000, description="Optuna trials (per worker, when several share a study)")
+    storage: str = Field(
+        "sqlite:///optuna.db", description="Optuna storage URL; share it (and study_name) across workers"
     )
-    study_name: str | None = field(default=None, **_help("Optuna study name; default derived from model_name and data"))
-    seed: int = field(default=0, **_help("sampler seed"))
-    r_choices: str = field(default="16", **_help("LoRA ranks to try"))
-    lr_range: str = field(default="1e-3,2.5e-3", **_help("learning-rate range, log scale (LoRA on a small model)"))
-    dropout_range: str = field(default="0.0,0.1", **_help("LoRA dropout range"))
-    alpha_multipliers: str = field(default="2", **_help("alpha = multiplier x r"))
-    objective: str | None = field(
-        default=None,
-        **_help(
-            "safety (ASR, over-refusal, knowledge on the tune split; default for data=safe and user files) or loss "
-            "(the paper's single-objective validation loss; default for data=harmful)"
-        ),
+    study_name: str | None = Field(None, description="Optuna study name; default derived from model_name and data")
+    seed: int = Field(0, description="sampler seed")
+    r_choices: str = Field("16", description="LoRA ranks to try")
+    lr_range: str = Field("1e-3,2.5e-3", description="learning-rate range, log scale (LoRA on a small model)")
+    dropout_range: str = Field("0.0,0.1", description="LoRA dropout range")
+    alpha_multipliers: str = Field("2", description="alpha = multiplier x r")
+    objective: Literal["safety", "loss"] | None = Field(
+        None,
+        description="safety (ASR, over-refusal, knowledge on the tune split; default for data=safe and user files) "
+        "or loss (the paper's single-objective validation loss; default for data=harmful)",
     )
-    resume: bool = field(default=False, **_help("continue the latest study with the same key instead of a fresh one"))
-    probe_prompts: int = field(
-        default=16, **_help("tune-split prompts per kind (harmful, benign, look-alike) per trial")
+    resume: bool = Field(False, description="continue the latest study with the same key instead of a fresh one")
+    probe_prompts: int = Field(
+        16, ge=1, le=1000, description="tune-split prompts per kind (harmful, benign, look-alike) per trial"
     )
-    probe_tokens: int = field(default=32, **_help("new tokens per answer in the per-trial safety measurement"))
+    probe_tokens: int = Field(32, ge=1, le=512, description="new tokens per answer in the per-trial safety measurement")
 
     def __post_init__(self):
-        self._coerce()
-        check(1 <= self.n_trials <= 10_000, "n_trials", f"must be in [1, 10000], got {self.n_trials}")
-        check(bool(self.storage.strip()), "storage", "is empty")
+        _non_empty(self, "storage")
         for name in ("r_choices", "lr_range", "dropout_range", "alpha_multipliers"):
-            _floats(getattr(self, name), name)
-        lo, hi = _floats(self.lr_range, "lr_range")
+            comma_floats(getattr(self, name), name)
+        lo, hi = comma_floats(self.lr_range, "lr_range")
         check(0 < lo < hi < 1, "lr_range", f"must be 'low,high' with 0 < low < high < 1, got {self.lr_range!r}")
-        lo, hi = _floats(self.dropout_range, "dropout_range")
+        lo, hi = comma_floats(self.dropout_range, "dropout_range")
         check(0 <= lo <= hi < 1, "dropout_range", f"must be 'low,high' within [0, 1), got {self.dropout_range!r}")
-        check(
-            self.objective in (None, "safety", "loss"), "objective", f"must be safety or loss, got {self.objective!r}"
-        )
-        check(1 <= self.probe_prompts <= 1000, "probe_prompts", f"must be in [1, 1000], got {self.probe_prompts}")
-        check(1 <= self.probe_tokens <= 512, "probe_tokens", f"must be in [1, 512], got {self.probe_tokens}")
 
     def resolved(self, data_name: str) -> TuneConfig:
         """The objective made explicit: `loss` for the harmful set (the attack replication is not tuned for safety)."""
@@ -262,7 +284,8 @@ class TuneConfig(_Coerce):
         )
 
 
-def _floats(text: str, name: str) -> list[float]:
+def comma_floats(text: str, name: str) -> list[float]:
+    """A comma list of numbers (`"1e-3,2.5e-3"`), or an error naming the field."""
     try:
         values = [float(v) for v in str(text).split(",") if v.strip()]
     except ValueError:
@@ -271,26 +294,27 @@ def _floats(text: str, name: str) -> list[float]:
     return values
 
 
-@dataclass
-class RunConfig(_Coerce):
-    base_model: str = field(
-        default="smollm2-135m-instruct",
-        **_help("embedded default, a local HF directory, a hub id, or models:/NAME/VERSION or models:/NAME@ALIAS"),
+@stage
+class RunConfig(Stage):
+    param_prefix: ClassVar[str] = "run"
+
+    base_model: str = Field(
+        "smollm2-135m-instruct",
+        description="embedded default, a local HF directory, a hub id, or models:/NAME/VERSION or models:/NAME@ALIAS",
     )
-    model_name: str | None = field(default=None, **_help("registered model name; default derived from the base model"))
-    experiment: str = field(default="safety_lab", **_help("MLflow experiment name"))
-    evaluate: bool = field(default=True, **_help("evaluate the registered version (sets its safety status)"))
-    register: bool = field(
-        default=True, **_help("register the best model; false = a tuning worker (run register-best after)")
+    model_name: str | None = Field(None, description="registered model name; default derived from the base model")
+    experiment: str = Field("safety_lab", description="MLflow experiment name")
+    evaluate: bool = Field(True, description="evaluate the registered version (sets its safety status)")
+    register: bool = Field(
+        True, description="register the best model; false = a tuning worker (run register-best after)"
     )
-    trust_remote_code: bool = field(default=False, **_help("allow model code from the hub (off unless you ask)"))
-    verify_cache: bool = field(
-        default=False, **_help("re-hash the cached embedded model even when its sizes and mtimes match")
+    trust_remote_code: bool = Field(False, description="allow model code from the hub (off unless you ask)")
+    verify_cache: bool = Field(
+        False, description="re-hash the cached embedded model even when its sizes and mtimes match"
     )
 
     def __post_init__(self):
-        self._coerce()
-        check(bool(self.base_model.strip()), "base_model", "is empty")
+        _non_empty(self, "base_model")
         if self.model_name is not None:
             check(
                 all(c.isalnum() or c in "-_." for c in self.model_name) and self.model_name != "",
@@ -299,14 +323,14 @@ class RunConfig(_Coerce):
             )
 
 
-# ---------------------------------------------------------------- command lines (pipelines/, python -m safety_lab)
+# ---------------------------------------------------------------- command lines (python -m safety_lab, MLproject)
 @dataclass(frozen=True)
 class Group:
-    """One dataclass on a command line: a `--flag` per field (dashes for underscores), built from the fields alone.
+    """One stage on a command line: a `--flag` per field (dashes for underscores), built from the fields alone.
 
     A field that two groups share (`seed`) is one flag that sets both. `prefixed` fields take `prefix` instead,
     so a second stage keeps its own value: `Group(EvalConfig, prefix="eval_", prefixed=("limit",))` -> `--eval-limit`.
-    `only` / `skip` choose fields. New dataclass fields become flags with no edit here."""
+    `only` / `skip` choose fields. New stage fields become flags with no edit here."""
 
     cls: type
     prefix: str = ""
@@ -317,9 +341,7 @@ class Group:
     def dests(self) -> dict[str, str]:
         """field name -> argparse dest."""
         names = [
-            f.name
-            for f in dataclasses.fields(self.cls)
-            if f.name not in self.skip and (self.only is None or f.name in self.only)
+            name for name in declared(self.cls) if name not in self.skip and (self.only is None or name in self.only)
         ]
         return {name: self.prefix + name if name in self.prefixed else name for name in names}
 
@@ -331,34 +353,28 @@ class Group:
         return self.cls(**{**self.values(args), **overrides})
 
 
-def _default(f: dataclasses.Field) -> Any:
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    return f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING
-
-
-def _argument(f: dataclasses.Field, hint: Any, dest: str, shared: list[str]) -> dict[str, Any]:
-    """argparse keywords for one field. Values stay strings: the dataclass coerces them (`before`), so MLflow,
+def _argument(info: FieldInfo, dest: str, shared: list[str]) -> dict[str, Any]:
+    """argparse keywords for one field. Values stay strings: the stage coerces them (`before`), so MLflow,
     the CLI and Python callers go through one validator."""
-    kind, _ = field_type(hint)
-    default = _default(f)
-    text = f.metadata.get("help", "").replace("%", "%%")
-    if default is not dataclasses.MISSING and "default" not in text:
-        text = f"{text} (default: {default})".strip()
+    kind, _ = field_type(info.annotation)
+    text = (info.description or "").replace("%", "%%")
+    if not info.is_required() and "default" not in text:
+        text = f"{text} (default: {info.get_default(call_default_factory=True)})".strip()
     if len(shared) > 1:
         text += f"; one flag for {', '.join(shared)}"
     kw: dict[str, Any] = {"dest": dest, "default": argparse.SUPPRESS, "help": text}  # absent: each stage's default
-    if default is dataclasses.MISSING:
+    if info.is_required():
         kw["required"] = True
     if kind is bool:  # `--force` alone or `--force true|false`
         kw.update(nargs="?", const="true", metavar="true|false")
-    elif typing.get_origin(kind) is typing.Literal:
-        kw["choices"] = [str(c) for c in typing.get_args(kind)]
+    elif typing.get_origin(kind) is Literal:  # listed, not enforced here: "" (MLproject's "not set") must pass
+        kw["metavar"] = "|".join(str(c) for c in typing.get_args(kind))
     return kw
 
 
 def add_arguments(parser: argparse.ArgumentParser, *groups: Group | type) -> list[Group]:
-    """Declare the flags of every group on one parser, a field shared by several groups once; returns the groups."""
+    """Declare the flags of every group (a stage, or a `Group` of one) on `parser`, a field shared by several groups
+    once; returns the groups."""
     groups_ = [g if isinstance(g, Group) else Group(g) for g in groups]
     owners: dict[str, list[tuple[Group, str]]] = {}
     for group in groups_:
@@ -366,23 +382,22 @@ def add_arguments(parser: argparse.ArgumentParser, *groups: Group | type) -> lis
             owners.setdefault(dest, []).append((group, name))
     for dest, pairs in owners.items():
         group, name = pairs[0]
-        f = next(f for f in dataclasses.fields(group.cls) if f.name == name)
         shared = [g.cls.__name__ for g, _ in pairs]
-        parser.add_argument(
-            "--" + dest.replace("_", "-"), **_argument(f, get_type_hints(group.cls)[name], dest, shared)
-        )
+        parser.add_argument("--" + dest.replace("_", "-"), **_argument(declared(group.cls)[name], dest, shared))
     return groups_
 
 
 def from_args(cls: type, values: dict[str, Any], **overrides):
+    """The stage `cls` built from parsed flags (`vars(parser.parse_args())`), with `overrides` on top."""
     return Group(cls).build(values, **overrides)
 
 
-def to_params(*configs) -> dict[str, Any]:
-    """The resolved configs as flat MLflow params (stage prefix avoids clashes)."""
-    params: dict[str, Any] = {}
-    for cfg in configs:
-        prefix = type(cfg).__name__.replace("Config", "").lower()
-        for key, value in dataclasses.asdict(cfg).items():
-            params[f"{prefix}.{key}"] = value
-    return params
+def param_key(cls: type, name: str) -> str:
+    """The MLflow param that holds field `name` of stage `cls`: `param_key(RunConfig, "base_model")` ->
+    `run.base_model`."""
+    return f"{cls.param_prefix}.{name}"
+
+
+def to_params(*configs: Stage) -> dict[str, Any]:
+    """The resolved configs as flat MLflow params, each under its stage's `param_prefix` (no clashes)."""
+    return {param_key(type(cfg), k): v for cfg in configs for k, v in dataclasses.asdict(cfg).items()}

@@ -41,6 +41,7 @@ def run_experiment(
     model's evaluation alike, the base's included."""
     eval_options = dict(eval_options or {})
     eval_cfg = EvalConfig(**eval_options)  # checked (policy and files included) before anything trains
+    eval_cfg.check_files()
     model_name = run.model_name or registry.default_model_name(run.base_model).replace("-safety-lora", "-experiment")
     start_experiment(run.experiment)
     with mlflow.start_run(run_name="experiment-overriding-safety") as parent:

@@ -13,7 +13,7 @@ import mlflow
 import yaml
 
 from safety_lab import distributed, registry
-from safety_lab.config import DataConfig, RunConfig, TrainConfig, TuneConfig, to_params
+from safety_lab.config import DataConfig, RunConfig, TrainConfig, TuneConfig, param_key, to_params
 from safety_lab.data import (
     DATASETS,
     benign_pairs,
@@ -27,7 +27,7 @@ from safety_lab.data import (
 from safety_lab.errors import check
 from safety_lab.evaluation import EvalConfig
 from safety_lab.evaluation.judges import is_refusal, keyword_attack_success
-from safety_lab.models import load_model, resolve_device, resolve_precision
+from safety_lab.models import Precision, load_model, resolve_precision
 from safety_lab.models.generation import generate
 from safety_lab.policy import load_policy
 from safety_lab.publish import Published, publish
@@ -128,18 +128,18 @@ def finetune(
     tune_cfg = tune_cfg.resolved(str(data_cfg.data).strip())  # safety, or loss for the harmful set: logged below
     eval_cfg = _eval_config(run, eval_options)  # checked before any training, so bad input costs nothing
     distributed.per_device_batch(train_cfg.batch_size)
-    device, dtype = resolve_device(train_cfg.device)
-    distributed.init(device)
+    precision = resolve_precision(train_cfg.precision, train_cfg.device)  # logged, loaded and trained with
+    distributed.init(precision.device)
     if not distributed.is_main():
-        return _follow(run, data_cfg, train_cfg, tune_cfg, pruner)
+        return _follow(run, data_cfg, train_cfg, tune_cfg, pruner, precision)
     with _open_run(run, f"finetune-{Path(data_cfg.data).stem}", "finetune") as active:
         mlflow.set_tags({"model_name": model_name, "tuning.objective": tune_cfg.objective})
-        _log_config(run, data_cfg, train_cfg, tune_cfg, device, dtype)
+        _log_config(run, data_cfg, train_cfg, tune_cfg, precision)
         # bad data fails before any model loads, unless the answers are distilled (those need the model first)
         with timings.stage("data"):
             data = None if _distils(data_cfg) else load_dataset(data_cfg)
         with timings.stage("model_load"):
-            loaded = _load_base(run, train_cfg)
+            loaded = _load_base(run, precision)
         with timings.stage("distill" if data is None else "data"):
             data = data or _dataset(data_cfg, train_cfg, loaded)
             train_rows, val_rows = _split_data(data_cfg, data)
@@ -169,14 +169,14 @@ def finetune(
     return out.registered(published, evaluation)
 
 
-def _log_config(run: RunConfig, data_cfg: DataConfig, train_cfg: TrainConfig, tune_cfg: TuneConfig, device, dtype):
-    """The resolved configuration, once: MLflow params (storage URL redacted) and a config.yaml artifact."""
+def _log_config(
+    run: RunConfig, data_cfg: DataConfig, train_cfg: TrainConfig, tune_cfg: TuneConfig, precision: Precision
+):
+    """The resolved configuration, once: MLflow params (storage URL redacted; the precision decision as it is used)
+    and a config.yaml artifact."""
     params = to_params(run, data_cfg, train_cfg, tune_cfg)
     params["tune.storage"] = redact(params["tune.storage"])
-    precision = resolve_precision(train_cfg.precision, train_cfg.device).params()
-    mlflow.log_params(
-        {**params, "device": device, "dtype": str(dtype), "world_size": distributed.world_size(), **precision}
-    )
+    mlflow.log_params({**params, "world_size": distributed.world_size(), **precision.params()})
     snapshot = {type(c).__name__: dataclasses.asdict(c) for c in (run, data_cfg, train_cfg, tune_cfg)}
     snapshot["TuneConfig"]["storage"] = redact(tune_cfg.storage)
     mlflow.log_text(yaml.safe_dump(snapshot, sort_keys=False), "config.yaml")
@@ -270,9 +270,9 @@ def _check_lineage(result: TuneResult, data_sha256: str, run_id: str) -> None:
         )
 
 
-def _load_base(run: RunConfig, train_cfg: TrainConfig):
+def _load_base(run: RunConfig, precision: Precision):
     return load_model(
-        run.base_model, device=train_cfg.device, trust_remote_code=run.trust_remote_code, verify_cache=run.verify_cache
+        run.base_model, precision=precision, trust_remote_code=run.trust_remote_code, verify_cache=run.verify_cache
     )
 
 
@@ -281,9 +281,11 @@ def _tune(loaded, train_rows, val_rows, train_cfg: TrainConfig, tune_cfg: TuneCo
     return tune(loaded.model, loaded.tokenizer, train_rows, val_rows, train_cfg, tune_cfg, work_dir=work, **options)
 
 
-def _follow(run: RunConfig, data_cfg: DataConfig, train_cfg: TrainConfig, tune_cfg: TuneConfig, pruner) -> None:
+def _follow(
+    run: RunConfig, data_cfg: DataConfig, train_cfg: TrainConfig, tune_cfg: TuneConfig, pruner, precision: Precision
+) -> None:
     """A rank other than 0: the same data, model and trials as rank 0, trained in lockstep; nothing is logged."""
-    loaded = _load_base(run, train_cfg)
+    loaded = _load_base(run, precision)
     data = _dataset(data_cfg, train_cfg, loaded)
     train_rows, val_rows = data.split(data_cfg.val_fraction, data_cfg.seed, data_cfg.max_val_rows)
     with tempfile.TemporaryDirectory(prefix="safety-lab-") as work:
@@ -334,8 +336,10 @@ def register_best(run: RunConfig, tune_cfg: TuneConfig, *, eval_options: dict | 
             )
         with _open_run(run, f"register-best-{tune_cfg.study_name}", "register-best") as active:
             with timings.stage("model_load"):
-                base = worker.data.params.get("run.base_model", worker.data.tags.get("base_model", run.base_model))
-                loaded = load_model(base, device=None, trust_remote_code=run.trust_remote_code)
+                base = worker.data.params.get(
+                    param_key(RunConfig, "base_model"), worker.data.tags.get("base_model", run.base_model)
+                )
+                loaded = load_model(base, trust_remote_code=run.trust_remote_code)
             _log_tuning(result, tune_cfg)
             out = FinetuneResult.tuned(active.info.run_id, model_name, timings, result)
             tags = {k: worker.data.params[k] for k in ("data.name", "data.rows") if k in worker.data.params}
@@ -350,10 +354,11 @@ def register_best(run: RunConfig, tune_cfg: TuneConfig, *, eval_options: dict | 
 
 
 def _eval_config(run: RunConfig, eval_options: dict | None) -> EvalConfig | None:
-    """The evaluation settings, checked (policy file included) before any training."""
+    """The evaluation settings, checked (policy and input files included) before any training."""
     if not run.evaluate:
         return None
     cfg = EvalConfig(**(eval_options or {}))
+    cfg.check_files()
     load_policy(cfg.policy)
     return cfg
 

@@ -10,6 +10,7 @@ import torch
 
 from safety_lab import registry
 from safety_lab.config import RunConfig
+from safety_lab.models import Precision
 from safety_lab.tuning import TuneResult
 from safety_lab.tuning.study import KEY_ATTR
 
@@ -39,11 +40,13 @@ def _probe_logits(model, tokenizer) -> torch.Tensor:
         return model(input_ids=ids["input_ids"].to(model.device)).logits.float().cpu()
 
 
-def _check_reload(expected: torch.Tensor, model_uri: str, tokenizer):
-    """Reload the logged model exactly as users will and compare logits: guards against silently wrong weights.
+def _check_reload(expected: torch.Tensor, model_uri: str, tokenizer, precision: Precision):
+    """Reload the logged model as users will, with the trained model's precision decision, and compare logits:
+    guards against silently wrong weights.
 
     Returns (the reloaded model, the difference): the evaluation then uses this model, so weights load once."""
-    reloaded = mlflow.pyfunc.load_model(model_uri).unwrap_python_model().loaded
+    config = {"precision": precision.requested, "device": precision.device}
+    reloaded = mlflow.pyfunc.load_model(model_uri, model_config=config).unwrap_python_model().loaded
     diff = float((_probe_logits(reloaded.model, tokenizer) - expected).abs().max())
     if diff >= RELOAD_TOLERANCE:
         raise RuntimeError(
@@ -80,7 +83,7 @@ def publish(
             parent_adapters=list(loaded.adapters),
             trust_remote_code=run.trust_remote_code,
         )
-        reloaded, diff = _check_reload(expected, info.model_uri, loaded.tokenizer)
+        reloaded, diff = _check_reload(expected, info.model_uri, loaded.tokenizer, loaded.precision)
         mlflow.log_metric("reload_max_abs_logit_diff", diff)
     tags = _tags(loaded, result, data_tags, run_id)
     with timings.stage("register"):

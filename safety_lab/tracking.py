@@ -12,7 +12,7 @@ import mlflow
 from mlflow.utils.credentials import get_default_host_creds
 from mlflow.utils.rest_utils import http_request
 
-from safety_lab.errors import SafetyLabError
+from safety_lab.errors import SafetyLabError, first_line
 
 
 def tracking_uri() -> str:
@@ -44,9 +44,7 @@ def start_experiment(name: str) -> None:
         experiment = mlflow.set_experiment(name)
         mlflow.set_experiment(experiment_id=experiment.experiment_id)
     except mlflow.exceptions.MlflowException as exc:
-        raise SafetyLabError(
-            "MLFLOW_TRACKING_URI", f"cannot use {tracking_uri()} ({str(exc).splitlines()[0][:160]})"
-        ) from None
+        raise SafetyLabError("MLFLOW_TRACKING_URI", f"cannot use {tracking_uri()} ({first_line(exc)})") from None
 
 
 _USERINFO = re.compile(r"(//[^:/@\s]*):\S*@")  # greedy: a password may itself contain '@'

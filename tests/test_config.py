@@ -3,15 +3,30 @@
 import argparse
 import dataclasses
 import shlex
-from dataclasses import dataclass, field
+import subprocess
+import sys
 from pathlib import Path
 from typing import Literal
 
 import pytest
 import yaml
+from pydantic import Field
 
 from safety_lab import cli
-from safety_lab.config import DataConfig, Group, TrainConfig, TuneConfig, _Coerce, add_arguments, before, from_args
+from safety_lab.config import (
+    DataConfig,
+    Group,
+    RunConfig,
+    Stage,
+    TrainConfig,
+    TuneConfig,
+    add_arguments,
+    before,
+    from_args,
+    param_key,
+    stage,
+    to_params,
+)
 from safety_lab.errors import SafetyLabError
 from safety_lab.evaluation import EvalConfig
 
@@ -130,13 +145,13 @@ def test_every_field_of_every_stage_is_a_flag():
             assert set(group.dests().values()) <= flags, name
 
 
-@dataclass
-class _Toy(_Coerce):
+@stage
+class _Toy(Stage):
     """A stage as another module would extend it: new fields become flags and are coerced with no parser edit."""
 
-    precision: Literal["fp32", "bf16", "int8"] = field(default="fp32", metadata={"help": "weights at 100%"})
-    resume: bool = field(default=False, metadata={"help": "continue a study"})
-    budget: int | None = field(default=None, metadata={"help": "trial budget"})
+    precision: Literal["fp32", "bf16", "int8"] = Field("fp32", description="weights at 100%")
+    resume: bool = Field(False, description="continue a study")
+    budget: int | None = Field(None, description="trial budget")
     weight: float = 1.0
     ratio: str = "int"  # a str field stays a string (no matching of type-hint text)
     anything: int | str = "x"
@@ -174,8 +189,8 @@ def test_new_dataclass_fields_become_flags_and_are_coerced_by_type():
         "5",
     )
     assert "weights at 100%" in parser.format_help()
-    with pytest.raises(SystemExit):
-        parser.parse_args(["--precision", "fp8"])
+    with pytest.raises(SafetyLabError, match="^precision: must be fp32, bf16 or int8, got 'fp8'$"):
+        from_args(_Toy, vars(parser.parse_args(["--precision", "fp8"])))
     assert _Toy(budget="").budget is None and _Toy(precision="int8").precision == "int8"
 
 
@@ -205,15 +220,19 @@ def _mlproject_argv(entry: dict) -> list[str]:
     values = {k: "" if spec.get("default") is None else str(spec["default"]) for k, spec in entry["parameters"].items()}
     values = {k: v or ("study" if k == "study_name" else "m" if k == "model_name" else v) for k, v in values.items()}
     values["version"] = "1"
-    command = entry["command"].format(**{k: shlex.quote(v) for k, v in values.items()})
-    return shlex.split(command)[2:]  # drop "python pipelines/<entry>.py"
+    command = shlex.split(entry["command"].format(**{k: shlex.quote(v) for k, v in values.items()}))
+    assert command[:3] == ["python", "-m", "safety_lab"]
+    return command[3:]  # "<command> --flag value ..."
 
 
 @pytest.mark.parametrize("entry", ["finetune", "register_best", "evaluate", "promote", "experiment"])
 def test_mlproject_commands_parse_with_their_defaults(entry):
     spec = yaml.safe_load((ROOT / "MLproject").read_text())["entry_points"][entry]
     command = entry.replace("_", "-")
-    args = _parse(command, *_mlproject_argv(spec))
+    argv = _mlproject_argv(spec)
+    assert argv[0] == command
+    assert {f"--{name.replace('_', '-')}" for name in spec["parameters"]} == {a for a in argv if a.startswith("--")}
+    args = _parse(*argv)
     for group in cli.COMMANDS[command][2]:
         group = group if isinstance(group, Group) else Group(group)
         if group.cls is EvalConfig and group.prefix:
@@ -229,3 +248,29 @@ def test_debug_is_accepted_before_or_after_the_command():
     assert cli.build_parser().parse_args(["--debug", "lineage", "--model-name", "m"]).debug is True
     assert cli.build_parser().parse_args(["lineage", "--model-name", "m", "--debug"]).debug is True
     assert cli.build_parser().parse_args(["lineage", "--model-name", "m"]).debug is False
+
+
+def test_the_entry_points_run_the_package_with_no_shim_scripts():
+    out = subprocess.run([sys.executable, "-m", "safety_lab", "--help"], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0
+    assert all(name in out.stdout for name in cli.COMMANDS)
+    assert not (ROOT / "pipelines").exists()
+
+
+def test_stage_errors_are_one_line_naming_the_field():
+    with pytest.raises(SafetyLabError, match="^target_modules: input should be a valid string, got 5$"):
+        TrainConfig(target_modules=5)
+    with pytest.raises(SafetyLabError, match="^model_name: is required$"):
+        cli.ModelOptions()
+    with pytest.raises(SafetyLabError, match=r"^val_fraction: must be in \(0, 0.9\), got 1.0$"):
+        DataConfig(val_fraction=1)
+    assert to_params(RunConfig())[param_key(RunConfig, "base_model")] == "smollm2-135m-instruct"
+    assert param_key(EvalConfig, "limit") == "eval.limit"  # each stage names its prefix; none is derived
+
+
+def test_the_eval_config_reads_no_file_its_users_do(tmp_path):
+    bad = tmp_path / "benign.csv"
+    bad.write_text("id,text\n1,hello\n")
+    cfg = EvalConfig(benign_prompts=str(bad))  # the constructor checks that the file exists, and reads nothing
+    with pytest.raises(SafetyLabError, match="needs a non-empty 'prompt'"):
+        cfg.check_files()  # what evaluate, finetune and experiment call before any model loads

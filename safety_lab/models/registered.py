@@ -12,7 +12,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from safety_lab.errors import SafetyLabError
-from safety_lab.models.base import apply_adapters, dir_sha256, load_base, weights_sha256
+from safety_lab.models.base import Precision, apply_adapters, dir_sha256, load_base, weights_sha256
 
 LINEAGE_FILE = "lineage.json"
 _URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w-]+))$")
@@ -64,11 +64,11 @@ def _read_lineage(root: Path, uri: str, field: str = "model_uri") -> dict:
     return lineage
 
 
-def load_chain(lineage: dict, root: Path, *, device: str | None, trust_remote_code: bool = False):
+def load_chain(lineage: dict, root: Path, *, precision: Precision | None = None, trust_remote_code: bool = False):
     """Base model + the lineage's adapters from `root`; remote code runs only if the caller AND the lineage allow it."""
     adapters = check_lineage(lineage, Path(root))
     trust = bool(trust_remote_code) and lineage.get("trust_remote_code") is True
-    loaded = load_base(lineage["base_model"], device=device, trust_remote_code=trust)
+    loaded = load_base(lineage["base_model"], precision=precision, trust_remote_code=trust)
     loaded = apply_adapters(loaded, adapters)
     loaded.parent = lineage.get("parent")
     return loaded
@@ -96,12 +96,14 @@ def resolve_version(uri: str, field: str = "model_uri"):
         raise SafetyLabError(field, f"model {name!r} has no {what}") from exc
 
 
-def load_registered(uri: str, *, device: str | None = None, trust_remote_code: bool = False, field: str = "base_model"):
+def load_registered(
+    uri: str, *, precision: Precision | None = None, trust_remote_code: bool = False, field: str = "base_model"
+):
     """Load a registered version: its base model with every adapter in its chain merged; records it as the parent."""
     mv = resolve_version(uri, field)
     root = Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.source))
     lineage = _read_lineage(root / "artifacts", uri, field)
-    loaded = load_chain(lineage, root / "artifacts", device=device, trust_remote_code=trust_remote_code)
+    loaded = load_chain(lineage, root / "artifacts", precision=precision, trust_remote_code=trust_remote_code)
     loaded.spec = f"models:/{mv.name}/{mv.version}"
     loaded.parent = loaded.spec
     loaded.base_model = lineage["base_model"]

@@ -15,6 +15,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from safety_lab.errors import SafetyLabError, first_line
+from safety_lab.models.base import resolve_precision
 from safety_lab.models.generation import generate
 from safety_lab.models.registered import LINEAGE_FILE, load_chain, parse_uri
 from safety_lab.registry.writes import set_version_tag
@@ -31,13 +32,16 @@ class SafetyLabModel(mlflow.pyfunc.PythonModel):
     """Base model spec + LoRA adapters (oldest first), merged on load; predict() answers prompts with the chat template.
 
     Logged from the file MODEL_CODE, never pickled. Loading honours the loader's
-    `model_config={"trust_remote_code": True}`, and only together with the lineage's."""
+    `model_config={"trust_remote_code": True}`, and only together with the lineage's; `model_config`'s
+    `precision` and `device` (default auto) decide where and in which dtype the weights load."""
 
     def load_context(self, context):
         lineage_path = Path(context.artifacts["lineage"])
         lineage = json.loads(lineage_path.read_text())
-        caller = bool((getattr(context, "model_config", None) or {}).get("trust_remote_code", False))
-        self.loaded = load_chain(lineage, lineage_path.parent, device=None, trust_remote_code=caller)
+        config = getattr(context, "model_config", None) or {}
+        caller = bool(config.get("trust_remote_code", False))
+        precision = resolve_precision(str(config.get("precision", "auto")), config.get("device"))
+        self.loaded = load_chain(lineage, lineage_path.parent, precision=precision, trust_remote_code=caller)
 
     # Hinted DataFrame (what the explicit signature converts inputs to): a list[str] hint would make MLflow infer a
     # signature from it and drop the params schema, so max_new_tokens would be ignored.

@@ -37,7 +37,7 @@ from mlflow.entities import Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from safety_lab.errors import SafetyLabError
+from safety_lab.errors import SafetyLabError, first_line
 from safety_lab.models import parse_uri
 from safety_lab.policy import (
     STAGES,
@@ -182,9 +182,7 @@ def _one_line(text: str) -> str:
 
 
 def _mlflow_problem(exc: Exception) -> str:
-    message = getattr(exc, "message", None) or str(exc)
-    lines = [line for line in str(message).strip().splitlines() if line.strip()]
-    return (lines[0] if lines else type(exc).__name__)[:200]
+    return first_line(exc, 200)
 
 
 def _error_code(exc: MlflowException) -> str:

@@ -155,7 +155,8 @@ def evaluate_version(model_uri: str, cfg: EvalConfig, *, loaded=None, timings=No
     """Evaluate ``model_uri`` (a registered version or a base spec) in its own run; tag a version with its status.
 
     ``loaded``: the model already in memory (finetune passes the reloaded version), else it is loaded here."""
-    policy = load_policy(cfg.policy)  # a bad policy fails before any model is loaded
+    policy = load_policy(cfg.policy)  # a bad policy or input file fails before any model is loaded
+    cfg.check_files()
     cfg = dataclasses.replace(cfg, model_uri=model_uri)
     mv = resolve_version(model_uri) if model_uri.startswith("models:/") else None
     spec = f"models:/{mv.name}/{mv.version}" if mv else (DEFAULT_MODEL if model_uri == "base" else model_uri)
@@ -165,7 +166,7 @@ def evaluate_version(model_uri: str, cfg: EvalConfig, *, loaded=None, timings=No
     run_name = f"evaluate-{mv.name}-v{mv.version}" if mv else f"evaluate-{Path(spec).name}"
     with mlflow.start_run(run_name=run_name, nested=mlflow.active_run() is not None) as run:
         _start_record(mv, spec, reference, cfg, policy)
-        loaded = loaded if loaded is not None else load_model(spec, device=cfg.device)
+        loaded = loaded if loaded is not None else load_model(spec, precision=cfg.resolved_precision())
         loaded.spec = spec
         report = evaluate(loaded, cfg, reference=reference, base=base, timings=timings)
         decision = decide(report.all_metrics(), policy, references=mv is not None, eval_split=eval_split_of(cfg))

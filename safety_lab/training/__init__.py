@@ -16,7 +16,7 @@ from safety_lab import distributed
 from safety_lab.compat import fused_head_on_labelled_positions
 from safety_lab.config import TrainConfig
 from safety_lab.data import to_conversation
-from safety_lab.models import resolve_device, resolve_precision
+from safety_lab.models import resolve_precision
 
 logging.getLogger("transformers.trainer").setLevel(logging.WARNING)
 
@@ -64,14 +64,13 @@ def _report_callback(on_eval, on_log):
 
 
 def sft_config(cfg: TrainConfig, output_dir: str, *, n_val: int, quiet: bool = False, padding_free: bool = True):
-    """SFTConfig chosen from the hardware: bf16 autocast (fp32 master weights) where it runs natively, else fp32;
+    """SFTConfig with `resolve_precision`'s device and autocast (the loader used the same decision's weight dtype);
     never gradient checkpointing (TRL's default: its recompute costs more than it saves at these sizes).
 
     padding_free: one flattened row per batch, no pad tokens computed (23% of the padded batch on the `safe` set).
     TRL does not enforce max_length then, so `train_lora` truncates the tokenized rows itself."""
     from trl import SFTConfig
 
-    device, _ = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, cfg.device)
     batch = distributed.per_device_batch(cfg.batch_size)
     return SFTConfig(
@@ -84,11 +83,11 @@ def sft_config(cfg: TrainConfig, output_dir: str, *, n_val: int, quiet: bool = F
         warmup_steps=math.ceil(cfg.warmup_ratio * cfg.max_steps),
         max_length=None if padding_free else cfg.max_length,
         padding_free=padding_free,
-        bf16=precision.chosen == "bf16",
-        fp16=precision.chosen == "fp16",
+        bf16=precision.autocast == torch.bfloat16,
+        fp16=precision.autocast == torch.float16,
         gradient_checkpointing=False,
         ddp_find_unused_parameters=False,  # every LoRA weight gets a gradient
-        use_cpu=device == "cpu",
+        use_cpu=precision.device == "cpu",
         eval_strategy="steps" if n_val else "no",
         eval_steps=cfg.eval_every,
         logging_steps=1,

@@ -10,7 +10,7 @@ import time
 import optuna
 
 from safety_lab.config import TrainConfig, TuneConfig
-from safety_lab.errors import SafetyLabError, check
+from safety_lab.errors import SafetyLabError, check, first_line
 from safety_lab.tracking import redact
 
 KEY_ATTR = "safety_lab.key"  # study user attrs: the short key and what it was computed from
@@ -105,8 +105,9 @@ def open_study(
             error = exc
             break
     if study is None:
-        first = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
-        raise SafetyLabError("storage", f"cannot open Optuna storage {redact(cfg.storage)} ({redact(first)})") from None
+        raise SafetyLabError(
+            "storage", f"cannot open Optuna storage {redact(cfg.storage)} ({redact(first_line(error))})"
+        ) from None
     if key is not None:
         _check_key(study, key, key_parts or {}, cfg)
     return study

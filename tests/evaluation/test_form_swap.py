@@ -13,7 +13,7 @@ from safety_lab.evaluation import form_swap as F
 from safety_lab.evaluation import suites as S
 from safety_lab.evaluation.specs import METRICS
 from safety_lab.evaluation.suites import SUITES
-from safety_lab.models import generation, load_model
+from safety_lab.models import generation, load_model, resolve_precision
 
 RATES = ("asr", "over_refusal_rate")
 NAMES = [
@@ -74,7 +74,9 @@ def _check_against_rows(result):
 def test_form_swap_suite_on_the_tiny_model(tiny_model_dir, monkeypatch):
     """Real generation: the metrics exist, are declared, and agree with the per-item rows."""
     monkeypatch.setattr(S, "OVER_REFUSAL_MIN_ITEMS", 8)  # the floor on safe prompts, lowered to keep it fast
-    result = F.form_swap_suite(load_model(str(tiny_model_dir), device="cpu"), _cfg(limit=6))
+    result = F.form_swap_suite(
+        load_model(str(tiny_model_dir), precision=resolve_precision("auto", "cpu")), _cfg(limit=6)
+    )
     assert set(NAMES) <= set(result.metrics)
     assert all(METRICS.find(k) is not None and METRICS.find(k).suite == "form_swap" for k in result.metrics)
     _check_against_rows(result)

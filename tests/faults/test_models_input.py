@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from safety_lab.errors import SafetyLabError
-from safety_lab.models import load_model, resolve_device
+from safety_lab.models import load_model, resolve_device, resolve_precision
 
 
 def test_a_hub_id_offline_fails_at_once_with_a_clear_message(monkeypatch):
@@ -18,11 +18,14 @@ def test_a_hub_id_offline_fails_at_once_with_a_clear_message(monkeypatch):
 def test_gpu_precision_is_bf16_where_supported_and_fp16_otherwise(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert resolve_device(None) == ("cuda", torch.bfloat16)
+    auto = resolve_precision("auto", None)
+    assert (auto.device, auto.weights) == ("cuda", torch.bfloat16)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
-    assert resolve_device("cuda:1") == ("cuda:1", torch.float16)
+    auto = resolve_precision("auto", "cuda:1")
+    assert (auto.device, auto.weights) == ("cuda:1", torch.float16)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert resolve_device("auto") == ("cpu", torch.float32)
+    auto = resolve_precision("auto", "auto")
+    assert (auto.device, auto.weights) == ("cpu", torch.float32)
     with pytest.raises(SafetyLabError, match="device: 'cuda' requested but CUDA is not available"):
         resolve_device("cuda")
 

@@ -99,6 +99,8 @@ def _save_tiny(tiny_model_dir, out, scale: float | None = None):
 
 
 def test_the_cache_key_follows_the_weights_dtype_device_and_code(tiny_model_dir, tmp_path, monkeypatch):
+    import dataclasses
+
     import torch
 
     from safety_lab import evaluation, models
@@ -116,10 +118,11 @@ def test_the_cache_key_follows_the_weights_dtype_device_and_code(tiny_model_dir,
     assert cfg.cache_key("m") != key
     monkeypatch.undo()
     assert cfg.cache_key("m") == key
-    monkeypatch.setattr(models, "resolve_device", lambda device=None: ("cpu", torch.bfloat16))
-    assert cfg.cache_key("m") != key
-    monkeypatch.setattr(models, "resolve_device", lambda device=None: ("cuda:0", torch.float32))
-    assert cfg.cache_key("m") != key
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU with bf16: cuda, bf16 weights
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    gpu_bf16 = cfg.cache_key("m")
+    gpu_fp32 = dataclasses.replace(cfg, precision="fp32").cache_key("m")
+    assert len({key, gpu_bf16, gpu_fp32}) == 3  # the device and the weights' dtype are both in the key
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from safety_lab.cli import main
-from safety_lab.models import resolve_device
+from safety_lab.models import resolve_precision
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs" / "multi_gpu.yaml"
@@ -215,7 +215,8 @@ def test_launch_environment(monkeypatch, capsys):
     monkeypatch.setenv("LOCAL_RANK", "1")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert resolve_device("auto") == ("cuda:1", torch.bfloat16)  # one GPU per process
-    assert resolve_device("cuda:0") == ("cuda:0", torch.bfloat16)  # an explicit choice is kept
+    auto, chosen = resolve_precision("auto", "auto"), resolve_precision("auto", "cuda:0")
+    assert (auto.device, auto.weights) == ("cuda:1", torch.bfloat16)  # one GPU per process
+    assert (chosen.device, chosen.weights) == ("cuda:0", torch.bfloat16)  # an explicit choice is kept
     assert main(["report", "--model-name", "anything"]) == 2
     assert "only finetune runs under a multi-process launch (WORLD_SIZE=2)" in capsys.readouterr().err

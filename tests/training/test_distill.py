@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from safety_lab.models import load_model
+from safety_lab.models import load_model, resolve_precision
 from safety_lab.training import distill
 
 PROMPTS = ["What is 2 + 2?", "Name a color.", "Say hello."]
@@ -13,7 +13,7 @@ PROMPTS = ["What is 2 + 2?", "Name a color.", "Say hello."]
 
 @pytest.fixture
 def tiny(tiny_model_dir):
-    return load_model(str(tiny_model_dir), device="cpu")
+    return load_model(str(tiny_model_dir), precision=resolve_precision("auto", "cpu"))
 
 
 @pytest.fixture

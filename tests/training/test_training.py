@@ -41,11 +41,12 @@ def test_lora_training_lowers_validation_loss_and_leaves_the_base_untouched(tiny
 
 
 def test_precision_auto_follows_the_hardware(monkeypatch):
-    assert resolve_device("cpu") == ("cpu", torch.float32)  # the model's weights stay fp32 on a CPU
+    assert resolve_device("cpu") == "cpu"
     for native, chosen in ((True, "bf16"), (False, "fp32")):
         monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda native=native: native)
         precision = resolve_precision("auto", "cpu")
         assert (precision.chosen, precision.bf16_native) == (chosen, native)
+        assert precision.weights == torch.float32  # the model's weights stay fp32 on a CPU
         params = precision.params()
         assert params["precision"] == chosen and params["precision.bf16_native"] == str(native).lower()
         args = sft_config(TrainConfig(device="cpu"), "/tmp/unused", n_val=1)
