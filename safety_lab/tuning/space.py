@@ -13,7 +13,9 @@ from safety_lab.config import TrainConfig, TuneConfig, comma_floats
 def suggest(trial: optuna.Trial, base: TrainConfig, space: TuneConfig) -> TrainConfig:
     """The search space: r, alpha (as a multiple of r), dropout, learning rate."""
     r = trial.suggest_categorical("lora_r", [int(v) for v in comma_floats(space.r_choices, "r_choices")])
-    multiplier = trial.suggest_categorical("alpha_multiplier", comma_floats(space.alpha_multipliers, "alpha_multipliers"))
+    multiplier = trial.suggest_categorical(
+        "alpha_multiplier", comma_floats(space.alpha_multipliers, "alpha_multipliers")
+    )
     lo, hi = comma_floats(space.dropout_range, "dropout_range")
     dropout = trial.suggest_float("lora_dropout", lo, hi)
     lo, hi = comma_floats(space.lr_range, "lr_range")

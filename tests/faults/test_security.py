@@ -103,7 +103,7 @@ def test_the_cache_key_follows_the_weights_dtype_device_and_code(tiny_model_dir,
 
     import torch
 
-    from safety_lab import evaluation, models
+    from safety_lab import evaluation
     from safety_lab.evaluation import EvalConfig
     from safety_lab.registry.record import source_identity as _source_identity
 
