@@ -10,6 +10,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, get_type_hints
 
+from safety_lab import names
 from safety_lab.errors import SafetyLabError, check
 
 
@@ -292,11 +293,7 @@ class RunConfig(_Coerce):
         self._coerce()
         check(bool(self.base_model.strip()), "base_model", "is empty")
         if self.model_name is not None:
-            check(
-                all(c.isalnum() or c in "-_." for c in self.model_name) and self.model_name != "",
-                "model_name",
-                f"may hold letters, digits, '-', '_' and '.' only, got {self.model_name!r}",
-            )
+            names.model_name(self.model_name)
 
 
 # ---------------------------------------------------------------- command lines (pipelines/, python -m safety_lab)
