@@ -19,7 +19,7 @@ FINISHED, the audit run holding the record).
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from mlflow.entities import RunTag
 from mlflow.exceptions import MlflowException
@@ -227,19 +227,6 @@ def _execute(client: MlflowClient, move: Move, forced: bool) -> PromotionResult:
 # --------------------------------------------------------------------------- promote
 
 
-@dataclass(frozen=True)
-class _Request:
-    """A promotion request, normalised: exactly one of version / from_alias, at least one of stage / alias."""
-
-    model_name: str
-    version: str | None
-    from_alias: str | None
-    stage: str | None
-    alias: str | None
-    archive_existing: bool
-    reason: str | None
-
-
 def _norm_version(version: str) -> str:
     text = str(version).strip()
     if text.startswith(("v", "V")) and text[1:].isdigit():
@@ -249,8 +236,8 @@ def _norm_version(version: str) -> str:
     return str(int(text))
 
 
-def _request(model_name, *, version, from_alias, stage, alias, archive_existing, force, reason) -> _Request:
-    """The request normalised, or a one-line error naming the bad field."""
+def _which_version(model_name, version, from_alias) -> tuple[str, str | None, str | None]:
+    """(model_name, version, from_alias) normalised: exactly one of version / from_alias; else a one-line error."""
     model_name = (model_name or "").strip()
     if not model_name:
         raise SafetyLabError("model_name", "is required")
@@ -260,6 +247,11 @@ def _request(model_name, *, version, from_alias, stage, alias, archive_existing,
         raise SafetyLabError(
             "version" if version is None else "from_alias", "give exactly one of --version or --from-alias"
         )
+    return model_name, version, from_alias
+
+
+def _which_targets(stage, alias, archive_existing, force, reason) -> tuple[str | None, str | None, str | None]:
+    """(stage, alias, reason) normalised: at least one of stage / alias; else a one-line error."""
     stage = None if stage is None or not str(stage).strip() else names.stage(stage)
     alias = None if alias is None or not str(alias).strip() else names.alias(alias)
     if stage is None and alias is None:
@@ -272,15 +264,7 @@ def _request(model_name, *, version, from_alias, stage, alias, archive_existing,
     reason = (reason or "").strip() or None
     if force and not reason:
         raise SafetyLabError("reason", "--force needs --reason")
-    return _Request(
-        model_name=model_name,
-        version=version,
-        from_alias=from_alias,
-        stage=stage,
-        alias=alias,
-        archive_existing=bool(archive_existing),
-        reason=reason,
-    )
+    return stage, alias, reason
 
 
 def _find_version(client: MlflowClient, model_name: str, version: str | None, from_alias: str | None):
@@ -322,31 +306,14 @@ def promote(
     A move that did not reach its targets raises SafetyLabError("registry", "... failed part-way ..."); one that
     did, but whose record could not be written, raises RecordNotWritten (its ``result`` is the outcome).
     """
-    req = _request(
-        model_name,
-        version=version,
-        from_alias=from_alias,
-        stage=stage,
-        alias=alias,
-        archive_existing=archive_existing,
-        force=force,
-        reason=reason,
-    )
+    model_name, version, from_alias = _which_version(model_name, version, from_alias)
+    stage, alias, reason = _which_targets(stage, alias, archive_existing, force, reason)
     policy_obj = policy if isinstance(policy, Policy) else load_policy(policy)
     client = _client()
-    rm = registered_model(client, req.model_name)
-    mv = _find_version(client, req.model_name, req.version, req.from_alias)
-    move = check_move(
-        mv,
-        rm,
-        policy=policy_obj,
-        stage=req.stage,
-        alias=req.alias,
-        client=client,
-        from_alias=req.from_alias,
-        archive_existing=req.archive_existing,
-        reason=req.reason,
-    )
+    rm = registered_model(client, model_name)
+    mv = _find_version(client, model_name, version, from_alias)
+    move = check_move(mv, rm, stage=stage, alias=alias, policy=policy_obj, client=client)
+    move = replace(move, from_alias=from_alias, archive_existing=bool(archive_existing), reason=reason)
     if (move.refusals or move.lenient) and not force:
         refused = refusal(move)
         _audit_refusal(client, move, refused)

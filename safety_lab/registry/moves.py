@@ -120,37 +120,15 @@ def _gate(
     return tuple(refusals), rules
 
 
-def check_move(
-    mv,
-    rm,
-    *,
-    policy: Policy,
-    stage: str | None = None,
-    alias: str | None = None,
-    client: MlflowClient | None = None,
-    from_alias: str | None = None,
-    archive_existing: bool = False,
-    reason: str | None = None,
-) -> Move:
+def check_move(mv, rm, *, stage: str | None = None, alias: str | None = None, policy: Policy, client=None) -> Move:
     """The gate's answer for moving version `mv` (of registered model `rm`) into `stage` and/or onto `alias`,
     changing nothing: the move with its verified evidence, the rule each target used, and the refusals (none =
     allowed) and leniency that ``promote`` acts on. The tracking server's gate calls this too."""
     stage = names.stage(stage) if stage else None
     alias = names.alias(alias) if alias else None
     evidence = verify_evidence(mv, policy, client=client or MlflowClient())
-    move = Move(
-        model_name=str(mv.name),
-        mv=mv,
-        rm=rm,
-        policy=policy,
-        evidence=evidence,
-        stage=stage,
-        alias=alias,
-        from_alias=from_alias,
-        archive_existing=archive_existing,
-        reason=reason,
-        lenient=tuple(lenient_changes(policy)),
-    )
+    move = Move(model_name=str(mv.name), mv=mv, rm=rm, policy=policy, evidence=evidence, stage=stage, alias=alias)
+    move.lenient = tuple(lenient_changes(policy))
     move.refusals, move.rules = _gate(policy, move.targets, evidence.status)
     return move
 
