@@ -154,14 +154,14 @@ def _promote(args: dict) -> int:
 
 
 def _lineage(args: dict) -> int:
-    from safety_lab.registry.lifecycle import lineage_tree
+    from safety_lab.registry.views import lineage_tree
 
     print(lineage_tree(from_args(ModelOptions, args).model_name))
     return 0
 
 
 def _report(args: dict) -> int:
-    from safety_lab.registry.lifecycle import format_report, report_rows
+    from safety_lab.registry.views import format_report, report_rows
 
     opts = from_args(ReportOptions, args)
     print(format_report(report_rows(opts.model_name), opts.format))

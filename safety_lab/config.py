@@ -16,6 +16,7 @@ from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 from pydantic.fields import FieldInfo
 
+from safety_lab import names
 from safety_lab.errors import SafetyLabError, check
 
 PRECISIONS = ("auto", "fp32", "bf16")  # a precision request; models.resolve_precision decides what it means here
@@ -316,11 +317,7 @@ class RunConfig(Stage):
     def __post_init__(self):
         _non_empty(self, "base_model")
         if self.model_name is not None:
-            check(
-                all(c.isalnum() or c in "-_." for c in self.model_name) and self.model_name != "",
-                "model_name",
-                f"may hold letters, digits, '-', '_' and '.' only, got {self.model_name!r}",
-            )
+            names.model_name(self.model_name)
 
 
 # ---------------------------------------------------------------- command lines (python -m safety_lab, MLproject)

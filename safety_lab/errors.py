@@ -17,9 +17,11 @@ def check(condition: bool, field: str, problem: str) -> None:
 
 
 def first_line(exc: BaseException, limit: int = 160) -> str:
-    """The first line of an exception's message (its type name when the message is empty), cut to ``limit``."""
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
+    """The first non-empty line of an exception's message (MLflow's `.message` where it has one; the type name when
+    the message is empty), cut to ``limit``."""
+    text = str(getattr(exc, "message", None) or exc)
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:limit]
 
 
 # ---------------------------------------------------------------- interrupts that survive a library's `except`

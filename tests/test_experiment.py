@@ -10,7 +10,7 @@ from safety_lab.cli import main
 from safety_lab.evaluation.specs import METRICS
 from safety_lab.experiment import columns
 from safety_lab.policy import load_policy
-from safety_lab.registry.lifecycle import verify_evidence
+from safety_lab.registry.evidence import verify_evidence
 
 
 def test_experiment_registers_three_versions_and_logs_the_comparison(mlflow_store, tiny_model_dir, capsys):

@@ -16,7 +16,6 @@ import functools
 import hashlib
 import json
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
@@ -33,15 +32,15 @@ from pydantic import (
     model_validator,
 )
 
+from safety_lab import names
 from safety_lab.errors import SafetyLabError
 from safety_lab.evaluation.metrics import wilson_interval
 from safety_lab.evaluation.specs import METRICS
+from safety_lab.names import STAGES
 
 STATUSES: tuple[str, ...] = ("pass", "warn", "fail", "unevaluated")
-STAGES: tuple[str, ...] = ("None", "Staging", "Production", "Archived")
 UNLISTED_ALIAS_RULE = "Staging"  # an alias the gate does not list follows this stage's rule
 _SEVERITY = {"pass": 0, "warn": 1, "unevaluated": 2, "fail": 3}  # an incomplete evaluation is never a pass
-_ALIAS = re.compile(r"^[A-Za-z0-9_-]+$")
 _SUFFIX = {"parent": "_delta", "base": "_delta_vs_base"}
 
 Status = Literal["pass", "warn", "fail", "unevaluated"]
@@ -114,14 +113,16 @@ class Requirement(BaseModel):
 
 
 def _canonical_target(target: Any) -> str:
-    """'production' -> 'Production'; YAML's null -> 'None'; alias names kept as written."""
+    """'production' -> 'Production'; YAML's null -> 'None'; an alias as `names.alias` reads it."""
     name = "None" if target is None else str(target).strip()
-    folded = {s.lower(): s for s in STAGES}
-    if name.lower() in folded:
-        return folded[name.lower()]
-    if not _ALIAS.match(name):
-        raise ValueError(f"gate key {name!r} is neither a stage ({', '.join(STAGES)}) nor an alias name")
-    return name
+    stage = names.folded_stage(name)
+    if stage is not None:
+        return stage
+    try:
+        return names.alias(name)
+    except SafetyLabError as exc:
+        stages = ", ".join(STAGES)
+        raise ValueError(f"gate key {name!r} is neither a stage ({stages}) nor an alias name: {exc.problem}") from None
 
 
 class Policy(BaseModel):
@@ -387,16 +388,12 @@ def gate_rule(policy: Policy, target: str, *, alias: bool | None = None) -> tupl
     takes every gate entry that equals it ignoring case, and the strictest of them; an unlisted one follows
     the Staging rule.
     """
-    name = "None" if target is None else str(target).strip()
-    folded_stages = {s.lower(): s for s in STAGES}
     if alias is None:
-        alias = name.lower() not in folded_stages
+        alias = names.folded_stage(target) is None
     if not alias:
-        if name.lower() not in folded_stages:
-            raise SafetyLabError("stage", f"unknown stage {target!r} (known: {', '.join(STAGES)})")
-        stage = folded_stages[name.lower()]
+        stage = names.stage(target)
         return tuple(policy.gate[stage]), stage
-    name = name.removeprefix("@")
+    name = names.alias(target)
     entries = [k for k in policy.gate if k not in STAGES and k.casefold() == name.casefold()]
     if not entries:
         return tuple(policy.gate[UNLISTED_ALIAS_RULE]), UNLISTED_ALIAS_RULE

@@ -14,6 +14,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from safety_lab import names
 from safety_lab.errors import SafetyLabError, first_line
 from safety_lab.models.base import resolve_precision
 from safety_lab.models.generation import generate
@@ -24,7 +25,6 @@ UNEVALUATED = "unevaluated"
 
 
 MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")  # logged as code (models-from-code): no pickle
-_NAME = re.compile(r"^[A-Za-z0-9._-]{1,255}$")
 MAX_NEW_TOKENS = 128
 
 
@@ -112,16 +112,9 @@ def requirements() -> list[str]:
     ]
 
 
-def check_model_name(name: str) -> str:
-    """Registered model names: letters, digits, '.', '_', '-' (so search filters built from them cannot break)."""
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise SafetyLabError("model_name", f"may hold letters, digits, '-', '_' and '.' only, got {name!r}")
-    return name
-
-
 def register(model_uri: str, name: str, *, tags: dict[str, str], description: str):
     """Create the version with all its tags in one call; if the description can't be set, remove the version."""
-    check_model_name(name)
+    names.model_name(name)
     client = MlflowClient()
     _ensure_registered_model(client, name)
     model_id = model_uri.split("models:/", 1)[1] if model_uri.startswith("models:/m-") else None  # a server needs it
@@ -160,7 +153,7 @@ def _ensure_registered_model(client: MlflowClient, name: str) -> None:
 def find_versions(name: str, tags: dict[str, str]) -> list:
     """Versions of `name` carrying all of `tags` (e.g. one study's registration, to avoid duplicates). A lookup that
     fails raises: it is never read as "no versions" (a duplicate check would then pass on a server error)."""
-    check_model_name(name)
+    names.model_name(name)
     try:
         versions = MlflowClient().search_model_versions(f"name = '{name}'")
     except MlflowException as exc:

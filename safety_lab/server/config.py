@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from safety_lab.errors import SafetyLabError
-from safety_lab.policy import STAGES
+from safety_lab.names import STAGES, folded_stage
 
 CONFIG_ENV = "SAFETY_LAB_GATE_CONFIG"
 DEFAULT_ENVIRONMENTS = {"prod-*": "Production", "*-prod": "Production", "staging-*": "Staging"}
@@ -38,11 +38,10 @@ class GateConfig(BaseModel):
     @field_validator("environments")
     @classmethod
     def _stages(cls, value: dict[str, str]) -> dict[str, str]:
-        folded = {s.lower(): s for s in STAGES}
-        bad = [v for v in value.values() if str(v).lower() not in folded]
+        bad = [v for v in value.values() if folded_stage(v) is None]
         if bad:
             raise ValueError(f"{bad[0]!r} is not a stage ({', '.join(STAGES)})")
-        return {k: folded[str(v).lower()] for k, v in value.items()}
+        return {k: folded_stage(v) for k, v in value.items()}
 
     def environment_of(self, model_name: str) -> str | None:
         """The stage whose rule a copy into `model_name` follows (the first pattern that matches), else None."""

@@ -1,6 +1,6 @@
 """One decision per gated request: allowed, allowed and audited as a move, or refused with a one-line reason.
 
-Stage and alias moves go through ``lifecycle.check_move``, the same check ``promote`` makes. A copy into another
+Stage and alias moves go through ``registry.moves.check_move``, the same check ``promote`` makes. A copy into another
 registered model (a ``models:/`` source: the UI's "Promote model") is checked against the rule of the environment
 that model belongs to, and the copy starts ``unevaluated``: its own evaluation writes its safety tags.
 """
@@ -17,7 +17,7 @@ from safety_lab.errors import SafetyLabError
 from safety_lab.models import parse_uri
 from safety_lab.policy import Policy
 from safety_lab.registry import UNEVALUATED
-from safety_lab.registry.lifecycle import check_move, refusal_message
+from safety_lab.registry.moves import check_move, refusal_message
 from safety_lab.server import records
 from safety_lab.server.audit import OVERRIDE_REASON
 from safety_lab.server.config import GateConfig

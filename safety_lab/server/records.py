@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from safety_lab.policy import Policy, decide
 from safety_lab.registry import UNEVALUATED
-from safety_lab.registry.lifecycle import verify_evidence
+from safety_lab.registry.evidence import verify_evidence
 from safety_lab.registry.record import SafetyTags, metric_tags_of
 
 _FROM_RUN_TAG = {  # version tag -> the evaluation run's tag it must equal

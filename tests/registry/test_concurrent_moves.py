@@ -12,8 +12,10 @@ from mlflow.tracking import MlflowClient
 from safety_lab.cli import EXIT_MOVED_UNRECORDED, main
 from safety_lab.errors import SafetyLabError
 from safety_lab.registry import lifecycle, writes
-from safety_lab.registry.lifecycle import AUDIT_EXPERIMENT, RecordNotWritten, lineage_tree, promote
+from safety_lab.registry.audit import AUDIT_EXPERIMENT
+from safety_lab.registry.lifecycle import RecordNotWritten, promote
 from safety_lab.registry.overrides import override_history
+from safety_lab.registry.views import lineage_tree
 
 # What a tracking server answers when two requests insert the same version tag at once (mlflow/mlflow#8442).
 SQLITE_RACE = (

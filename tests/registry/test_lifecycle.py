@@ -19,17 +19,11 @@ from safety_lab.errors import SafetyLabError
 from safety_lab.evaluation import EvalConfig, EvalReport, SuiteResult
 from safety_lab.policy import fingerprint, load_policy
 from safety_lab.registry import record
-from safety_lab.registry.lifecycle import (
-    AUDIT_EXPERIMENT,
-    REPORT_COLUMNS,
-    GateRefused,
-    format_report,
-    lineage_tree,
-    promote,
-    report_rows,
-    verify_evidence,
-)
+from safety_lab.registry.audit import AUDIT_EXPERIMENT
+from safety_lab.registry.evidence import verify_evidence
+from safety_lab.registry.lifecycle import GateRefused, promote
 from safety_lab.registry.overrides import override_history
+from safety_lab.registry.views import REPORT_COLUMNS, format_report, lineage_tree, report_rows
 
 REAL_LOG_CARD = record._log_card  # the fixtures stub it out; one test renders the card
 

@@ -82,7 +82,7 @@ def test_a_toy_suite_reaches_the_version_tags_and_the_report(mlflow_store, monke
 
     from safety_lab.evaluation import EvalConfig
     from safety_lab.registry import record
-    from safety_lab.registry.lifecycle import format_report, report_rows
+    from safety_lab.registry.views import format_report, report_rows
 
     monkeypatch.setattr(METRICS, "_specs", dict(METRICS._specs))
     monkeypatch.setattr(suites.SUITES, "_items", dict(suites.SUITES._items))

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from safety_lab.registry.lifecycle import AUDIT_EXPERIMENT
+from safety_lab.registry.audit import AUDIT_EXPERIMENT
 from safety_lab.registry.overrides import override_history
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]

@@ -26,7 +26,7 @@ from mlflow.tracking import MlflowClient
 
 from safety_lab.evaluation import EvalConfig, EvalReport, SuiteResult
 from safety_lab.registry import record
-from safety_lab.registry.lifecycle import AUDIT_EXPERIMENT
+from safety_lab.registry.audit import AUDIT_EXPERIMENT
 from safety_lab.registry.overrides import override_history
 
 pytestmark = pytest.mark.server
