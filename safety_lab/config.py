@@ -158,6 +158,14 @@ class TrainConfig(_Coerce):
             "decided in the opening tokens, and shorter rows make each step cheaper"
         ),
     )
+    frozen_cache: bool = field(
+        default=True,
+        **_help(
+            "run the decoder layers below the lowest adapter once per row and reuse their output across epochs and "
+            "trials (exact; ignored when adapters cover the bottom layer, e.g. lora_layer_share=1, or when those "
+            "layers have dropout)"
+        ),
+    )
     eval_every: int = field(default=25, **_help("steps between validation losses (these feed the pruner)"))
     seed: int = field(default=0, **_help("seed for LoRA init and data order"))
     device: str = field(default="auto", **_help("auto, cpu or cuda[:n]; precision follows the device"))
