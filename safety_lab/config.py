@@ -159,11 +159,11 @@ class TrainConfig(_Coerce):
         ),
     )
     frozen_cache: bool = field(
-        default=True,
+        default=False,
         **_help(
             "run the decoder layers below the lowest adapter once per row and reuse their output across epochs and "
-            "trials (exact; ignored when adapters cover the bottom layer, e.g. lora_layer_share=1, or when those "
-            "layers have dropout)"
+            "trials (exact; off by default: no faster per step on a 2-core CPU, bench/frozen_cache.py; ignored when "
+            "adapters cover the bottom layer, e.g. lora_layer_share=1, or when those layers have dropout)"
         ),
     )
     eval_every: int = field(default=25, **_help("steps between validation losses (these feed the pruner)"))

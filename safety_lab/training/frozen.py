@@ -14,6 +14,8 @@ from contextlib import contextmanager
 
 import torch
 
+from safety_lab import flops
+
 # base model -> {(frozen layers, autocast dtype, token ids): hidden states [tokens, hidden]}
 _STORES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -55,8 +57,9 @@ class _FrozenPrefix(torch.nn.Module):
     """Stands in for decoder layers 0..n-1: a batch whose rows are all stored is answered from the store; otherwise
     the original layers run on the whole batch, as without the cache, and each row's slice is stored."""
 
-    def __init__(self, layers: list[torch.nn.Module], store: dict):
+    def __init__(self, layers: list[torch.nn.Module], store: dict, config):
         super().__init__()
+        self.config = config
         self._layers = list(layers)  # not submodules: the model's parameter names stay as they are
         self._store = store
         self.input_ids: torch.Tensor | None = None
@@ -79,12 +82,21 @@ class _FrozenPrefix(torch.nn.Module):
         flat = ids[0].tolist()
         return [(s, e, (len(self._layers), precision, tuple(flat[s:e]))) for s, e in bounds]
 
+    def _count(self, hidden_states: torch.Tensor) -> None:
+        """The bottom layers' forward FLOPs towards the open stage (`flops.record`), as the uncached model's."""
+        device = hidden_states.device.type
+        bf16 = torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.bfloat16
+        lengths = [hidden_states.shape[1]] * hidden_states.shape[0]
+        done = flops.forward_flops(self.config, lengths, layers=len(self._layers), head_tokens=0)
+        flops.record(done, "bf16" if bf16 else "fp32")
+
     def forward(self, hidden_states, *args, position_ids=None, **kwargs):
         rows = self._rows(hidden_states, position_ids)
         if rows is not None and all(key in self._store for _, _, key in rows):
             return torch.cat([self._store[key] for _, _, key in rows]).unsqueeze(0)
         for layer in self._layers:
             hidden_states = layer(hidden_states, *args, position_ids=position_ids, **kwargs)
+        self._count(hidden_states)
         for start, end, key in rows or ():
             self._store.setdefault(key, hidden_states[0, start:end].detach().clone())
         return hidden_states
@@ -100,7 +112,7 @@ def frozen_prefix(model: torch.nn.Module, n_frozen: int, store: dict):
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     decoder = base.get_decoder()
     originals = [decoder.layers[i] for i in range(n_frozen)]
-    prefix = _FrozenPrefix(originals, store)
+    prefix = _FrozenPrefix(originals, store, base.config)
     hook = decoder.register_forward_pre_hook(prefix.see_ids, with_kwargs=True)
     for i in range(n_frozen):
         decoder.layers[i] = prefix if i == 0 else _Skip()
