@@ -7,7 +7,6 @@ import json
 import os
 import platform
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -15,19 +14,11 @@ OUT = Path(os.environ.get("SAFETY_LAB_BENCH_OUT") or ROOT / "bench" / "out")  # 
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from safety_lab.flops import cpu_model, probe_peak  # noqa: E402
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def machine() -> dict:
@@ -54,15 +45,7 @@ def matmul_peak_gflops(n: int = 2048, seconds: float = 2.0, dtype=None) -> float
     """torch.mm peak (GFLOP/s, fp32 unless dtype): the best of several timed repeats of an n x n x n product."""
     import torch
 
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    for _ in range(3):  # warm-up: thread pool, caches
-        torch.mm(a, b)
-    best, end = float("inf"), time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        start = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best / 1e9
+    return probe_peak("bf16" if dtype == torch.bfloat16 else "fp32", n=n, seconds=seconds)
 
 
 def save(bench: str, quick: bool, results: dict) -> None:

@@ -215,6 +215,12 @@ class TrainConfig(Stage):
         description="train on the first N tokens of each answer only (none = whole answers): answering or refusing "
         "is decided in the opening tokens, and shorter rows make each step cheaper",
     )
+    frozen_cache: bool = Field(
+        False,
+        description="run the decoder layers below the lowest adapter once per row and reuse their output across "
+        "epochs and trials (exact; off by default: no faster per step on a 2-core CPU, bench/frozen_cache.py; "
+        "ignored when adapters cover the bottom layer, e.g. lora_layer_share=1, or when those layers have dropout)",
+    )
     eval_every: int = Field(25, ge=1, description="steps between validation losses (these feed the pruner)")
     seed: int = Field(0, description="seed for LoRA init and data order")
     device: str = Field("auto", description="auto, cpu or cuda[:n]")

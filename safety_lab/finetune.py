@@ -12,7 +12,7 @@ from pathlib import Path
 import mlflow
 import yaml
 
-from safety_lab import distributed, registry
+from safety_lab import distributed, flops, registry
 from safety_lab.config import DataConfig, RunConfig, TrainConfig, TuneConfig, param_key, to_params
 from safety_lab.data import (
     DATASETS,
@@ -52,28 +52,58 @@ from safety_lab.tuning import (
 
 @dataclass
 class Timings:
-    """Wall time per stage; logged as timing.<stage> metrics and printed at the end, with the total since creation
-    (stages nest, e.g. eval_asr inside evaluation, so the total is not their sum)."""
+    """Wall time and FLOPs per stage; logged as timing.<stage>, flops.<stage>, gflops_per_s.<stage> and
+    peak_share.<stage> metrics and printed at the end, with the total since creation (stages nest, e.g. eval_asr
+    inside evaluation, so the total is not their sum). The peak share is the time this machine's matmul peak would
+    need for the stage's FLOPs (`flops.peak_gflops`, each precision at its own peak) over the stage's wall time."""
 
     stages: dict[str, float] = field(default_factory=dict)
+    work: dict[str, flops.Work] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
 
     @contextmanager
     def stage(self, name: str):
         start = time.perf_counter()
         try:
-            yield
+            with flops.tally(self.work.setdefault(name, flops.Work())):
+                yield
         finally:
             self.stages[name] = self.stages.get(name, 0.0) + time.perf_counter() - start
 
+    def rates(self) -> dict[str, dict[str, float]]:
+        """Per stage that counted FLOPs: flops, gflops_per_s and peak_share."""
+        out = {}
+        for name, work in self.work.items():
+            seconds = self.stages.get(name, 0.0)
+            if work.total() and seconds > 0:
+                out[name] = {
+                    "flops": float(work.total()),
+                    "gflops_per_s": work.total() / seconds / 1e9,
+                    "peak_share": work.peak_seconds() / seconds,
+                }
+        return out
+
     def log(self) -> None:
-        mlflow.log_metrics({f"timing.{k}": round(v, 3) for k, v in {**self.stages, "total": self.total()}.items()})
+        metrics = {f"timing.{k}": round(v, 3) for k, v in {**self.stages, "total": self.total()}.items()}
+        metrics.update({f"{key}.{name}": value for name, rate in self.rates().items() for key, value in rate.items()})
+        mlflow.log_metrics(metrics)
 
     def total(self) -> float:
         return time.perf_counter() - self.started
 
     def format(self) -> str:
-        return "  ".join(f"{k}={v:.1f}s" for k, v in self.stages.items()) + f"  total={self.total():.1f}s"
+        rates = self.rates()
+
+        def one(name: str, seconds: float) -> str:
+            rate = rates.get(name)
+            if rate is None:
+                return f"{name}={seconds:.1f}s"
+            return (
+                f"{name}={seconds:.1f}s ({rate['flops'] / 1e12:.2f} TFLOP, {rate['gflops_per_s']:.1f} GFLOP/s, "
+                f"{rate['peak_share']:.0%} of peak)"
+            )
+
+        return "  ".join(one(k, v) for k, v in self.stages.items()) + f"  total={self.total():.1f}s"
 
 
 @dataclass(frozen=True)

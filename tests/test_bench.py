@@ -16,6 +16,7 @@ SCRIPTS = [
     "end_to_end.py",
     "judge_agreement.py",
     "generalisation.py",
+    "frozen_cache.py",
 ]
 
 

@@ -12,6 +12,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers.cache_utils import Cache
 
+from safety_lab import flops
 from safety_lab.compat import in_place_layer
 
 DROP_SHARE = 8  # drop finished rows once they are >= 1/8 of the batch (each drop copies the cache once)
@@ -193,6 +194,9 @@ def decode_ids(
         )
         for i, out in zip(batch, outs):
             results[i] = out
+    prompts = [len(e) for e in own]
+    work = flops.generation_flops(model.config, prompts, [len(r.ids) for r in results])
+    flops.record(work + (flops.forward_flops(model.config, [shared], head_tokens=0) if prefix else 0), "fp32")
     return results
 
 

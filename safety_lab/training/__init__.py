@@ -12,11 +12,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from safety_lab import distributed
+from safety_lab import distributed, flops
 from safety_lab.compat import fused_head_on_labelled_positions
 from safety_lab.config import TrainConfig
 from safety_lab.data import to_conversation
 from safety_lab.models import resolve_precision
+from safety_lab.training.frozen import frozen_layer_count, frozen_prefix, store_for
 
 logging.getLogger("transformers.trainer").setLevel(logging.WARNING)
 
@@ -176,24 +177,65 @@ def train_lora(
             if on_eval is not None:
                 on_eval(step, loss)
 
-        if initial_eval_loss is not None:
-            result.initial_eval_loss = initial_eval_loss
-        elif val_rows:  # the baseline, before the callback sees evaluations
-            result.initial_eval_loss = float(trainer.evaluate()["eval_loss"])
-        trainer.add_callback(_report_callback(_eval, on_log))
-        start = time.perf_counter()
-        out_train = trainer.train()
-        result.seconds = time.perf_counter() - start
-        result.train_loss = float(out_train.training_loss)
-        result.train_tokens = int(trainer.state.num_input_tokens_seen or 0)
-        if val_rows:
-            last = result.eval_losses[-1] if result.eval_losses else None
-            fresh = last is not None and last[0] == trainer.state.global_step
-            result.final_eval_loss = last[1] if fresh else float(trainer.evaluate()["eval_loss"])
+        n_frozen = _frozen_layers(cfg, trainer.model, padding_free)
+        count_flops(trainer, cfg, n_frozen)
+        with frozen_prefix(trainer.model, n_frozen, store_for(model)):
+            _run(trainer, result, _eval, on_log, initial_eval_loss, bool(val_rows))
         # Mixed precision patches the model's forward with bf16 autocast; without unwrapping, every later use of the
         # trained model (the reload check, in-loop evaluations) would run in bf16 too. Evaluation stays fp32.
         result.model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False).eval()
     return result
+
+
+def _run(trainer, result: TrainResult, on_eval, on_log, initial_eval_loss: float | None, validate: bool) -> None:
+    """Train, with the validation loss before (unless given) and after; fills `result`'s losses, time and tokens."""
+    if initial_eval_loss is not None:
+        result.initial_eval_loss = initial_eval_loss
+    elif validate:  # the baseline, before the callback sees evaluations
+        result.initial_eval_loss = float(trainer.evaluate()["eval_loss"])
+    trainer.add_callback(_report_callback(on_eval, on_log))
+    start = time.perf_counter()
+    out_train = trainer.train()
+    result.seconds = time.perf_counter() - start
+    result.train_loss = float(out_train.training_loss)
+    result.train_tokens = int(trainer.state.num_input_tokens_seen or 0)
+    if validate:
+        last = result.eval_losses[-1] if result.eval_losses else None
+        fresh = last is not None and last[0] == trainer.state.global_step
+        result.final_eval_loss = last[1] if fresh else float(trainer.evaluate()["eval_loss"])
+
+
+def count_flops(trainer, cfg: TrainConfig, n_frozen: int) -> None:
+    """Record each `compute_loss` call's FLOPs (`flops.training_flops`; forward only in evaluation) towards the open
+    stage: the head on labelled positions, the layers above the `n_frozen` the frozen-prefix cache stands in for
+    (it records those itself when it runs them), input gradients down to the lowest adapter."""
+    config = trainer.model.get_base_model().config
+    n_layers = config.num_hidden_layers
+    adapted = cfg.layers(n_layers) or [0]
+    precision = resolve_precision(cfg.precision, cfg.device).chosen
+    compute_loss = trainer.compute_loss
+
+    @functools.wraps(compute_loss)
+    def compute_loss_counted(model, inputs, *args, **kwargs):
+        ids, labels = inputs["input_ids"], inputs.get("labels")
+        lengths = [ids.shape[1]] * ids.shape[0]
+        head = int((labels[:, 1:] != -100).sum()) if labels is not None else sum(lengths)
+        backward = n_layers - min(adapted) if model.training else 0
+        run = n_layers - n_frozen
+        flops.record(flops.training_flops(config, lengths, run=run, backward=backward, head_tokens=head), precision)
+        return compute_loss(model, inputs, *args, **kwargs)
+
+    trainer.compute_loss = compute_loss_counted
+
+
+def _frozen_layers(cfg: TrainConfig, peft_model, padding_free: bool) -> int:
+    """Bottom decoder layers served from the frozen-prefix cache (0: the cache is off or cannot serve this run)."""
+    if not cfg.frozen_cache:
+        return 0
+    base = peft_model.get_base_model()
+    n_layers = getattr(base.config, "num_hidden_layers", None)
+    adapted = cfg.layers(n_layers) if n_layers else None
+    return frozen_layer_count(base, adapted, padding_free=padding_free)
 
 
 def lora_config(cfg: TrainConfig, model: torch.nn.Module):
