@@ -183,3 +183,16 @@ def test_metric_specs_are_data_that_import_nothing_heavy():
         "import safety_lab.policy, safety_lab.reporting.tables"
     )
     assert _loaded_after(code) == set()
+
+
+def test_the_registry_imports_nothing_from_reporting():
+    """registry <- reporting: the registry writes what reporting rendered, never renders (or imports a renderer)."""
+    graph = import_graph(PACKAGE)
+    upward = {
+        f"{source} -> {target}"
+        for source, targets in graph.items()
+        if source.startswith("safety_lab.registry")
+        for target in targets
+        if target.startswith("safety_lab.reporting")
+    }
+    assert upward == set(), f"registry modules import reporting: {sorted(upward)}"
