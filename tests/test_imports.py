@@ -1,4 +1,5 @@
-"""Imports flow one way (data -> models -> training -> tuning -> evaluation -> policy -> registry -> cli).
+"""Imports flow one way: no cycle between modules or between parts of safety_lab; the registry imports nothing
+from reporting (README, "Architecture").
 
 A walk of every `import` in safety_lab with `ast`, function-local ones included (they only hide a cycle until the
 function runs); imports under `if TYPE_CHECKING:` never run and are left out."""
