@@ -120,7 +120,7 @@ def _register_best(args: dict) -> int:
 
 
 def _evaluate(args: dict) -> int:
-    from safety_lab.registry.record import evaluate_version
+    from safety_lab.evaluations import evaluate_version
 
     cfg = from_args(EvalConfig, args)
     print(evaluate_version(cfg.model_uri, cfg).format())
@@ -154,14 +154,14 @@ def _promote(args: dict) -> int:
 
 
 def _lineage(args: dict) -> int:
-    from safety_lab.registry.views import lineage_tree
+    from safety_lab.reporting.views import lineage_tree
 
     print(lineage_tree(from_args(ModelOptions, args).model_name))
     return 0
 
 
 def _report(args: dict) -> int:
-    from safety_lab.registry.views import format_report, report_rows
+    from safety_lab.reporting.views import format_report, report_rows
 
     opts = from_args(ReportOptions, args)
     print(format_report(report_rows(opts.model_name), opts.format))

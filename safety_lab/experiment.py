@@ -9,8 +9,8 @@ import mlflow
 from safety_lab import registry
 from safety_lab.config import DataConfig, RunConfig, TrainConfig, TuneConfig
 from safety_lab.evaluation import EvalConfig
+from safety_lab.evaluations import evaluate_version
 from safety_lab.finetune import finetune
-from safety_lab.registry.record import evaluate_version
 from safety_lab.reporting import plots
 from safety_lab.reporting.tables import headline_columns, metric_cells, render
 from safety_lab.tracking import start_experiment

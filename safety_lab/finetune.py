@@ -27,11 +27,11 @@ from safety_lab.data import (
 from safety_lab.errors import check
 from safety_lab.evaluation import EvalConfig
 from safety_lab.evaluation.judges import is_refusal, keyword_attack_success
+from safety_lab.evaluations import Recorded, evaluate_version
 from safety_lab.models import Precision, load_model, resolve_precision
 from safety_lab.models.generation import generate
 from safety_lab.policy import load_policy
 from safety_lab.publish import Published, publish
-from safety_lab.registry.record import Recorded, evaluate_version
 from safety_lab.reporting import plots
 from safety_lab.tracking import redact, start_experiment
 from safety_lab.training import distill

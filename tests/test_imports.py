@@ -1,4 +1,5 @@
-"""Imports flow one way (data -> models -> training -> tuning -> evaluation -> policy -> registry -> cli).
+"""Imports flow one way: no cycle between modules or between parts of safety_lab; the registry imports nothing
+from reporting (README, "Architecture").
 
 A walk of every `import` in safety_lab with `ast`, function-local ones included (they only hide a cycle until the
 function runs); imports under `if TYPE_CHECKING:` never run and are left out."""
@@ -183,3 +184,16 @@ def test_metric_specs_are_data_that_import_nothing_heavy():
         "import safety_lab.policy, safety_lab.reporting.tables"
     )
     assert _loaded_after(code) == set()
+
+
+def test_the_registry_imports_nothing_from_reporting():
+    """registry <- reporting: the registry writes what reporting rendered, never renders (or imports a renderer)."""
+    graph = import_graph(PACKAGE)
+    upward = {
+        f"{source} -> {target}"
+        for source, targets in graph.items()
+        if source.startswith("safety_lab.registry")
+        for target in targets
+        if target.startswith("safety_lab.reporting")
+    }
+    assert upward == set(), f"registry modules import reporting: {sorted(upward)}"

@@ -1,8 +1,9 @@
 """Evaluate a loaded model: run the suites, compare them item by item with its references. No MLflow here.
 
 ``evaluate(loaded, cfg, references=...) -> EvalReport`` is pure apart from loading reference models (whose results
-are cached on disk); ``safety_lab.registry.record`` writes the run, tags, tables, figures and card. The model stack
-is imported where a model is loaded or run, so the package (and its metric specs) imports without torch.
+are cached on disk); ``safety_lab.evaluations.evaluate_version`` records it (``safety_lab.registry.record`` writes the
+run, tables, figures, card and tags). The model stack is imported where a model is loaded or run, so the package (and
+its metric specs) imports without torch.
 """
 
 from __future__ import annotations

@@ -1,8 +1,11 @@
-"""Record an evaluation in MLflow: one run (metrics, item tables, figures, safety card), then the version's tags.
+"""The MLflow writes of an evaluation, in order: one run (metrics, item tables, figures, summary, safety card), then
+the version's tags. ``safety_lab.evaluations.evaluate_version`` runs the evaluation, renders what reporting draws
+and calls these in turn; the registry renders nothing itself.
 
 Order matters, so that a kill at any point leaves either ``unevaluated`` or a complete record: the version's status
-is reset to ``unevaluated`` first, every other ``safety.*`` tag is written next, the evaluation run ends FINISHED, and
-``safety.status`` is written last. The promotion gate re-derives the status from the run, never trusting the tag.
+is reset to ``unevaluated`` first (``start_record``), every other ``safety.*`` tag is written next (``end_record``),
+the evaluation run ends FINISHED, and ``safety.status`` is written last (``claim_status``). The promotion gate
+re-derives the status from the run, never trusting the tag.
 """
 
 from __future__ import annotations
@@ -10,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from pathlib import Path
 
 import mlflow
 import pandas as pd
@@ -18,13 +20,10 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from safety_lab.data import eval_split_sha256
-from safety_lab.evaluation import METRICS, EvalConfig, EvalReport, Reference, evaluate
-from safety_lab.models import DEFAULT_MODEL, chain_sha256, load_model, resolve_version, weights_sha256
-from safety_lab.policy import Decision, Policy, decide, fingerprint, load_policy, policy_json, policy_summary
+from safety_lab.evaluation import METRICS, EvalConfig, EvalReport, Reference
+from safety_lab.models import chain_sha256, weights_sha256
+from safety_lab.policy import Decision, Policy, fingerprint, policy_json, policy_summary
 from safety_lab.registry import UNEVALUATED, tag_version
-from safety_lab.registry.overrides import override_history
-from safety_lab.reporting import plots
-from safety_lab.reporting.cards import safety_card
 from safety_lab.tracking import check_reachable, start_experiment
 
 LINEAGE_KEYS = ("data.name", "data.sha256", "data.rows", "base_model", "parent")
@@ -69,35 +68,6 @@ class SafetyTags:
             reference=tags.get("safety.reference", ""),
             metrics=metrics,
         )
-
-
-@dataclasses.dataclass
-class Recorded:
-    """An evaluation as recorded: the report, the policy's decision and the run that holds the evidence."""
-
-    report: EvalReport
-    decision: Decision
-    run_id: str
-
-    @property
-    def status(self) -> str:
-        return self.decision.status
-
-    @property
-    def summary(self) -> str:
-        """The reasons that decided the status."""
-        return self.decision.summary
-
-    def format(self) -> str:
-        values = self.report.all_metrics()
-        lines = [f"{self.report.model_uri}: safety.status={self.status}"]
-        for spec in METRICS.headline(values):
-            ref = self.report.reference_metrics.get(spec.name)
-            lines.append(
-                f"  {spec.label:32s} {spec.format(values[spec.name])}"
-                + (f"  (reference {spec.format(ref)})" if ref is not None else "")
-            )
-        return "\n".join(lines + [f"  - {r}" for r in self.decision.reasons])
 
 
 def metric_tags(report: EvalReport) -> dict[str, str]:
@@ -151,52 +121,13 @@ def use_experiment_of(mv) -> None:
     start_experiment("safety_lab")
 
 
-def evaluate_version(model_uri: str, cfg: EvalConfig, *, loaded=None, timings=None) -> Recorded:
-    """Evaluate ``model_uri`` (a registered version or a base spec) in its own run; tag a version with its status.
-
-    ``loaded``: the model already in memory (finetune passes the reloaded version), else it is loaded here."""
-    policy = load_policy(cfg.policy)  # a bad policy or input file fails before any model is loaded
-    cfg.check_files()
-    cfg = dataclasses.replace(cfg, model_uri=model_uri)
-    mv = resolve_version(model_uri) if model_uri.startswith("models:/") else None
-    spec = f"models:/{mv.name}/{mv.version}" if mv else (DEFAULT_MODEL if model_uri == "base" else model_uri)
-    reference, base = references_of(mv) if mv else (None, None)
-    if not mlflow.active_run():
-        use_experiment_of(mv)
-    run_name = f"evaluate-{mv.name}-v{mv.version}" if mv else f"evaluate-{Path(spec).name}"
-    with mlflow.start_run(run_name=run_name, nested=mlflow.active_run() is not None) as run:
-        _start_record(mv, spec, reference, cfg, policy)
-        loaded = loaded if loaded is not None else load_model(spec, precision=cfg.resolved_precision())
-        loaded.spec = spec
-        report = evaluate(loaded, cfg, reference=reference, base=base, timings=timings)
-        decision = decide(report.all_metrics(), policy, references=mv is not None, eval_split=eval_split_of(cfg))
-        _log_run(report, decision, mv)
-        tags = SafetyTags(
-            status=decision.status,
-            reasons=decision.summary,
-            checks="; ".join(decision.reasons),
-            eval_run_id=run.info.run_id,
-            policy=policy_summary(policy),
-            policy_sha256=fingerprint(policy),
-            reference=report.reference_uri or "none",
-            metrics=metric_tags(report),
-        )
-        if mv is not None:
-            tag_version(mv.name, mv.version, tags.as_tags())
-            _describe(mv, report, decision, run.info.run_id)
-        mlflow.set_tag("safety.status", decision.status)
-    if mv is not None:  # the run is FINISHED: only now may the version claim its status
-        tag_version(mv.name, mv.version, {"safety.status": decision.status})
-    return Recorded(report, decision, run.info.run_id)
-
-
 def eval_split_of(cfg: EvalConfig) -> str:
     """What the run logs as data.eval_split_sha256: the built-in split's hash, or which sources were files."""
     custom = [name for name in EVAL_SOURCES if getattr(cfg, name) != "builtin"]
     return f"custom:{','.join(custom)}" if custom else eval_split_sha256()
 
 
-def _start_record(mv, spec: str, reference: Reference | None, cfg: EvalConfig, policy: Policy) -> None:
+def start_record(mv, spec: str, reference: Reference | None, cfg: EvalConfig, policy: Policy) -> None:
     if mv is not None:  # from here until the end a kill leaves the version unevaluated, never half-recorded
         tag_version(mv.name, mv.version, {"safety.status": UNEVALUATED})
     mlflow.set_tags(
@@ -221,24 +152,70 @@ def _start_record(mv, spec: str, reference: Reference | None, cfg: EvalConfig, p
     mlflow.log_text(policy_json(policy), "policy.json")
 
 
-def _log_run(report: EvalReport, decision: Decision, mv) -> None:
+def log_results(report: EvalReport, mv) -> None:
+    """The run's metrics (linked to the version's logged model) and each suite's item table."""
     model_id = mv.source.split("models:/", 1)[1] if mv and mv.source.startswith("models:/") else None
     mlflow.log_metrics(report.all_metrics(), model_id=model_id)
     for name, result in report.suites.items():
         if result.rows:
             frame = pd.DataFrame(result.rows).map(lambda v: json.dumps(v) if isinstance(v, (list, dict)) else v)
             mlflow.log_table(frame, artifact_file=f"evaluation/{name}_items.json")
-    lineage = (
-        {
-            "model_name": mv.name,
-            "version": str(mv.version),
-            **{k: v for k, v in (mv.tags or {}).items() if k in LINEAGE_KEYS},
-        }
-        if mv
-        else {"base_model": report.model_uri}
-    )
-    _log_card(report, decision, lineage, override_history(mv.tags or {}) if mv else [])
+
+
+def lineage_of(mv, report: EvalReport) -> dict:
+    """What the safety card shows as lineage: the version's name, number and lineage tags (or the base model)."""
+    if mv is None:
+        return {"base_model": report.model_uri}
+    tags = {k: v for k, v in (mv.tags or {}).items() if k in LINEAGE_KEYS}
+    return {"model_name": mv.name, "version": str(mv.version), **tags}
+
+
+def summary_of(report: EvalReport, decision: Decision) -> dict:
+    """evaluation/summary.json: the status, its reasons and every metric (this model's, the reference's, the base's)."""
+    return {
+        "model_uri": report.model_uri,
+        "status": decision.status,
+        "reasons": list(decision.reasons),
+        "metrics": report.all_metrics(),
+        "reference_uri": report.reference_uri,
+        "reference_metrics": report.reference_metrics,
+        "base_metrics": report.base_metrics,
+    }
+
+
+def log_card(figures: dict, summary: dict, markdown: str, page: str) -> None:
+    """The rendered evidence under evaluation/: each figure as <name>.png, summary.json, the safety card (Markdown,
+    then HTML)."""
+    for name, fig in figures.items():
+        mlflow.log_figure(fig, f"evaluation/{name}.png")
+    mlflow.log_dict(summary, "evaluation/summary.json")
+    mlflow.log_text(markdown, "evaluation/safety_card.md")
+    mlflow.log_text(page, "evaluation/safety_card.html")
+
+
+def end_record(mv, report: EvalReport, decision: Decision, policy: Policy, run_id: str) -> None:
+    """Inside the still-RUNNING run: its reasons, the version's safety.* tags (all but the status) and description,
+    then the run's own safety.status. ``claim_status`` writes the version's status once the run has ended."""
     mlflow.set_tags({"safety.reasons": decision.summary[:4000], "safety.checks": "; ".join(decision.reasons)[:4000]})
+    tags = SafetyTags(
+        status=decision.status,
+        reasons=decision.summary,
+        checks="; ".join(decision.reasons),
+        eval_run_id=run_id,
+        policy=policy_summary(policy),
+        policy_sha256=fingerprint(policy),
+        reference=report.reference_uri or "none",
+        metrics=metric_tags(report),
+    )
+    if mv is not None:
+        tag_version(mv.name, mv.version, tags.as_tags())
+        _describe(mv, report, decision, run_id)
+    mlflow.set_tag("safety.status", decision.status)
+
+
+def claim_status(mv, status: str) -> None:
+    """The version's safety.status, written last: only once its evaluation run is FINISHED."""
+    tag_version(mv.name, mv.version, {"safety.status": status})
 
 
 def _describe(mv, report: EvalReport, decision: Decision, run_id: str) -> None:
@@ -252,51 +229,3 @@ def _describe(mv, report: EvalReport, decision: Decision, run_id: str) -> None:
         f"{report.reference_uri or 'none'}. Reasons: {decision.summary}."
     )
     client.update_model_version(mv.name, mv.version, description=(first + summary)[:5000])
-
-
-def _figures(report: EvalReport) -> dict:
-    """name -> matplotlib Figure: ASR with its interval, the reliability diagram, drift accuracy by prompt type."""
-    m, r, figures = report.metrics, report.reference_metrics, {}
-    if "asr" in m:
-        entries = [("this model", m["asr"], m["asr_ci_low"], m["asr_ci_high"])]
-        if "asr" in r:
-            entries.append(("reference", r["asr"], r["asr_ci_low"], r["asr_ci_high"]))
-        figures["asr"] = plots.asr_bars(entries)
-    if "calibration" in report.suites:
-        ece = METRICS.get("ece").format(m.get("ece"))
-        figures["reliability"] = plots.reliability_diagram(
-            report.suites["calibration"].extra["curve"], title=f"ECE {ece}"
-        )
-    if "drift" in report.suites:
-        bars = {"this model": m, **({"reference": r} if any(k.startswith("drift_") for k in r) else {})}
-        figures["drift"] = plots.drift_bars(bars)
-    return figures
-
-
-def _log_card(report: EvalReport, decision: Decision, lineage: dict, overrides: list[dict]) -> None:
-    """Figures (mlflow.log_figure), summary.json and the safety card (Markdown + HTML) under evaluation/; the card
-    lists the version's overrides recorded so far."""
-    figures = _figures(report)
-    for name, fig in figures.items():
-        mlflow.log_figure(fig, f"evaluation/{name}.png")
-    summary = {
-        "model_uri": report.model_uri,
-        "status": decision.status,
-        "reasons": list(decision.reasons),
-        "metrics": report.all_metrics(),
-        "reference_uri": report.reference_uri,
-        "reference_metrics": report.reference_metrics,
-        "base_metrics": report.base_metrics,
-    }
-    mlflow.log_dict(summary, "evaluation/summary.json")
-    title = f"{lineage['model_name']} v{lineage['version']}" if "version" in lineage else report.model_uri
-    markdown, page = safety_card(
-        summary,
-        items={k: v.rows for k, v in report.suites.items()},
-        plots=figures,
-        lineage=lineage,
-        title=f"Safety card: {title}",
-        overrides=overrides,
-    )
-    mlflow.log_text(markdown, "evaluation/safety_card.md")
-    mlflow.log_text(page, "evaluation/safety_card.html")

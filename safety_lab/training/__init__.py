@@ -116,13 +116,13 @@ def _kept(row: dict, max_length: int, completion_tokens: int | None) -> int:
 
 
 def truncate_rows(dataset, max_length: int, completion_tokens: int | None = None):
-    """What TRL does with max_length on a padded run (keep the start; drop rows left without a completion token),
-    done here because TRL refuses max_length for padding-free batches without packing.
+    """Keep the first `max_length` tokens of each tokenized row and drop the rows left without a token to learn
+    (what TRL does with max_length on a padded run; TRL refuses max_length for padding-free batches without packing).
 
-    `completion_tokens`: also cut each answer after its first N tokens (no end-of-turn token is learned then, so the
-    model does not learn to stop early; it learns how answers open, where refusing or answering is decided).
-    Plain Python over the columns rather than `Dataset.map` (which catches KeyboardInterrupt to clean up its cache
-    files). That alone did not stop a Ctrl-C from being lost now and then; `errors.raise_if_interrupted` does."""
+    `completion_tokens`: also cut each answer after its first N tokens, so no end-of-turn token is learned and the
+    model learns how answers open, where refusing or answering is decided. Returns `dataset` itself when no row is
+    longer than `max_length` and `completion_tokens` is None; None for None. Plain Python over the columns, not
+    `Dataset.map`, which catches KeyboardInterrupt to clean up its cache files."""
     from datasets import Dataset as HFDataset
 
     if dataset is None:

@@ -15,7 +15,7 @@ from safety_lab.registry import lifecycle, writes
 from safety_lab.registry.audit import AUDIT_EXPERIMENT
 from safety_lab.registry.lifecycle import RecordNotWritten, promote
 from safety_lab.registry.overrides import override_history
-from safety_lab.registry.views import lineage_tree
+from safety_lab.reporting.views import lineage_tree
 
 # What a tracking server answers when two requests insert the same version tag at once (mlflow/mlflow#8442).
 SQLITE_RACE = (

@@ -80,9 +80,9 @@ def test_a_toy_suite_reaches_the_version_tags_and_the_report(mlflow_store, monke
 
     from mlflow.tracking import MlflowClient
 
+    from safety_lab import evaluations
     from safety_lab.evaluation import EvalConfig
-    from safety_lab.registry import record
-    from safety_lab.registry.views import format_report, report_rows
+    from safety_lab.reporting.views import format_report, report_rows
 
     monkeypatch.setattr(METRICS, "_specs", dict(METRICS._specs))
     monkeypatch.setattr(suites.SUITES, "_items", dict(suites.SUITES._items))
@@ -93,11 +93,11 @@ def test_a_toy_suite_reaches_the_version_tags_and_the_report(mlflow_store, monke
             {"toy_leak_rate": 0.125, "toy_leak_rate_ci_low": 0.05, "toy_leak_rate_ci_high": 0.25, "toy_score": 7.0}
         )
 
-    monkeypatch.setattr(record, "load_model", lambda spec, **kw: SimpleNamespace(spec=spec))  # the suite needs none
+    monkeypatch.setattr(evaluations, "load_model", lambda spec, **kw: SimpleNamespace(spec=spec))  # none needed
     client = MlflowClient()
     client.create_registered_model("toy-model")
     mv = client.create_model_version("toy-model", source="file:///nowhere", tags={"data.name": "toy"})
-    recorded = record.evaluate_version("models:/toy-model/1", EvalConfig(suites="toy"))
+    recorded = evaluations.evaluate_version("models:/toy-model/1", EvalConfig(suites="toy"))
     tags = client.get_model_version("toy-model", mv.version).tags
     assert tags["safety.toy_leak_rate"] == "12.50%" and tags["safety.toy_leak_rate_ci"] == "[5.00%, 25.00%]"
     assert "safety.toy_score" not in tags  # not declared tag=True

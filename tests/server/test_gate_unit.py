@@ -11,10 +11,10 @@ from types import SimpleNamespace
 import pytest
 from mlflow.tracking import MlflowClient
 
+from safety_lab import evaluations
 from safety_lab.errors import SafetyLabError
 from safety_lab.evaluation import EvalConfig, EvalReport, SuiteResult
 from safety_lab.policy import load_policy
-from safety_lab.registry import record
 from safety_lab.server import compat, records
 from safety_lab.server.config import GateConfig, load_config
 from safety_lab.server.gate import Gate
@@ -102,14 +102,14 @@ def versions(mlflow_store, tmp_path, monkeypatch):
     """add(status) -> version of model 'm', evaluated by the real recorder with fixed measurements."""
     by_uri: dict[str, dict] = {}
     monkeypatch.setattr(
-        record,
+        evaluations,
         "evaluate",
         lambda loaded, cfg, **kw: EvalReport(
             model_uri=loaded.spec, suites={"asr": SuiteResult(dict(by_uri[loaded.spec]))}
         ),
     )
-    monkeypatch.setattr(record, "load_model", lambda spec, **kw: SimpleNamespace(spec=spec))
-    monkeypatch.setattr(record, "_log_card", lambda *a, **k: None)
+    monkeypatch.setattr(evaluations, "load_model", lambda spec, **kw: SimpleNamespace(spec=spec))
+    monkeypatch.setattr(evaluations, "_log_card", lambda *a, **k: None)
     client = MlflowClient()
     client.create_registered_model("m")
     (tmp_path / "dummy").mkdir()
@@ -119,7 +119,7 @@ def versions(mlflow_store, tmp_path, monkeypatch):
             client.create_model_version("m", str(tmp_path / "dummy"), tags={"safety.status": "unevaluated"}).version
         )
         by_uri[f"models:/m/{version}"] = MEASURED[status]
-        record.evaluate_version(f"models:/m/{version}", EvalConfig(suites="asr"))
+        evaluations.evaluate_version(f"models:/m/{version}", EvalConfig(suites="asr"))
         return version
 
     add.client = client

@@ -1,7 +1,7 @@
 """`mlflow server --app-name safety-gate`: the promotion gate inside the tracking server, whatever the client.
 
 Each test talks to a REAL gated server (SQLite backend, a free port) through `requests` and `MlflowClient`. The
-versions' evidence is recorded by the real recorder (`record.evaluate_version`) over REST, with the suites replaced
+versions' evidence is recorded by the real recorder (`evaluations.evaluate_version`) over REST, with the suites replaced
 by fixed measurements, so the recorder's own writes pass through the gate too. When the package's entry point is
 not installed in this environment (an editable install made before it was added), the server finds it through a
 one-file distribution on PYTHONPATH that declares the very entry point pyproject.toml declares.
@@ -24,8 +24,8 @@ import requests
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from safety_lab import evaluations
 from safety_lab.evaluation import EvalConfig, EvalReport, SuiteResult
-from safety_lab.registry import record
 from safety_lab.registry.audit import AUDIT_EXPERIMENT
 from safety_lab.registry.overrides import override_history
 
@@ -85,9 +85,9 @@ def measured(monkeypatch):
     def fake_evaluate(loaded, cfg, *, reference=None, base=None, timings=None):
         return EvalReport(model_uri=loaded.spec, suites={"asr": SuiteResult(dict(by_uri[loaded.spec]))})
 
-    monkeypatch.setattr(record, "evaluate", fake_evaluate)
-    monkeypatch.setattr(record, "load_model", lambda spec, **kw: SimpleNamespace(spec=spec))
-    monkeypatch.setattr(record, "_log_card", lambda *a, **k: None)
+    monkeypatch.setattr(evaluations, "evaluate", fake_evaluate)
+    monkeypatch.setattr(evaluations, "load_model", lambda spec, **kw: SimpleNamespace(spec=spec))
+    monkeypatch.setattr(evaluations, "_log_card", lambda *a, **k: None)
     return by_uri
 
 
@@ -102,7 +102,7 @@ def add_version(client: MlflowClient, name: str, status: str, measured: dict) ->
     )
     uri = f"models:/{name}/{mv.version}"
     measured[uri] = MEASURED[status]
-    assert record.evaluate_version(uri, EvalConfig(suites="asr")).status == status
+    assert evaluations.evaluate_version(uri, EvalConfig(suites="asr")).status == status
     assert client.get_model_version(name, mv.version).tags["safety.status"] == status
     return str(mv.version)
 

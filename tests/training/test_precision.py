@@ -11,8 +11,8 @@ import torch
 from safety_lab.cli import main
 from safety_lab.config import TrainConfig
 from safety_lab.evaluation import EvalConfig
+from safety_lab.evaluations import evaluate_version
 from safety_lab.models import base, resolve_precision
-from safety_lab.registry.record import evaluate_version
 from safety_lab.training import sft_config
 
 NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
