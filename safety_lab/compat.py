@@ -1,4 +1,4 @@
-"""The private names of optuna, trl and transformers that safety_lab uses, in one place.
+"""The private names of mlflow, optuna, trl and transformers that safety_lab uses, in one place.
 
 Each has no public equivalent (said at each use). A minor release may rename any of them without notice, so
 tests/test_compat.py pins the versions in CHECKED and checks every name still behaves as relied on; after an upgrade,
@@ -8,10 +8,19 @@ that test is the one to rerun. The libraries are imported lazily: importing this
 from __future__ import annotations
 
 import functools
+import os
+import tempfile
 from contextlib import contextmanager
+from pathlib import Path
 from unittest import mock
+from urllib.parse import urlparse
 
-CHECKED = {"optuna": (5, 1), "trl": (1, 16), "transformers": (5, 25)}  # major.minor each name was checked against
+CHECKED = {
+    "mlflow": (3, 17),
+    "optuna": (5, 1),
+    "trl": (1, 16),
+    "transformers": (5, 25),
+}  # major.minor each name was checked against
 
 
 def report_intermediate(study, trial, step: int, value: float):
@@ -66,3 +75,42 @@ def _in_place_layer_type():
                 self.keys, self.values = self.keys[rows], self.values[rows]
 
     return InPlaceLayer
+
+
+# ---------------------------------------------------------------- the environment `mlflow server` hands its workers
+# The gated server (safety_lab.server) runs inside `mlflow server`, which passes its stores to the app only through
+# these private environment variables (mlflow.server.constants); tests/server/test_gate_unit.py checks the names.
+BACKEND_STORE_ENV = "_MLFLOW_SERVER_FILE_STORE"  # mlflow.server.constants.BACKEND_STORE_URI_ENV_VAR
+REGISTRY_STORE_ENV = "_MLFLOW_SERVER_REGISTRY_STORE"  # ... REGISTRY_STORE_URI_ENV_VAR
+ARTIFACTS_DESTINATION_ENV = "_MLFLOW_SERVER_ARTIFACT_DESTINATION"  # ... ARTIFACTS_DESTINATION_ENV_VAR
+SGI_ENV = "_MLFLOW_SGI_NAME"  # "uvicorn" when `mlflow server` runs the FastAPI wrapper
+
+
+def store_client():
+    """A client on the server's own stores (not over HTTP: the gate must not pass through itself)."""
+    from mlflow.tracking import MlflowClient
+
+    backend = os.environ.get(BACKEND_STORE_ENV) or "sqlite:///mlflow.db"
+    return MlflowClient(tracking_uri=backend, registry_uri=os.environ.get(REGISTRY_STORE_ENV) or backend)
+
+
+def uses_uvicorn() -> bool:
+    return os.environ.get(SGI_ENV) == "uvicorn"
+
+
+def log_text(client, run_id: str, text: str, name: str) -> None:
+    """client.log_text, also for a run whose artifacts live under `mlflow-artifacts:/` (served by this very server,
+    so resolved against its artifacts destination rather than over HTTP)."""
+    uri = client.get_run(run_id).info.artifact_uri
+    if not uri.startswith("mlflow-artifacts:"):
+        client.log_text(run_id, text, name)
+        return
+    destination = os.environ.get(ARTIFACTS_DESTINATION_ENV) or "mlartifacts"
+    local = str(Path(destination).absolute()) if "://" not in destination else destination
+    target = local.rstrip("/") + "/" + urlparse(uri).path.lstrip("/")
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    with tempfile.TemporaryDirectory(prefix="safety-gate-") as tmp:
+        path = Path(tmp) / name
+        path.write_text(text, encoding="utf-8")
+        get_artifact_repository(target).log_artifact(str(path))

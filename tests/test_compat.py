@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import mlflow
 import optuna
 import pytest
 import torch
@@ -17,16 +18,16 @@ import safety_lab
 from safety_lab import compat
 
 PACKAGE = Path(safety_lab.__file__).resolve().parent
-ALLOWED = {PACKAGE / "compat.py", PACKAGE / "server" / "compat.py"}  # server/compat: the MLflow server's env names
+ALLOWED = {PACKAGE / "compat.py"}
 PRIVATE = re.compile(
-    r"\._storage\b|\._trial_id\b|\._study_id\b|_tracking_service|_use_triton|cumulative_length|\bStaticLayer\b"
+    r"\._storage\b|[\"']_MLFLOW_\w+|\._trial_id\b|\._study_id\b|_tracking_service|_use_triton|cumulative_length|\bStaticLayer\b"
     # any import from a private module of these libraries (mlflow.tracking._tracking_service, optuna.study._...)
     r"|^\s*(?:from|import)\s+(?:mlflow|optuna|trl|transformers|peft)(?:\.\w+)*\._\w+",
     re.MULTILINE,
 )
 
 
-@pytest.mark.parametrize("library", [optuna, trl, transformers], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("library", [mlflow, optuna, trl, transformers], ids=lambda m: m.__name__)
 def test_the_installed_version_is_the_checked_one(library):
     assert Version(library.__version__).release[:2] == compat.CHECKED[library.__name__], (
         f"{library.__name__} {library.__version__} is not the version safety_lab.compat was checked against: "
@@ -54,6 +55,7 @@ def test_the_pattern_catches_each_private_name():
         'with mock.patch.object(trl_utils, "_use_triton", compact):',
         "class _InPlaceLayer(StaticLayer):",
         "filled = int(self.cumulative_length)",
+        'BACKEND_STORE_ENV = "_MLFLOW_SERVER_FILE_STORE"',
     ):
         assert PRIVATE.search(line), line
     assert not PRIVATE.search("from mlflow.utils.credentials import get_default_host_creds")

@@ -14,8 +14,9 @@ from flask import Flask, Response, g, request
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import ErrorCode
 
+from safety_lab import compat
 from safety_lab.policy import load_policy
-from safety_lab.server import audit, compat
+from safety_lab.server import audit
 from safety_lab.server.config import GateConfig, load_config
 from safety_lab.server.gate import Gate, Verdict, is_missing
 from safety_lab.server.routes import action_of, fields

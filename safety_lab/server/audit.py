@@ -14,12 +14,12 @@ import logging
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from safety_lab import compat
 from safety_lab.errors import SafetyLabError
 from safety_lab.registry import audit
 from safety_lab.registry.moves import Move
 from safety_lab.registry.overrides import RUN_TAG, override_key, override_value
 from safety_lab.registry.writes import set_version_tag
-from safety_lab.server import compat
 
 OVERRIDE_REASON = "safety.override_reason"
 _log = logging.getLogger(__name__)

@@ -11,11 +11,11 @@ from types import SimpleNamespace
 import pytest
 from mlflow.tracking import MlflowClient
 
-from safety_lab import evaluations
+from safety_lab import compat, evaluations
 from safety_lab.errors import SafetyLabError
 from safety_lab.evaluation import EvalConfig, EvalReport, SuiteResult
 from safety_lab.policy import load_policy
-from safety_lab.server import compat, records
+from safety_lab.server import records
 from safety_lab.server.config import GateConfig, load_config
 from safety_lab.server.gate import Gate
 from safety_lab.server.routes import action_of, fields
