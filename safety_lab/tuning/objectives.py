@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from safety_lab.models.generation import chat_inputs
+from safety_lab.models.scoring import continuation_logprobs
+
 # Objective names, in the order of the study's directions (all minimised).
 OBJECTIVES = ("asr", "over_refusal", "knowledge_nll_delta")
 
@@ -152,29 +155,22 @@ def _mean(flags: Sequence[bool]) -> float:
 def answer_nll(
     model, tokenizer, prompts: Sequence[str], answers: Sequence[str], *, max_answer_tokens: int = 32
 ) -> float:
-    """Mean per-token NLL of `answers` given their prompts (chat template), in one right-padded teacher-forced pass.
+    """Mean per-token NLL of `answers` given their prompts (chat template), by the shared log-likelihood kernel
+    (`models.scoring.continuation_logprobs`).
 
     An answer shorter than `max_answer_tokens` ended by choice: its end-of-sequence token is scored too (so an empty
     answer still counts)."""
-    rows, spans = [], []
-    for prompt, answer in zip(prompts, answers):
-        head = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True, return_dict=True
-        )["input_ids"]
+    tails = []
+    for answer in answers:
         tail = list(tokenizer(answer, add_special_tokens=False)["input_ids"])
         if len(tail) < max_answer_tokens and tokenizer.eos_token_id is not None:
             tail.append(tokenizer.eos_token_id)
-        if tail:
-            rows.append(list(head) + list(tail))
-            spans.append((len(head), len(head) + len(tail)))
-    if not rows:
+        tails.append(tail)
+    owner = [i for i, tail in enumerate(tails) if tail]
+    if not owner:
         return float("nan")
-    width = max(len(r) for r in rows)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
-    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
-    device = next(model.parameters()).device
-    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float().cpu()
-    logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None])[..., 0]
-    total = sum(float(-logp[i, a - 1 : b - 1].sum()) for i, (a, b) in enumerate(spans))
-    return total / sum(b - a for a, b in spans)
+    per_token = continuation_logprobs(
+        model, chat_inputs(tokenizer, list(prompts)), [tails[i] for i in owner], owner, pad_id=pad
+    )
+    return -sum(sum(lps) for lps in per_token) / sum(len(lps) for lps in per_token)

@@ -192,3 +192,27 @@ def test_targets_come_from_a_policy_that_is_data_and_default_otherwise():
     targets = TuningTargets.from_policy(policy)
     assert (targets.max_asr, targets.max_over_refusal) == (0.15, 0.08)
     assert TuningTargets.from_policy(object()) == TuningTargets()  # no rules: the documented defaults
+
+
+def test_answer_nll_is_the_teacher_forced_mean_over_answer_tokens_and_their_end(tiny_model_dir):
+    """The shared kernel (prompt KV cache reused per answer) gives what one plain forward per row gives."""
+    import torch
+
+    loaded = load_model(str(tiny_model_dir))
+    model, tok = loaded.model, loaded.tokenizer
+    prompts, answers = ("What is the capital of France?", "Name a primary colour."), ("Paris.", "Red, or blue")
+    total = count = 0.0
+    for prompt, answer in zip(prompts, answers):
+        head = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True)
+        head = list(head["input_ids"] if hasattr(head, "keys") else head)
+        tail = list(tok(answer, add_special_tokens=False)["input_ids"]) + [tok.eos_token_id]
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([head + tail])).logits.float()
+        logp = torch.log_softmax(logits[0, :-1], -1).gather(-1, torch.tensor(head + tail)[1:, None])[:, 0]
+        total -= float(logp[len(head) - 1 :].sum())
+        count += len(tail)
+    assert answer_nll(model, tok, prompts, answers) == pytest.approx(total / count, rel=1e-4)
+    # an answer cut at max_answer_tokens is not ended by choice: no end-of-sequence token is scored
+    assert answer_nll(model, tok, prompts[:1], answers[:1], max_answer_tokens=1) != pytest.approx(
+        answer_nll(model, tok, prompts[:1], answers[:1])
+    )

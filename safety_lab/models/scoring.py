@@ -1,0 +1,52 @@
+"""The log-likelihood kernel: the log-probability a model gives each token of a continuation after a prompt.
+
+Used by the evaluation's multiple-choice scoring and by the tuning probe's knowledge objective."""
+
+from __future__ import annotations
+
+import torch
+
+from safety_lab.models.generation import left_pad
+
+
+@torch.inference_mode()
+def continuation_logprobs(
+    model, prompts: list[list[int]], continuations: list[list[int]], owner: list[int], *, pad_id: int
+) -> list[list[float]]:
+    """log p(token | prompt, the continuation's earlier tokens) for every token of every continuation.
+
+    Continuation n (token ids, at least one) follows prompt ``owner[n]``. The prompts run once, as one
+    left-padded batch; their KV cache is then gathered per continuation, so continuations of one prompt share
+    its computation and only their own tokens are run again.
+    """
+    device = next(model.parameters()).device
+    prompt_ids, prompt_mask = left_pad(prompts, pad_id, device)
+    out = model(
+        input_ids=prompt_ids,
+        attention_mask=prompt_mask,
+        position_ids=(prompt_mask.cumsum(-1) - 1).clamp(min=0),
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    last = torch.log_softmax(out.logits[:, -1].float(), -1)
+    width = max(len(c) for c in continuations)
+    ids = torch.full((len(continuations), width), pad_id, dtype=torch.long)
+    own_mask = torch.zeros((len(continuations), width), dtype=torch.long)
+    for n, c in enumerate(continuations):
+        ids[n, : len(c)] = torch.tensor(c)
+        own_mask[n, : len(c)] = 1
+    index = torch.tensor(owner, device=device)
+    cache = out.cache
+    cache.batch_select_indices(index)  # each continuation gets (a view of) its prompt's keys and values
+    mask = torch.cat([prompt_mask[index], own_mask.to(device)], dim=1)
+    positions = prompt_mask.sum(-1)[index, None] + torch.arange(width, device=device)
+    logits = torch.log_softmax(
+        model(input_ids=ids.to(device), attention_mask=mask, position_ids=positions, cache=cache).logits.float(), -1
+    )
+    return [
+        [float(last[owner[n], c[0]])] + [float(logits[n, j - 1, c[j]]) for j in range(1, len(c))]
+        for n, c in enumerate(continuations)
+    ]
+
+
+__all__ = ["continuation_logprobs"]
