@@ -64,6 +64,35 @@ def _report_callback(on_eval, on_log):
     return _Report()
 
 
+def remaining_seconds(step_seconds: float, step: int, max_steps: int, trials_after: int) -> float:
+    """Training time left: this run's remaining steps plus `trials_after` more runs of `max_steps`, at the measured
+    seconds per step (the in-loop probe and evaluation are not included)."""
+    return step_seconds * ((max_steps - step) + trials_after * max_steps)
+
+
+def _eta_callback(trials_after: int, after_steps: int = 5):
+    """Prints one line, once, after `after_steps` steps: the estimated training time left in this tuning stage."""
+    from transformers import TrainerCallback
+
+    class _Eta(TrainerCallback):
+        start: float | None = None
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 1:  # the first step pays one-off costs (allocation, autocast set-up)
+                self.start = time.perf_counter()
+            elif self.start is not None and state.global_step == after_steps + 1:
+                per_step = (time.perf_counter() - self.start) / after_steps
+                left = remaining_seconds(per_step, state.global_step, state.max_steps, trials_after)
+                print(
+                    f"[safety_lab] tuning: about {left / 60:.1f} min of training left "
+                    f"({per_step:.2f} s/step; {state.max_steps - state.global_step} steps of this trial"
+                    f" + {trials_after} more trial(s) of {state.max_steps})",
+                    flush=True,
+                )
+
+    return _Eta()
+
+
 def sft_config(cfg: TrainConfig, output_dir: str, *, n_val: int, quiet: bool = False, padding_free: bool = True):
     """SFTConfig with `resolve_precision`'s device and autocast (the loader used the same decision's weight dtype);
     never gradient checkpointing (TRL's default: its recompute costs more than it saves at these sizes).
@@ -159,18 +188,22 @@ def train_lora(
     quiet: bool = False,
     initial_eval_loss: float | None = None,
     padding_free: bool = True,
+    trials_after: int | None = None,
 ) -> TrainResult:
     """Train a fresh LoRA adapter on a copy of `model`; the original stays untouched for the next trial.
 
     `initial_eval_loss`: the untrained validation loss when already known. A fresh adapter starts as the identity
     (LoRA's B is zero), so it is the base model's loss, the same for every trial of a study.
-    `padding_free=False`: the padded path (the same losses within 1e-3, tests/training)."""
+    `padding_free=False`: the padded path (the same losses within 1e-3, tests/training).
+    `trials_after`: trials still to run after this one; when given, one line estimates the training time left."""
     from transformers import set_seed
 
     set_seed(cfg.seed)
     result = TrainResult(model=None)
     with tempfile.TemporaryDirectory(prefix="sft-") as out:
         trainer = _trainer(model, tokenizer, train_rows, val_rows, cfg, out, quiet=quiet, padding_free=padding_free)
+        if trials_after is not None:
+            trainer.add_callback(_eta_callback(trials_after))
 
         def _eval(step, loss):
             result.eval_losses.append((step, loss))

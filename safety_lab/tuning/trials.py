@@ -78,6 +78,7 @@ class Trials:
                     on_log=self.on_log,
                     quiet=setup.quiet or not self.main,
                     initial_eval_loss=self.baseline.get("loss"),
+                    trials_after=self._trials_after() if self.main and not setup.quiet else None,
                 )
             except optuna.TrialPruned as pruned:
                 # A pruned trial is a normal outcome: the run finishes, tagged, and Optuna records PRUNED.
@@ -90,6 +91,12 @@ class Trials:
         if isinstance(outcome, optuna.TrialPruned):
             raise outcome
         return outcome
+
+    def _trials_after(self) -> int | None:
+        """Trials this call still runs after the current one (only the first trial prints an estimate)."""
+        if len(self.numbers) != 1:
+            return None
+        return max(int(self.setup.tune_cfg.n_trials) - 1, 0)
 
     def _start(self, trial: optuna.Trial, run, cfg: TrainConfig) -> None:
         self.numbers.append(trial.number)

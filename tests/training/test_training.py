@@ -243,3 +243,18 @@ def test_a_visible_run_shows_one_progress_bar_and_no_per_step_log_lines(tiny_mod
     assert "3/3" in text  # the bar ran
     assert "'loss'" not in text and "'eval_loss'" not in text  # Trainer's per-step dicts stay off the terminal
     assert any("loss" in logs for logs in logged)  # while the losses still reach the callback (and MLflow)
+
+
+def test_the_first_steps_give_one_estimate_of_the_training_time_left(tiny_model_dir, capsys):
+    from safety_lab.training import remaining_seconds
+
+    assert remaining_seconds(2.0, 10, 100, 1) == pytest.approx(2.0 * (90 + 100))
+    assert remaining_seconds(2.0, 100, 100, 0) == 0.0
+    loaded = load_model(str(tiny_model_dir))
+    train, val = load_dataset(DataConfig(data="safe", limit=16, benign_ratio=0)).split(0.25, seed=0)
+    cfg = TrainConfig(max_steps=8, eval_every=8, batch_size=4, max_length=96)
+    train_lora(loaded.model, loaded.tokenizer, train, val, cfg, quiet=True, trials_after=2)
+    lines = [line for line in capsys.readouterr().out.splitlines() if "of training left" in line]
+    assert len(lines) == 1 and "2 steps of this trial + 2 more trial(s) of 8" in lines[0], lines
+    train_lora(loaded.model, loaded.tokenizer, train, val, cfg, quiet=True)  # no trials_after: no estimate
+    assert "of training left" not in capsys.readouterr().out
