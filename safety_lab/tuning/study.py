@@ -113,6 +113,22 @@ def open_study(
     return study
 
 
+def _changed(held: dict, parts: dict) -> list[str]:
+    """The key parts that differ, by field where a part is a mapping (`train.lora_r`)."""
+    out = []
+    for name in sorted(set(held) | set(parts)):
+        old, new = held.get(name), parts.get(name)
+        if isinstance(old, dict) and isinstance(new, dict):
+            out += [
+                f"{name}.{k}: {old.get(k)!r} -> {new.get(k)!r}"
+                for k in sorted(set(old) | set(new))
+                if old.get(k) != new.get(k)
+            ]
+        elif old != new:
+            out.append(name)
+    return out
+
+
 def _check_key(study: optuna.Study, key: str, parts: dict, cfg: TuneConfig) -> None:
     held = study.user_attrs.get(KEY_ATTR)
     if held is None and not study.trials:  # new (or never used): claim it
@@ -120,7 +136,7 @@ def _check_key(study: optuna.Study, key: str, parts: dict, cfg: TuneConfig) -> N
         study.set_user_attr(KEY_PARTS_ATTR, parts)
         return
     if held != key:
-        changed = sorted(k for k in parts if study.user_attrs.get(KEY_PARTS_ATTR, {}).get(k) != parts[k])
+        changed = _changed(study.user_attrs.get(KEY_PARTS_ATTR, {}), json.loads(json.dumps(parts, default=str)))
         check(
             False,
             "study_name",

@@ -157,3 +157,11 @@ def test_register_best_chooses_among_every_workers_trials_and_registers_once(tin
     assert trial_run.info.run_id == best.user_attrs["mlflow_run_id"]
     assert mv.tags["data.sha256"] == best.user_attrs["data_sha256"]
     assert main(register) == 0 and len(MlflowClient().search_model_versions("name='keyed'")) == 1
+
+
+def test_a_key_mismatch_names_each_changed_setting_with_both_values():
+    from safety_lab.tuning.study import _changed
+
+    held = {"base_model": "m", "train": {"lora_r": 8, "seed": 0}, "search": {"lr_range": "1e-4,1e-2"}}
+    now = {"base_model": "m", "train": {"lora_r": 16, "seed": 0, "frozen_cache": False}, "search": "x"}
+    assert _changed(held, now) == ["search", "train.frozen_cache: None -> False", "train.lora_r: 8 -> 16"]
