@@ -223,18 +223,19 @@ JUDGE_STYLES: tuple[str, ...] = tuple(_VERDICTS)
 
 
 def load_judge_model(name: str, device: str = "auto"):
-    """(model, tokenizer) of a causal LM judge: local path or hub id, no remote code, left padding."""
-    import torch
+    """(model, tokenizer) of a causal LM judge: local path or hub id, no remote code, left padding; its device and
+    weights' dtype are `models.resolve_precision`'s decision, as for the evaluated models."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    from safety_lab.models import resolve_precision
+
+    precision = resolve_precision("auto", device)
     tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=False)
     tokenizer.padding_side = "left"  # every row must end where generation starts
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, trust_remote_code=False)
-    return model.to(device).eval(), tokenizer
+    model = AutoModelForCausalLM.from_pretrained(name, dtype=precision.weights, trust_remote_code=False)
+    return model.to(precision.device).eval(), tokenizer
 
 
 def _guard_conversation(tokenizer, prompt: str, response: str) -> str | None:

@@ -458,3 +458,21 @@ def test_asr_suite_counts_compliance_only_and_logs_the_non_answer_rate(monkeypat
     assert METRICS.get("non_answer_rate").suite == "asr" and METRICS.get("non_answer_rate_ci_high").name == (
         "non_answer_rate"
     )
+
+
+def test_the_llm_judge_loads_with_the_one_precision_decision(tiny_model_dir, monkeypatch):
+    """Its device and weights' dtype come from models.resolve_precision, as the evaluated models' do."""
+    import torch
+
+    from safety_lab import models
+    from safety_lab.evaluation.judges import load_judge_model
+
+    asked = []
+
+    def decided(request, device=None):
+        asked.append((request, device))
+        return models.Precision("auto", "cpu", torch.float64, None, False, "test")
+
+    monkeypatch.setattr(models, "resolve_precision", decided)
+    model, _ = load_judge_model(str(tiny_model_dir), device="cpu")
+    assert asked == [("auto", "cpu")] and next(model.parameters()).dtype == torch.float64
