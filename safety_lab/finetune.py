@@ -369,7 +369,9 @@ def register_best(run: RunConfig, tune_cfg: TuneConfig, *, eval_options: dict | 
                 base = worker.data.params.get(
                     param_key(RunConfig, "base_model"), worker.data.tags.get("base_model", run.base_model)
                 )
-                loaded = load_model(base, trust_remote_code=run.trust_remote_code)
+                # the workers' requested precision, decided for this machine (it may differ from theirs)
+                precision = resolve_precision(worker.data.params.get(param_key(TrainConfig, "precision"), "auto"))
+                loaded = load_model(base, precision=precision, trust_remote_code=run.trust_remote_code)
             _log_tuning(result, tune_cfg)
             out = FinetuneResult.tuned(active.info.run_id, model_name, timings, result)
             tags = {k: worker.data.params[k] for k in ("data.name", "data.rows") if k in worker.data.params}
