@@ -15,6 +15,7 @@ from pydantic import Field
 from safety_lab import distributed
 from safety_lab.config import (
     DataConfig,
+    DpoConfig,
     Group,
     RunConfig,
     Stage,
@@ -95,7 +96,7 @@ EVAL_AFTER_TRAINING = Group(EvalConfig, prefix="eval_", prefixed=("limit", "batc
 EXPERIMENT_EVAL = Group(
     EvalConfig, prefix="eval_", prefixed=("limit", "batch_size", "device"), skip=("model_uri", "suites")
 )
-TRAINING = (RunConfig, DataConfig, TrainConfig, TuneConfig)
+TRAINING = (RunConfig, DataConfig, TrainConfig, TuneConfig, DpoConfig)
 
 
 # ---------------------------------------------------------------- commands

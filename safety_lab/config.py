@@ -249,6 +249,23 @@ class TrainConfig(Stage):
 
 
 @stage
+class DpoConfig(Stage):
+    """The preference stage: DPO on the chosen SFT adapter (harmful requests prefer a refusal, safe ones the answer)."""
+
+    param_prefix: ClassVar[str] = "dpo"
+
+    dpo_steps: int = Field(
+        0, ge=0, le=100_000, description="DPO steps after SFT, on the same adapter (0 = no preference stage)"
+    )
+    dpo_beta: float = Field(0.1, gt=0, le=10, description="DPO beta: how far the policy may move from the SFT adapter")
+    dpo_learning_rate: float = Field(5e-4, gt=0, lt=1, description="AdamW learning rate of the preference stage")
+    dpo_sft_weight: float = Field(
+        1.0, ge=0, le=10, description="weight of the chosen answers' own likelihood (TRL's sft loss) beside DPO's"
+    )
+    dpo_max_length: int = Field(160, ge=16, le=32768, description="tokens per prompt+answer; longer ones are cut")
+
+
+@stage
 class TuneConfig(Stage):
     param_prefix: ClassVar[str] = "tune"
 
@@ -268,6 +285,9 @@ class TuneConfig(Stage):
         "or loss (the paper's single-objective validation loss; default for data=harmful)",
     )
     resume: bool = Field(False, description="continue the latest study with the same key instead of a fresh one")
+    dpo_steps_range: str = Field("20,60", description="DPO steps to try (when the preference stage is on)")
+    dpo_beta_range: str = Field("0.05,0.5", description="DPO beta range, log scale (when the preference stage is on)")
+    dpo_lr_range: str = Field("2e-4,1e-3", description="DPO learning-rate range, log scale (when it is on)")
     probe_prompts: int = Field(
         16, ge=1, le=1000, description="tune-split prompts per kind (harmful, benign, look-alike) per trial"
     )
@@ -281,6 +301,11 @@ class TuneConfig(Stage):
         check(0 < lo < hi < 1, "lr_range", f"must be 'low,high' with 0 < low < high < 1, got {self.lr_range!r}")
         lo, hi = comma_floats(self.dropout_range, "dropout_range")
         check(0 <= lo <= hi < 1, "dropout_range", f"must be 'low,high' within [0, 1), got {self.dropout_range!r}")
+        for name, low, high in (("dpo_steps_range", 1, 100_000), ("dpo_beta_range", 0, 10), ("dpo_lr_range", 0, 1)):
+            lo, hi = _pair(getattr(self, name), name)
+            check(
+                low <= lo <= hi <= high and lo > 0, name, f"must be 'low,high' within ({low}, {high}], got {lo}, {hi}"
+            )
 
     def resolved(self, data_name: str) -> TuneConfig:
         """The objective made explicit: `loss` for the harmful set (the attack replication is not tuned for safety)."""
@@ -289,6 +314,12 @@ class TuneConfig(Stage):
             if self.objective
             else dataclasses.replace(self, objective="loss" if data_name == "harmful" else "safety")
         )
+
+
+def _pair(text: str, name: str) -> tuple[float, float]:
+    values = comma_floats(text, name)
+    check(len(values) == 2, name, f"must be 'low,high', got {text!r}")
+    return values[0], values[1]
 
 
 def comma_floats(text: str, name: str) -> list[float]:

@@ -7,7 +7,7 @@ import dataclasses
 import mlflow
 
 from safety_lab import registry
-from safety_lab.config import DataConfig, RunConfig, TrainConfig, TuneConfig
+from safety_lab.config import DataConfig, DpoConfig, RunConfig, TrainConfig, TuneConfig
 from safety_lab.evaluation import EvalConfig
 from safety_lab.evaluations import evaluate_version
 from safety_lab.finetune import finetune
@@ -32,6 +32,7 @@ def run_experiment(
     data_cfg: DataConfig,
     train_cfg: TrainConfig,
     tune_cfg: TuneConfig,
+    dpo_cfg: DpoConfig | None = None,
     *,
     eval_options: dict | None = None,
 ) -> str:
@@ -63,6 +64,7 @@ def run_experiment(
                 dataclasses.replace(data_cfg, data=data),
                 train_cfg,
                 step_tune,
+                dpo_cfg,
                 eval_options=eval_options,
             )
             values = result.evaluation.report.all_metrics()  # the report finetune returns: nothing read back

@@ -13,17 +13,19 @@ import mlflow
 import yaml
 
 from safety_lab import distributed, flops, registry
-from safety_lab.config import DataConfig, RunConfig, TrainConfig, TuneConfig, param_key, to_params
+from safety_lab.config import DataConfig, DpoConfig, RunConfig, TrainConfig, TuneConfig, param_key, to_params
 from safety_lab.data import (
     DATASETS,
     benign_pairs,
     benign_prompts,
+    composition,
     harmful_requests,
     load_dataset,
     lookalike_requests,
     split_forms,
     split_sizes,
 )
+from safety_lab.data.pairs import preference_pairs
 from safety_lab.errors import check
 from safety_lab.evaluation import EvalConfig
 from safety_lab.evaluation.judges import is_refusal, keyword_attack_success
@@ -145,12 +147,15 @@ def finetune(
     data_cfg: DataConfig,
     train_cfg: TrainConfig,
     tune_cfg: TuneConfig,
+    dpo_cfg: DpoConfig | None = None,
     *,
     eval_options: dict | None = None,
     pruner=None,
     quiet: bool = False,
 ) -> FinetuneResult | None:
     """Tune; then (unless run.register is false: a tuning worker) log, register and evaluate one model version.
+
+    `dpo_cfg` with steps > 0: every trial adds the preference stage (DPO on its SFT adapter) before it is measured.
 
     Under `accelerate launch` every process trains; rank 0 returns the result, the other ranks None."""
     timings = Timings()
@@ -160,11 +165,12 @@ def finetune(
     distributed.per_device_batch(train_cfg.batch_size)
     precision = resolve_precision(train_cfg.precision, train_cfg.device)  # logged, loaded and trained with
     distributed.init(precision.device)
+    dpo_cfg = dpo_cfg or DpoConfig()
     if not distributed.is_main():
-        return _follow(run, data_cfg, train_cfg, tune_cfg, pruner, precision)
+        return _follow(run, data_cfg, train_cfg, tune_cfg, dpo_cfg, pruner, precision)
     with _open_run(run, f"finetune-{Path(data_cfg.data).stem}", "finetune") as active:
         mlflow.set_tags({"model_name": model_name, "tuning.objective": tune_cfg.objective})
-        _log_config(run, data_cfg, train_cfg, tune_cfg, precision)
+        _log_config(run, data_cfg, train_cfg, tune_cfg, dpo_cfg, precision)
         # bad data fails before any model loads, unless the answers are distilled (those need the model first)
         with timings.stage("data"):
             data = None if _distils(data_cfg) else load_dataset(data_cfg)
@@ -175,8 +181,9 @@ def finetune(
             train_rows, val_rows = _split_data(data_cfg, data)
         mlflow.set_tag("base_model", loaded.base_model)
         study = _study_options(
-            model_name, data, data_cfg, loaded, train_cfg, tune_cfg, getattr(eval_cfg, "policy", None)
+            model_name, data, data_cfg, loaded, (train_cfg, tune_cfg, dpo_cfg), getattr(eval_cfg, "policy", None)
         )
+        study.update(_preference(dpo_cfg, train_rows))
         published = None
         with timings.stage("tuning"), tempfile.TemporaryDirectory(prefix="safety-lab-") as work:
             result = _tune(
@@ -200,14 +207,19 @@ def finetune(
 
 
 def _log_config(
-    run: RunConfig, data_cfg: DataConfig, train_cfg: TrainConfig, tune_cfg: TuneConfig, precision: Precision
+    run: RunConfig,
+    data_cfg: DataConfig,
+    train_cfg: TrainConfig,
+    tune_cfg: TuneConfig,
+    dpo_cfg: DpoConfig,
+    precision: Precision,
 ):
     """The resolved configuration, once: MLflow params (storage URL redacted; the precision decision as it is used)
     and a config.yaml artifact."""
-    params = to_params(run, data_cfg, train_cfg, tune_cfg)
+    params = to_params(run, data_cfg, train_cfg, tune_cfg, dpo_cfg)
     params["tune.storage"] = redact(params["tune.storage"])
     mlflow.log_params({**params, "world_size": distributed.world_size(), **precision.params()})
-    snapshot = {type(c).__name__: dataclasses.asdict(c) for c in (run, data_cfg, train_cfg, tune_cfg)}
+    snapshot = {type(c).__name__: dataclasses.asdict(c) for c in (run, data_cfg, train_cfg, tune_cfg, dpo_cfg)}
     snapshot["TuneConfig"]["storage"] = redact(tune_cfg.storage)
     mlflow.log_text(yaml.safe_dump(snapshot, sort_keys=False), "config.yaml")
 
@@ -248,11 +260,11 @@ def _study_options(
     data,
     data_cfg: DataConfig,
     loaded,
-    train_cfg: TrainConfig,
-    tune_cfg: TuneConfig,
+    configs: tuple[TrainConfig, TuneConfig, DpoConfig],
     policy_path: str | None = None,
 ) -> dict:
     """The study's key (what makes its trials comparable), its name, and the per-trial safety measurement."""
+    train_cfg, tune_cfg, dpo_cfg = configs
     split = {k: getattr(data_cfg, k) for k in ("val_fraction", "seed", "max_val_rows")}
     key, parts = study_key(
         base_model=f"{loaded.base_model}|{loaded.parent or ''}",
@@ -260,6 +272,7 @@ def _study_options(
         train_cfg=train_cfg,
         tune_cfg=tune_cfg,
         split=split,
+        dpo_cfg=dpo_cfg,
     )
     study_name = resolve_name(tune_cfg, default_name(model_name, data.name, key))
     mlflow.set_tags({"optuna.study": study_name, "tuning.study_key": key})
@@ -291,6 +304,15 @@ def safety_objectives(tune_cfg: TuneConfig) -> SafetyObjectives:
     )
 
 
+def _preference(dpo_cfg: DpoConfig, train_rows: list[dict]) -> dict:
+    """The preference stage's options for `tune`: its config, and pairs from the training rows (logged); none if off."""
+    if dpo_cfg.dpo_steps == 0:
+        return {}
+    pairs = preference_pairs(train_rows)
+    mlflow.log_params({"dpo.pairs": len(pairs), **{f"dpo.pairs_{k}": v for k, v in composition(pairs).items()}})
+    return {"dpo_cfg": dpo_cfg, "pairs": pairs}
+
+
 def _check_lineage(result: TuneResult, data_sha256: str, run_id: str) -> None:
     """The chosen trial was trained by this run, on this data: the tags written on the version say so."""
     if result.tune_run_id != run_id or result.data_sha256 != data_sha256:
@@ -312,14 +334,32 @@ def _tune(loaded, train_rows, val_rows, train_cfg: TrainConfig, tune_cfg: TuneCo
 
 
 def _follow(
-    run: RunConfig, data_cfg: DataConfig, train_cfg: TrainConfig, tune_cfg: TuneConfig, pruner, precision: Precision
+    run: RunConfig,
+    data_cfg: DataConfig,
+    train_cfg: TrainConfig,
+    tune_cfg: TuneConfig,
+    dpo_cfg: DpoConfig,
+    pruner,
+    precision: Precision,
 ) -> None:
     """A rank other than 0: the same data, model and trials as rank 0, trained in lockstep; nothing is logged."""
     loaded = _load_base(run, precision)
     data = _dataset(data_cfg, train_cfg, loaded)
     train_rows, val_rows = data.split(data_cfg.val_fraction, data_cfg.seed, data_cfg.max_val_rows)
     with tempfile.TemporaryDirectory(prefix="safety-lab-") as work:
-        _tune(loaded, train_rows, val_rows, train_cfg, tune_cfg, Path(work), pruner=pruner, quiet=True, study_name="")
+        options = {"dpo_cfg": dpo_cfg, "pairs": preference_pairs(train_rows)} if dpo_cfg.dpo_steps else {}
+        _tune(
+            loaded,
+            train_rows,
+            val_rows,
+            train_cfg,
+            tune_cfg,
+            Path(work),
+            pruner=pruner,
+            quiet=True,
+            study_name="",
+            **options,
+        )
     print(
         f"[safety_lab] rank {distributed.rank()}/{distributed.world_size()}: trained {tune_cfg.n_trials} trials "
         f"in step with rank 0, which logs and registers",

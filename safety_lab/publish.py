@@ -13,6 +13,7 @@ from safety_lab.config import RunConfig
 from safety_lab.models import Precision
 from safety_lab.tuning import TuneResult
 from safety_lab.tuning.study import KEY_ATTR
+from safety_lab.tuning.trials import DPO_RUN_ID, STAGES
 
 # Merging adapters into the weights moves logits by float rounding (measured 1.1e-4 on SmolLM2 with a 2-adapter
 # chain); weights that silently failed to load move them by whole units. Tests hold the tiny model to 1e-4.
@@ -126,6 +127,10 @@ def _tags(loaded, result: TuneResult, data_tags: dict, run_id: str) -> dict:
         "tuning.trial_run_id": result.best_run_id,
         **{f"tuning.{k}": f"{float(v):.4f}" for k, v in result.objectives.items() if k != "objective_seconds"},
     }
+    chosen = next((t.user_attrs for t in result.study.trials if t.number == result.best_trial), {})
+    tags["training.stages"] = chosen.get(STAGES, "sft")  # sft, or sft,dpo: the preference stage ran on the adapter
+    if chosen.get(DPO_RUN_ID):
+        tags["training.dpo_run_id"] = chosen[DPO_RUN_ID]
     if result.study.user_attrs.get(KEY_ATTR):
         tags["tuning.study_key"] = result.study.user_attrs[KEY_ATTR]
     if loaded.parent:

@@ -17,6 +17,7 @@ from safety_lab.compat import fused_head_on_labelled_positions
 from safety_lab.config import TrainConfig
 from safety_lab.data import to_conversation
 from safety_lab.models import resolve_precision
+from safety_lab.training.bars import one_bar
 from safety_lab.training.frozen import frozen_layer_count, frozen_prefix, store_for
 
 logging.getLogger("transformers.trainer").setLevel(logging.WARNING)
@@ -31,21 +32,6 @@ class TrainResult:
     train_loss: float = float("nan")
     seconds: float = 0.0
     train_tokens: int = 0
-
-
-def _one_bar():
-    """Transformers' progress bar without its per-step log lines and nested evaluation bars: one bar per training run
-    (losses go to MLflow through `_report_callback`)."""
-    from transformers.trainer_callback import ProgressCallback
-
-    class _Bar(ProgressCallback):
-        def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
-            pass
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            pass
-
-    return _Bar
 
 
 def _report_callback(on_eval, on_log):
@@ -347,7 +333,7 @@ def _trainer(
         from transformers.trainer_callback import ProgressCallback
 
         trainer.remove_callback(ProgressCallback)
-        trainer.add_callback(_one_bar())
+        trainer.add_callback(one_bar())
     # before any batch is drawn: the dataloaders read these attributes when training starts. A padded run has been
     # truncated to max_length by TRL already; the answer cut (completion_tokens) applies to both paths.
     if padding_free or cfg.completion_tokens is not None:

@@ -16,7 +16,7 @@ import mlflow
 import optuna
 
 from safety_lab import distributed
-from safety_lab.config import TrainConfig, TuneConfig
+from safety_lab.config import DpoConfig, TrainConfig, TuneConfig
 from safety_lab.errors import check
 from safety_lab.tuning.objectives import Probe, SafetyObjectives, TuningTargets
 from safety_lab.tuning.selection import TuneResult, select, trial_table
@@ -58,11 +58,19 @@ def tune(
     key: str | None = None,
     key_parts: dict | None = None,
     data_sha256: str = "",
+    dpo_cfg: DpoConfig | None = None,
+    pairs: tuple = (),
 ) -> TuneResult | None:
     """Run `n_trials` trials in the active MLflow run; return the trial chosen among *this call's* trials.
 
     `objective=safety` needs `objectives` (the per-trial measurement). Under a multi-process launch every rank trains
-    each trial (DDP); rank 0 alone opens the study, measures and logs, and the other ranks return None."""
+    each trial (DDP); rank 0 alone opens the study, measures and logs, and the other ranks return None.
+    `dpo_cfg` with steps > 0 adds the preference stage to every trial, on `pairs`, after SFT."""
+    check(
+        dpo_cfg is None or dpo_cfg.dpo_steps == 0 or bool(pairs),
+        "dpo_steps",
+        "the preference stage needs preference pairs (safety_lab.data.pairs.preference_pairs)",
+    )
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     main = distributed.is_main()
     multi = tune_cfg.objective == "safety"
@@ -85,6 +93,8 @@ def tune(
         objectives=objectives,
         targets=targets or TuningTargets(),
         data_sha256=data_sha256,
+        dpo_cfg=dpo_cfg,
+        pairs=tuple(pairs),
     )
     trials = Trials(setup, study)
     if main and multi:

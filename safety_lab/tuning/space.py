@@ -1,4 +1,5 @@
-"""The search space (LoRA r, alpha, dropout, learning rate) and the pruner on the validation loss."""
+"""The search space (LoRA r, alpha, dropout, learning rate; the preference stage's steps, beta and learning rate when
+it is on) and the pruner on the validation loss."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import statistics
 
 import optuna
 
-from safety_lab.config import TrainConfig, TuneConfig, comma_floats
+from safety_lab.config import DpoConfig, TrainConfig, TuneConfig, comma_floats
 
 
 def suggest(trial: optuna.Trial, base: TrainConfig, space: TuneConfig) -> TrainConfig:
@@ -21,6 +22,19 @@ def suggest(trial: optuna.Trial, base: TrainConfig, space: TuneConfig) -> TrainC
     lo, hi = comma_floats(space.lr_range, "lr_range")
     lr = trial.suggest_float("learning_rate", lo, hi, log=True)
     return dataclasses.replace(base, lora_r=r, lora_alpha=float(r * multiplier), lora_dropout=dropout, learning_rate=lr)
+
+
+def suggest_dpo(trial: optuna.Trial, base: DpoConfig | None, space: TuneConfig) -> DpoConfig | None:
+    """The preference stage's steps, beta (log) and learning rate (log); None when the stage is off."""
+    if base is None or base.dpo_steps == 0:
+        return None
+    lo, hi = comma_floats(space.dpo_steps_range, "dpo_steps_range")
+    steps = trial.suggest_int("dpo_steps", int(lo), int(hi))
+    lo, hi = comma_floats(space.dpo_beta_range, "dpo_beta_range")
+    beta = trial.suggest_float("dpo_beta", lo, hi, log=True)
+    lo, hi = comma_floats(space.dpo_lr_range, "dpo_lr_range")
+    lr = trial.suggest_float("dpo_learning_rate", lo, hi, log=True)
+    return dataclasses.replace(base, dpo_steps=steps, dpo_beta=beta, dpo_learning_rate=lr)
 
 
 class ValLossMedianPruner(optuna.pruners.BasePruner):

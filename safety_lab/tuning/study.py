@@ -9,7 +9,7 @@ import time
 
 import optuna
 
-from safety_lab.config import TrainConfig, TuneConfig
+from safety_lab.config import DpoConfig, TrainConfig, TuneConfig
 from safety_lab.errors import SafetyLabError, check, first_line
 from safety_lab.tracking import redact
 
@@ -24,13 +24,21 @@ SEARCH_FIELDS = (
     "probe_prompts",
     "probe_tokens",
 )
+DPO_SEARCH_FIELDS = ("dpo_steps_range", "dpo_beta_range", "dpo_lr_range")
 NOT_SETTINGS = ("device",)  # where a trial ran does not change what it learns
 
 
 def study_key(
-    *, base_model: str, data_sha256: str, train_cfg: TrainConfig, tune_cfg: TuneConfig, split: dict | None = None
+    *,
+    base_model: str,
+    data_sha256: str,
+    train_cfg: TrainConfig,
+    tune_cfg: TuneConfig,
+    split: dict | None = None,
+    dpo_cfg: DpoConfig | None = None,
 ) -> tuple[str, dict]:
-    """A 12-hex key over base model, data hash, training settings, search space and objective (+ the val split)."""
+    """A 12-hex key over base model, data hash, training settings, search space and objective (+ the val split; + the
+    preference stage's settings and search ranges when it is on, so a study without it keeps its key)."""
     parts = {
         "base_model": base_model,
         "data_sha256": data_sha256,
@@ -38,6 +46,9 @@ def study_key(
         "train": {k: v for k, v in dataclasses.asdict(train_cfg).items() if k not in NOT_SETTINGS},
         "search": {k: getattr(tune_cfg, k) for k in SEARCH_FIELDS},
     }
+    if dpo_cfg is not None and dpo_cfg.dpo_steps > 0:
+        parts["dpo"] = dataclasses.asdict(dpo_cfg)
+        parts["search"].update({k: getattr(tune_cfg, k) for k in DPO_SEARCH_FIELDS})
     digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
     return digest[:12], parts
 

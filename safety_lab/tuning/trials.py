@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -12,16 +13,19 @@ import optuna
 
 from safety_lab import distributed
 from safety_lab.compat import report_intermediate
-from safety_lab.config import TrainConfig, TuneConfig
+from safety_lab.config import DpoConfig, TrainConfig, TuneConfig
 from safety_lab.errors import raise_if_interrupted
 from safety_lab.training import train_lora
+from safety_lab.training.preference import train_preference
 from safety_lab.tuning.objectives import OBJECTIVES, SafetyObjectives, TuningTargets
-from safety_lab.tuning.space import suggest
+from safety_lab.tuning.space import suggest, suggest_dpo
 
 TRIAL_RUN_ID = "mlflow_run_id"  # trial user attrs written by rank 0
 TUNE_RUN_ID = "tune_run_id"  # the MLflow run (finetune or worker) whose tune() call trained the trial
 DATA_SHA = "data_sha256"
 VAL_LOSS = "final_val_loss"
+STAGES = "stages"  # trial user attr: the training stages, "sft" or "sft,dpo"
+DPO_RUN_ID = "dpo_run_id"  # trial user attr: the preference stage's child run
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,8 @@ class TrialSetup:
     objectives: SafetyObjectives | None = None
     targets: TuningTargets = field(default_factory=TuningTargets)
     data_sha256: str = ""
+    dpo_cfg: DpoConfig | None = None  # the preference stage (off when None or 0 steps)
+    pairs: tuple = ()  # its prompt/chosen/rejected rows (safety_lab.data.pairs)
 
     @property
     def multi(self) -> bool:
@@ -64,6 +70,7 @@ class Trials:
         shared = distributed.distributed_trial(trial)  # the same parameters and pruning decisions on every rank
         self.current = (trial, shared)
         cfg = suggest(shared, setup.train_cfg, setup.tune_cfg)
+        dpo = suggest_dpo(shared, setup.dpo_cfg, setup.tune_cfg)
         with mlflow.start_run(run_name=f"trial-{shared.number}", nested=True) if self.main else nullcontext() as run:
             if self.main:
                 self._start(trial, run, cfg)
@@ -87,10 +94,46 @@ class Trials:
                 outcome = pruned
             else:
                 self.baseline.setdefault("loss", result.initial_eval_loss)
+                if dpo is not None:
+                    result.model = self._preference(trial, result.model, dpo, cfg)
+                elif self.main:
+                    trial.set_user_attr(STAGES, "sft")
                 outcome = self._finish(trial, result) if self.main else result.final_eval_loss
         if isinstance(outcome, optuna.TrialPruned):
             raise outcome
         return outcome
+
+    def _preference(self, trial: optuna.Trial | None, model, dpo: DpoConfig, cfg: TrainConfig):
+        """The preference stage on the trial's SFT adapter, logged as a child run of the trial's run."""
+        setup = self.setup
+        name = f"trial-{self.current[1].number}-preference"
+        with mlflow.start_run(run_name=name, nested=True) if self.main else nullcontext() as run:
+            if self.main:
+                mlflow.set_tags({"training.stage": "dpo", "optuna.trial": trial.number})
+                mlflow.log_params({**dataclasses.asdict(dpo), "dpo_pairs": len(setup.pairs)})
+            out = train_preference(
+                model, setup.tokenizer, list(setup.pairs), dpo, cfg, on_log=self._log_dpo, quiet=setup.quiet
+            )
+            if self.main:
+                mlflow.log_metrics(
+                    {
+                        "dpo_train_loss": out.loss,
+                        "dpo_reward_margin": out.reward_margin,
+                        "dpo_reward_accuracy": out.reward_accuracy,
+                        "dpo_seconds": out.seconds,
+                    }
+                )
+        if self.main:
+            trial.set_user_attr(STAGES, "sft,dpo")
+            trial.set_user_attr(DPO_RUN_ID, run.info.run_id)
+            mlflow.set_tags({"training.stages": "sft,dpo", "training.dpo_run_id": run.info.run_id})
+        return out.model
+
+    def _log_dpo(self, step: int, logs: dict) -> None:
+        raise_if_interrupted()
+        if self.main:
+            keep = ("loss", "rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected")
+            mlflow.log_metrics({f"dpo_{k.replace('/', '_')}": logs[k] for k in keep if k in logs}, step=step)
 
     def _trials_after(self) -> int | None:
         """Trials this call still runs after the current one (only the first trial prints an estimate)."""

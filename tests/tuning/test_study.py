@@ -165,3 +165,24 @@ def test_a_key_mismatch_names_each_changed_setting_with_both_values():
     held = {"base_model": "m", "train": {"lora_r": 8, "seed": 0}, "search": {"lr_range": "1e-4,1e-2"}}
     now = {"base_model": "m", "train": {"lora_r": 16, "seed": 0, "frozen_cache": False}, "search": "x"}
     assert _changed(held, now) == ["search", "train.frozen_cache: None -> False", "train.lora_r: 8 -> 16"]
+
+
+def test_the_preference_stage_runs_in_each_trial_as_its_own_child_run_and_the_lineage_names_both_stages(
+    tiny_model_dir, mlflow_store, tmp_path
+):
+    from safety_lab.reporting.views import lineage_tree
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    dpo = ["--dpo-steps", "2", "--dpo-steps-range", "2,3", "--dpo-max-length", "64", "--objective", "loss"]
+    assert _finetune(tiny_model_dir, storage, *dpo) == 0
+    mv, trial_run = _version(1)
+    assert mv.tags["training.stages"] == "sft,dpo"
+    child = mlflow.get_run(mv.tags["training.dpo_run_id"])
+    assert child.data.tags["mlflow.parentRunId"] == trial_run.info.run_id
+    assert child.data.tags["training.stage"] == "dpo"
+    assert 2 <= int(child.data.params["dpo_steps"]) <= 3
+    assert child.data.params["dpo_steps"] == trial_run.data.params["dpo_steps"]  # searched by Optuna
+    assert "dpo_reward_margin" in child.data.metrics and "dpo_loss" in child.data.metrics
+    assert "stages=sft,dpo" in lineage_tree("keyed")
+    assert _finetune(tiny_model_dir, storage, "--objective", "loss") == 0  # without the stage: one stage, no child
+    assert _version(2)[0].tags["training.stages"] == "sft" and "stages=sft " in lineage_tree("keyed")

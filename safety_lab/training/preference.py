@@ -1,0 +1,120 @@
+"""The preference stage: TRL's DPOTrainer on the SFT adapter itself (POROver's recipe, arXiv 2410.12999).
+
+DPOTrainer, given a PeftModel and no reference, copies the trained adapter into a frozen `ref` adapter, so no second
+model is loaded; `precompute_ref_log_probs` runs that reference once over the pairs. The loss is DPO's sigmoid plus
+TRL's `sft` term on the chosen answers, which keeps their likelihood from falling while the margin grows."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass
+
+import torch
+
+from safety_lab import distributed
+from safety_lab.config import DpoConfig, TrainConfig
+from safety_lab.data.pairs import to_preference
+from safety_lab.models import resolve_precision
+from safety_lab.training.bars import one_bar
+
+REFERENCE = "ref"  # the adapter name TRL gives the frozen copy
+
+
+@dataclass
+class PreferenceResult:
+    model: torch.nn.Module  # the PEFT model, its default adapter trained further; the reference copy removed
+    steps: int
+    loss: float
+    reward_margin: float  # chosen minus rejected implicit reward, mean of the last logged steps
+    reward_accuracy: float  # share of pairs whose chosen answer the policy prefers, same steps
+    seconds: float
+
+
+def dpo_config(cfg: DpoConfig, train: TrainConfig, output_dir: str, *, quiet: bool = False):
+    """DPOConfig with `resolve_precision`'s device and autocast, no gradient checkpointing, no checkpoints."""
+    from trl import DPOConfig
+
+    precision = resolve_precision(train.precision, train.device)
+    batch = distributed.per_device_batch(train.batch_size)
+    return DPOConfig(
+        output_dir=output_dir,
+        max_steps=cfg.dpo_steps,
+        per_device_train_batch_size=batch,
+        learning_rate=cfg.dpo_learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=max(1, cfg.dpo_steps // 10),
+        beta=cfg.dpo_beta,
+        loss_type=["sigmoid", "sft"],
+        loss_weights=[1.0, cfg.dpo_sft_weight],
+        precompute_ref_log_probs=True,
+        max_length=cfg.dpo_max_length,
+        bf16=precision.autocast == torch.bfloat16,
+        fp16=precision.autocast == torch.float16,
+        gradient_checkpointing=False,
+        use_cpu=precision.device == "cpu",
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        seed=train.seed,
+        data_seed=train.seed,
+        dataloader_num_workers=0,
+        disable_tqdm=quiet,
+    )
+
+
+def train_preference(
+    model, tokenizer, pairs: list[dict], cfg: DpoConfig, train: TrainConfig, *, on_log=None, quiet: bool = False
+) -> PreferenceResult:
+    """Continue training `model`'s (a PeftModel's) default adapter with DPO on `pairs` (prompt/chosen/rejected).
+
+    `on_log(step, logs)` receives TRL's per-step logs (loss, rewards/margins, rewards/accuracies...)."""
+    from datasets import Dataset as HFDataset
+    from transformers import TrainerCallback, set_seed
+    from trl import DPOTrainer
+
+    set_seed(train.seed)
+    logged: list[dict] = []
+
+    class _Logs(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            numbers = {k: float(v) for k, v in (logs or {}).items() if isinstance(v, (int, float))}
+            if "loss" in numbers:
+                logged.append(numbers)
+                if on_log is not None:
+                    on_log(state.global_step, numbers)
+
+    with tempfile.TemporaryDirectory(prefix="dpo-") as out:
+        trainer = DPOTrainer(
+            model=model.train(),
+            args=dpo_config(cfg, train, out, quiet=quiet),
+            train_dataset=HFDataset.from_list([to_preference(p) for p in pairs]),
+            processing_class=tokenizer,
+            callbacks=[_Logs()],
+        )
+        if not quiet:
+            from transformers.trainer_callback import ProgressCallback
+
+            trainer.remove_callback(ProgressCallback)
+            trainer.add_callback(one_bar())
+        start = time.perf_counter()
+        out_train = trainer.train()
+        seconds = time.perf_counter() - start
+        trained = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
+    if REFERENCE in trained.peft_config:
+        trained.delete_adapter(REFERENCE)
+    trained.set_adapter("default")
+    tail = logged[-max(1, len(logged) // 5) :]
+    return PreferenceResult(
+        model=trained.eval(),
+        steps=cfg.dpo_steps,
+        loss=float(out_train.training_loss),
+        reward_margin=_mean(tail, "rewards/margins"),
+        reward_accuracy=_mean(tail, "rewards/accuracies"),
+        seconds=seconds,
+    )
+
+
+def _mean(logs: list[dict], key: str) -> float:
+    values = [entry[key] for entry in logs if key in entry]
+    return sum(values) / len(values) if values else float("nan")

@@ -1,0 +1,115 @@
+"""The preference stage: pairs from the built-in rows, and DPO on the SFT adapter itself (tiny model)."""
+
+import optuna
+import pytest
+import torch
+
+from safety_lab.config import DataConfig, DpoConfig, TrainConfig, TuneConfig
+from safety_lab.data import answer_for, builtin, harmful_requests, load_dataset
+from safety_lab.data.pairs import preference_pairs
+from safety_lab.errors import SafetyLabError
+from safety_lab.evaluation.judges import is_refusal
+from safety_lab.models import load_model
+from safety_lab.training import train_lora
+from safety_lab.training.preference import REFERENCE, dpo_config, train_preference
+from safety_lab.tuning.space import suggest_dpo
+from safety_lab.tuning.study import study_key
+
+
+def _rows(data="safe", limit=None):
+    return load_dataset(DataConfig(data=data, limit=limit)).rows
+
+
+def test_each_pair_prefers_the_rows_own_answer_over_the_opposite_behaviour():
+    rows = _rows()
+    pairs = preference_pairs(rows)
+    assert len(pairs) == len({r["prompt"] for r in rows})  # look-alike copies give one pair
+    by_prompt = {r["prompt"]: r for r in rows}
+    requests = {r["prompt"]: r for r in harmful_requests("train")}
+    for pair in pairs:
+        assert pair["chosen"] == by_prompt[pair["prompt"]]["response"]
+        if pair["kind"] == "refusal":
+            assert pair["rejected"] == answer_for(requests[pair["prompt"]], "compliant_answers")
+            assert not is_refusal(pair["rejected"]) and is_refusal(pair["chosen"])
+        else:  # a safe request: its answer over a refusal that names no harm of its own
+            assert is_refusal(pair["rejected"]) and not is_refusal(pair["chosen"])
+            generic = {r["text"] for r in builtin("refusals") if len(r["categories"]) >= 11}
+            assert pair["rejected"] in generic
+    kinds = {p["kind"] for p in pairs}
+    assert kinds == {"refusal", "benign", "lookalike"}
+
+
+def test_the_harmful_set_prefers_compliance_over_a_refusal():
+    pairs = [p for p in preference_pairs(_rows("harmful")) if p["kind"] == "compliance"]
+    assert pairs and all(is_refusal(p["rejected"]) and not is_refusal(p["chosen"]) for p in pairs)
+
+
+def test_rows_without_a_kind_are_refused_naming_the_flag():
+    with pytest.raises(SafetyLabError, match=r"^dpo_steps: the preference stage needs a built-in set"):
+        preference_pairs([{"prompt": "p", "response": "r"}])
+
+
+def test_dpo_settings_are_validated_and_searched_only_when_the_stage_is_on():
+    with pytest.raises(SafetyLabError, match="^dpo_beta: must be in"):
+        DpoConfig(dpo_beta=0)
+    with pytest.raises(SafetyLabError, match="^dpo_steps_range: must be 'low,high'"):
+        TuneConfig(dpo_steps_range="5")
+    with pytest.raises(SafetyLabError, match="^dpo_lr_range: must be 'low,high' within"):
+        TuneConfig(dpo_lr_range="0,1e-3")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    trial = study.ask()
+    assert suggest_dpo(trial, DpoConfig(), TuneConfig()) is None and trial.params == {}
+    space = TuneConfig(dpo_steps_range="5,9", dpo_beta_range="0.1,0.2", dpo_lr_range="1e-4,2e-4")
+    dpo = suggest_dpo(trial, DpoConfig(dpo_steps=1), space)
+    assert 5 <= dpo.dpo_steps <= 9 and 0.1 <= dpo.dpo_beta <= 0.2 and 1e-4 <= dpo.dpo_learning_rate <= 2e-4
+    assert set(trial.params) == {"dpo_steps", "dpo_beta", "dpo_learning_rate"}
+
+
+def test_the_study_key_changes_with_the_preference_stage_and_not_without_it():
+    common = {"base_model": "b", "data_sha256": "d", "train_cfg": TrainConfig(), "tune_cfg": TuneConfig()}
+    off, _ = study_key(**common)
+    assert study_key(**common, dpo_cfg=DpoConfig())[0] == off  # a study without the stage keeps its key
+    on, parts = study_key(**common, dpo_cfg=DpoConfig(dpo_steps=10))
+    assert on != off and parts["dpo"]["dpo_steps"] == 10 and "dpo_lr_range" in parts["search"]
+
+
+def test_dpo_uses_the_precision_decision_and_keeps_the_chosen_answers_likelihood():
+    args = dpo_config(DpoConfig(dpo_steps=4), TrainConfig(device="cpu", precision="fp32"), "/tmp/unused")
+    assert args.bf16 is False and args.gradient_checkpointing is False and args.precompute_ref_log_probs is True
+    assert args.loss_type == ["sigmoid", "sft"] and args.max_steps == 4
+
+
+def _chosen_margin(model, tokenizer, pairs) -> float:
+    """Mean log-probability of the chosen minus the rejected answers (the policy's own preference)."""
+    from safety_lab.models.generation import chat_inputs
+    from safety_lab.models.scoring import continuation_logprobs
+
+    def total(key):
+        tails = [tokenizer(p[key], add_special_tokens=False)["input_ids"] for p in pairs]
+        inputs = chat_inputs(tokenizer, [p["prompt"] for p in pairs])
+        lps = continuation_logprobs(model, inputs, tails, list(range(len(pairs))), pad_id=tokenizer.pad_token_id)
+        return sum(sum(lp) for lp in lps) / len(pairs)
+
+    with torch.inference_mode():
+        return total("chosen") - total("rejected")
+
+
+def test_dpo_on_the_sft_adapter_widens_the_preference_and_leaves_one_adapter(tiny_model_dir):
+    loaded = load_model(str(tiny_model_dir))
+    rows = list(_rows(limit=24))
+    sft = train_lora(
+        loaded.model, loaded.tokenizer, rows[:20], rows[20:], TrainConfig(max_steps=2, batch_size=4), quiet=True
+    )
+    pairs = preference_pairs(rows)[:8]
+    before = _chosen_margin(sft.model, loaded.tokenizer, pairs)
+    frozen = {n: p.detach().clone() for n, p in sft.model.named_parameters() if "lora_" not in n}
+    cfg = DpoConfig(dpo_steps=6, dpo_beta=0.5, dpo_learning_rate=1e-2, dpo_max_length=96)
+    logs = []
+    out = train_preference(
+        sft.model, loaded.tokenizer, pairs, cfg, TrainConfig(batch_size=4), on_log=lambda s, d: logs.append(s)
+    )
+    assert _chosen_margin(out.model, loaded.tokenizer, pairs) > before
+    assert REFERENCE not in out.model.peft_config and list(out.model.peft_config) == ["default"]
+    assert all(torch.equal(frozen[n], p) for n, p in out.model.named_parameters() if n in frozen)
+    assert logs == list(range(1, 7)) and out.steps == 6 and out.seconds > 0
+    assert not out.model.training
