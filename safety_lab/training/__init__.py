@@ -283,24 +283,25 @@ def lora_config(cfg: TrainConfig, model: torch.nn.Module):
     )
 
 
-def score_labelled_positions_only(trainer) -> None:
-    """Make `trainer`'s fused LM head project and softmax only the positions that have a label.
+def score_labelled_positions_only(trainer, methods: tuple[str, ...] = ("compute_loss",)) -> None:
+    """Make `trainer`'s fused LM head project and softmax only the positions that have a label, in each of `methods`
+    (SFT: `compute_loss`; DPO: also `compute_ref_log_probs`, the reference forward).
 
     TRL's fused head (`trl.trainer.utils.add_fused_lm_head`) compacts the hidden states to the labelled positions only
     on CUDA/XPU; elsewhere it scores every position of the batch (to keep tile shapes fixed for compilers like
     Neuron's), prompt tokens included, and zeroes them afterwards, forward and backward. On the CPU, where nothing
     recompiles, that spends the 49152-wide head and softmax on the ~half of each row that is prompt. Here TRL's own
-    compact branch is chosen for the duration of each `compute_loss` (`compat.fused_head_on_labelled_positions`):
-    same kernel, same loss and metrics (entropy and token accuracy were already taken over labelled positions only),
-    fewer rows."""
-    compute_loss = trainer.compute_loss
+    compact branch is chosen for the duration of each call (`compat.fused_head_on_labelled_positions`): same kernel,
+    the same full-shaped per-token output with zeros at unlabelled positions, fewer rows computed."""
+    for name in methods:
+        method = getattr(trainer, name)
 
-    @functools.wraps(compute_loss)
-    def compute_loss_on_labelled_positions(*args, **kwargs):
-        with fused_head_on_labelled_positions():
-            return compute_loss(*args, **kwargs)
+        @functools.wraps(method)
+        def on_labelled_positions(*args, _method=method, **kwargs):
+            with fused_head_on_labelled_positions():
+                return _method(*args, **kwargs)
 
-    trainer.compute_loss = compute_loss_on_labelled_positions
+        setattr(trainer, name, on_labelled_positions)
 
 
 def _trainer(

@@ -1,7 +1,7 @@
 """The preference stage: TRL's DPOTrainer on the SFT adapter itself (POROver's recipe, arXiv 2410.12999).
 
 DPOTrainer, given a PeftModel and no reference, copies the trained adapter into a frozen `ref` adapter, so no second
-model is loaded; `precompute_ref_log_probs` runs that reference once over the pairs. The loss is DPO's sigmoid plus
+model is loaded. The loss is DPO's sigmoid plus
 TRL's `sft` term on the chosen answers, which keeps their likelihood from falling while the margin grows."""
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from safety_lab import distributed
 from safety_lab.config import DpoConfig, TrainConfig
 from safety_lab.data.pairs import to_preference
 from safety_lab.models import resolve_precision
+from safety_lab.training import score_labelled_positions_only
 from safety_lab.training.bars import one_bar
 
 REFERENCE = "ref"  # the adapter name TRL gives the frozen copy
@@ -31,8 +32,11 @@ class PreferenceResult:
     seconds: float
 
 
-def dpo_config(cfg: DpoConfig, train: TrainConfig, output_dir: str, *, quiet: bool = False):
-    """DPOConfig with `resolve_precision`'s device and autocast, no gradient checkpointing, no checkpoints."""
+def dpo_config(cfg: DpoConfig, train: TrainConfig, output_dir: str, *, n_pairs: int, quiet: bool = False):
+    """DPOConfig with `resolve_precision`'s device and autocast, no gradient checkpointing, no checkpoints.
+
+    The reference log-probabilities are precomputed (one pass over every pair) only when the steps see a pair more
+    than once; otherwise each batch's reference forward runs with it, and pairs that no step draws cost nothing."""
     from trl import DPOConfig
 
     precision = resolve_precision(train.precision, train.device)
@@ -47,7 +51,7 @@ def dpo_config(cfg: DpoConfig, train: TrainConfig, output_dir: str, *, quiet: bo
         beta=cfg.dpo_beta,
         loss_type=["sigmoid", "sft"],
         loss_weights=[1.0, cfg.dpo_sft_weight],
-        precompute_ref_log_probs=True,
+        precompute_ref_log_probs=cfg.dpo_steps * train.batch_size > n_pairs,
         max_length=cfg.dpo_max_length,
         bf16=precision.autocast == torch.bfloat16,
         fp16=precision.autocast == torch.float16,
@@ -87,11 +91,12 @@ def train_preference(
     with tempfile.TemporaryDirectory(prefix="dpo-") as out:
         trainer = DPOTrainer(
             model=model.train(),
-            args=dpo_config(cfg, train, out, quiet=quiet),
+            args=dpo_config(cfg, train, out, n_pairs=len(pairs), quiet=quiet),
             train_dataset=HFDataset.from_list([to_preference(p) for p in pairs]),
             processing_class=tokenizer,
             callbacks=[_Logs()],
         )
+        score_labelled_positions_only(trainer, ("compute_loss", "compute_ref_log_probs"))
         if not quiet:
             from transformers.trainer_callback import ProgressCallback
 

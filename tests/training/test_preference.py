@@ -74,9 +74,13 @@ def test_the_study_key_changes_with_the_preference_stage_and_not_without_it():
 
 
 def test_dpo_uses_the_precision_decision_and_keeps_the_chosen_answers_likelihood():
-    args = dpo_config(DpoConfig(dpo_steps=4), TrainConfig(device="cpu", precision="fp32"), "/tmp/unused")
-    assert args.bf16 is False and args.gradient_checkpointing is False and args.precompute_ref_log_probs is True
+    train = TrainConfig(device="cpu", precision="fp32", batch_size=8)
+    args = dpo_config(DpoConfig(dpo_steps=4), train, "/tmp/unused", n_pairs=100)
+    assert args.bf16 is False and args.gradient_checkpointing is False
     assert args.loss_type == ["sigmoid", "sft"] and args.max_steps == 4
+    # 32 pairs drawn of 100: the reference runs with each batch; 40 steps see pairs again: computed once up front
+    assert args.precompute_ref_log_probs is False
+    assert dpo_config(DpoConfig(dpo_steps=40), train, "/tmp/unused", n_pairs=100).precompute_ref_log_probs is True
 
 
 def _chosen_margin(model, tokenizer, pairs) -> float:
@@ -113,3 +117,28 @@ def test_dpo_on_the_sft_adapter_widens_the_preference_and_leaves_one_adapter(tin
     assert all(torch.equal(frozen[n], p) for n, p in out.model.named_parameters() if n in frozen)
     assert logs == list(range(1, 7)) and out.steps == 6 and out.seconds > 0
     assert not out.model.training
+
+
+def test_scoring_only_the_answer_positions_gives_the_same_dpo_losses(tiny_model_dir, monkeypatch):
+    """The compact LM head (answer positions only) in the policy and reference forwards: the same losses as TRL's
+    head as it ships on a CPU, which scores every position and zeroes the prompt's."""
+    from safety_lab.training import preference
+
+    loaded = load_model(str(tiny_model_dir))
+    rows = list(_rows(limit=24))
+    pairs = preference_pairs(rows)[:8]
+    cfg = DpoConfig(dpo_steps=3, dpo_beta=0.5, dpo_learning_rate=1e-2, dpo_max_length=96)
+
+    def losses():
+        sft = train_lora(
+            loaded.model, loaded.tokenizer, rows[:20], rows[20:], TrainConfig(max_steps=1, batch_size=4), quiet=True
+        )
+        logs = []
+        train_preference(
+            sft.model, loaded.tokenizer, pairs, cfg, TrainConfig(batch_size=4), on_log=lambda s, d: logs.append(d)
+        )
+        return [d["loss"] for d in logs]
+
+    compact = losses()
+    monkeypatch.setattr(preference, "score_labelled_positions_only", lambda trainer, methods: None)
+    assert compact == pytest.approx(losses(), abs=1e-4)
