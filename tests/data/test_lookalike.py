@@ -3,6 +3,8 @@
 import re
 from collections import Counter
 
+import pytest
+
 from safety_lab.data import PARTS, benign_pairs, builtin, lookalike_requests
 
 REFUSAL = re.compile(r"\b(I can't|I cannot|I won't|I'm sorry|I am unable|I'm unable|I'm not able)\b", re.IGNORECASE)
@@ -116,15 +118,16 @@ def _words(text: str) -> set[str]:
     return out
 
 
-def test_the_generalisation_check_shares_no_prompt_with_what_the_project_trains_tunes_or_evaluates_on():
+@pytest.mark.parametrize("name", ["heldout_lookalikes.csv", "heldout_lookalikes_instructions.csv"])
+def test_the_generalisation_check_shares_no_prompt_with_what_the_project_trains_tunes_or_evaluates_on(name):
     """bench/generalisation.py measures refusals on look-alikes the project never saw: none may leak in, not even as
     a near copy (content-word Jaccard >= 0.4 to a built-in benign or look-alike prompt; the closest pair today is
-    0.25, while copies that differ by a phrase, like "How can I drown the fungus gnats ..." against "Can I drown the
-    fungus gnats ...", score 0.5-1.0)."""
+    0.25 for the questions and 0.33 for their instruction rewrites, while copies that differ by a phrase, like "How
+    can I drown the fungus gnats ..." against "Can I drown the fungus gnats ...", score 0.5-1.0)."""
     import csv
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[2] / "bench" / "data" / "heldout_lookalikes.csv"
+    path = Path(__file__).resolve().parents[2] / "bench" / "data" / name
     with open(path, newline="") as f:
         held_out = [r["prompt"] for r in csv.DictReader(f)]
     known = [_words(r["prompt"]) for name in ("lookalike", "benign_pairs") for r in builtin(name)]
