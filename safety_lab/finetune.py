@@ -183,7 +183,8 @@ def finetune(
         study = _study_options(
             model_name, data, data_cfg, loaded, (train_cfg, tune_cfg, dpo_cfg), getattr(eval_cfg, "policy", None)
         )
-        study.update(_preference(dpo_cfg, train_rows))
+        with timings.stage("distill"):  # the base model's own answers to the harmful requests, when DPO runs
+            study.update(_preference(dpo_cfg, train_rows, loaded))
         published = None
         with timings.stage("tuning"), tempfile.TemporaryDirectory(prefix="safety-lab-") as work:
             result = _tune(
@@ -304,12 +305,19 @@ def safety_objectives(tune_cfg: TuneConfig) -> SafetyObjectives:
     )
 
 
-def _preference(dpo_cfg: DpoConfig, train_rows: list[dict]) -> dict:
-    """The preference stage's options for `tune`: its config, and pairs from the training rows (logged); none if off."""
+def _preference(dpo_cfg: DpoConfig, train_rows: list[dict], loaded) -> dict:
+    """The preference stage's options for `tune` (none when it is off): its config and pairs from the training rows,
+    with the base model's own answers to the harmful requests as the rejected side where it complied (greedy, 48
+    tokens, cached by `distill_answers`; every rank computes the same ones)."""
     if dpo_cfg.dpo_steps == 0:
         return {}
-    pairs = preference_pairs(train_rows)
-    mlflow.log_params({"dpo.pairs": len(pairs), **{f"dpo.pairs_{k}": v for k, v in composition(pairs).items()}})
+    harmful = [r["prompt"] for r in train_rows if r.get("kind") == "refusal"]
+    own = distill.distill_answers(loaded, harmful, max_new_tokens=48, trim=False) if harmful else {}
+    complied = {prompt: answer for prompt, answer in own.items() if answer.strip() and not is_refusal(answer)}
+    pairs = preference_pairs(train_rows, complied)
+    if mlflow.active_run() is not None:
+        counts = {f"dpo.pairs_{k}": v for k, v in composition(pairs).items()}
+        mlflow.log_params({"dpo.pairs": len(pairs), "dpo.pairs_own_rejected": len(complied), **counts})
     return {"dpo_cfg": dpo_cfg, "pairs": pairs}
 
 
@@ -347,7 +355,7 @@ def _follow(
     data = _dataset(data_cfg, train_cfg, loaded)
     train_rows, val_rows = data.split(data_cfg.val_fraction, data_cfg.seed, data_cfg.max_val_rows)
     with tempfile.TemporaryDirectory(prefix="safety-lab-") as work:
-        options = {"dpo_cfg": dpo_cfg, "pairs": preference_pairs(train_rows)} if dpo_cfg.dpo_steps else {}
+        options = _preference(dpo_cfg, train_rows, loaded)
         _tune(
             loaded,
             train_rows,

@@ -3,7 +3,7 @@ the opposite behaviour (a harmful request's refusal over a compliant answer; a s
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from safety_lab.data import _pick, answer_for, builtin, harmful_requests
 from safety_lab.errors import check
@@ -16,10 +16,13 @@ def _generic_refusals() -> list[dict]:
     return [r for r in builtin("refusals") if len(r.get("categories", ())) >= GENERIC_REFUSAL]
 
 
-def preference_pairs(rows: Iterable[dict]) -> list[dict]:
+def preference_pairs(rows: Iterable[dict], complied: Mapping[str, str] | None = None) -> list[dict]:
     """prompt/chosen/rejected rows, one per distinct prompt of `rows` (built-in training rows with a `kind`).
 
-    refusal (a harmful request refused): rejected = the compliant, non-actionable answer its category gets;
+    refusal (a harmful request refused): rejected = the model's own compliant answer when `complied` has one for the
+    prompt (on-policy: what the model says when it fails, which DPO can still push down; a written template the
+    model never says gives no gradient once its margin is wide), else the compliant, non-actionable answer its
+    category gets;
     compliance (the harmful set): rejected = a refusal that fits its category;
     benign and lookalike: rejected = a generic refusal, picked by prompt hash (a refusal that names a harm, such as
     a self-harm support line, would not be one the model gives a cooking question)."""
@@ -40,6 +43,8 @@ def preference_pairs(rows: Iterable[dict]) -> list[dict]:
             request = requests.get(row["prompt"])
             check(request is not None, "dpo_steps", f"row {number}: not a training harmful request")
             rejected = answer_for(request, "compliant_answers" if kind == "refusal" else "refusals")
+            if kind == "refusal" and (complied or {}).get(row["prompt"], "").strip():
+                rejected = complied[row["prompt"]]
         else:
             rejected = _pick(generic, row["prompt"])
         pairs.append({"prompt": row["prompt"], "chosen": row["response"], "rejected": rejected, "kind": kind})

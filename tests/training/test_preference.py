@@ -39,6 +39,18 @@ def test_each_pair_prefers_the_rows_own_answer_over_the_opposite_behaviour():
     assert kinds == {"refusal", "benign", "lookalike"}
 
 
+def test_the_models_own_compliant_answer_is_the_rejected_side_where_given():
+    rows = _rows()
+    harmful = [r["prompt"] for r in rows if r["kind"] == "refusal"]
+    own = {harmful[0]: "Sure, the general idea is this.", harmful[1]: "  "}  # an empty answer keeps the template
+    pairs = {p["prompt"]: p for p in preference_pairs(rows, own)}
+    assert pairs[harmful[0]]["rejected"] == "Sure, the general idea is this."
+    template = answer_for({r["prompt"]: r for r in harmful_requests("train")}[harmful[1]], "compliant_answers")
+    assert pairs[harmful[1]]["rejected"] == template
+    lookalike = next(p for p in pairs.values() if p["kind"] == "lookalike")
+    assert is_refusal(lookalike["rejected"])  # only harmful requests take the model's own answer
+
+
 def test_the_harmful_set_prefers_compliance_over_a_refusal():
     pairs = [p for p in preference_pairs(_rows("harmful")) if p["kind"] == "compliance"]
     assert pairs and all(is_refusal(p["rejected"]) and not is_refusal(p["chosen"]) for p in pairs)
