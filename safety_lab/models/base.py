@@ -88,7 +88,7 @@ class Precision:
         """The decision as MLflow params, exactly as it is used."""
         return {
             "device": self.device,
-            "precision": self.chosen,
+            "precision.chosen": self.chosen,
             "precision.weights": _NAMES[self.weights],
             "precision.autocast": _NAMES[self.autocast] if self.autocast else "none",
             "precision.bf16_native": str(self.bf16_native).lower(),

@@ -65,7 +65,7 @@ def test_fp32_on_a_bf16_gpu_loads_fp32_weights_and_trains_without_autocast(
     _hardware(monkeypatch, gpu=True, bf16=True)
     params = _finetune_to_the_load(tiny_model_dir, tmp_path, "--precision", "fp32", "--device", "cuda")
     assert loads == [("cuda", torch.float32)]
-    assert (params["precision"], params["precision.weights"], params["precision.autocast"]) == ("fp32", "fp32", "none")
+    assert (params["precision.chosen"], params["precision.weights"], params["precision.autocast"]) == ("fp32", "fp32", "none")
     args = _trainer_args(monkeypatch, TrainConfig(precision="fp32", device="cuda"))
     assert (args.bf16, args.fp16, args.use_cpu) == (False, False, False)
 
@@ -86,7 +86,7 @@ def test_auto_on_a_cpu_without_native_bf16_is_fp32_throughout(
     params = _finetune_to_the_load(tiny_model_dir, tmp_path)
     assert loads == [("cpu", torch.float32)]
     assert (params["device"], params["precision.weights"], params["precision.autocast"]) == ("cpu", "fp32", "none")
-    assert params["precision.bf16_native"] == "false" and params["precision"] == "fp32"
+    assert params["precision.bf16_native"] == "false" and params["precision.chosen"] == "fp32"
     args = _trainer_args(monkeypatch, TrainConfig())
     assert (args.bf16, args.fp16, args.use_cpu) == (False, False, True)
 
@@ -115,7 +115,7 @@ def test_what_is_logged_is_what_is_used(
     args = _trainer_args(monkeypatch, TrainConfig(precision=request_))
     autocast = "bf16" if args.bf16 else "fp16" if args.fp16 else "none"
     assert params["precision.autocast"] == autocast and args.use_cpu == (device == "cpu")
-    assert params["precision"] == (autocast if autocast != "none" else params["precision.weights"])
+    assert params["precision.chosen"] == (autocast if autocast != "none" else params["precision.weights"])
     decided = resolve_precision(request_, "auto")
     assert (decided.device, decided.weights) == (device, dtype)  # the evaluation's loader follows the same decision
 

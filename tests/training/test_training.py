@@ -48,7 +48,7 @@ def test_precision_auto_follows_the_hardware(monkeypatch):
         assert (precision.chosen, precision.bf16_native) == (chosen, native)
         assert precision.weights == torch.float32  # the model's weights stay fp32 on a CPU
         params = precision.params()
-        assert params["precision"] == chosen and params["precision.bf16_native"] == str(native).lower()
+        assert params["precision.chosen"] == chosen and params["precision.bf16_native"] == str(native).lower()
         args = sft_config(TrainConfig(device="cpu"), "/tmp/unused", n_val=1)
         assert args.bf16 is native and args.fp16 is False
         assert args.gradient_checkpointing is False and args.completion_only_loss is True
