@@ -65,7 +65,8 @@ def test_fp32_on_a_bf16_gpu_loads_fp32_weights_and_trains_without_autocast(
     _hardware(monkeypatch, gpu=True, bf16=True)
     params = _finetune_to_the_load(tiny_model_dir, tmp_path, "--precision", "fp32", "--device", "cuda")
     assert loads == [("cuda", torch.float32)]
-    assert (params["precision.chosen"], params["precision.weights"], params["precision.autocast"]) == ("fp32", "fp32", "none")
+    used = (params["precision.chosen"], params["precision.weights"], params["precision.autocast"])
+    assert used == ("fp32", "fp32", "none")
     args = _trainer_args(monkeypatch, TrainConfig(precision="fp32", device="cuda"))
     assert (args.bf16, args.fp16, args.use_cpu) == (False, False, False)
 
