@@ -1,0 +1,32 @@
+"""bench/form_shortcut.py: the surface classifier finds an opening-word shortcut and reports chance without one."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+form_shortcut = pytest.importorskip("form_shortcut")
+
+TOPICS = ["a cake", "a fence", "a poem", "a bridge", "a garden", "a boat", "a lamp", "a song", "a shelf", "a kite"]
+
+
+def _rows(harmful_opening: str, safe_opening: str) -> list[tuple[str, int]]:
+    return [(f"{harmful_opening} {t} for me", 1) for t in TOPICS] + [(f"{safe_opening} {t} for me", 0) for t in TOPICS]
+
+
+def test_balanced_accuracy_is_the_mean_recall():
+    assert form_shortcut.balanced_accuracy([1, 1, 1, 0], [1, 1, 1, 1]) == 0.5  # all one class: chance
+    assert form_shortcut.balanced_accuracy([1, 1, 0, 0], [1, 0, 0, 0]) == 0.75
+
+
+def test_an_opening_word_that_gives_the_label_away_is_found_within_the_form():
+    found = form_shortcut.shortcut(_rows("Write", "Describe"), _rows("Write", "Describe"), resamples=200)
+    n, accuracy, (low, _) = found["instruction"]
+    assert n == 20 and accuracy == 1.0 and low > 0.5
+
+
+def test_the_same_openings_for_both_labels_leave_chance():
+    train = [(f"Write {t} now", y) for t in TOPICS for y in (0, 1)]
+    n, accuracy, (low, high) = form_shortcut.shortcut(train, train, resamples=200)["instruction"]
+    assert accuracy == 0.5 and low <= 0.5 <= high
