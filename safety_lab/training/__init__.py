@@ -70,7 +70,7 @@ def _eta_callback(trials_after: int, after_steps: int = 5):
                 per_step = (time.perf_counter() - self.start) / after_steps
                 left = remaining_seconds(per_step, state.global_step, state.max_steps, trials_after)
                 print(
-                    f"[safety_lab] tuning: about {left / 60:.1f} min of training left "
+                    f"[safety_lab] tuning: about {left / 60:.1f} min of SFT training left "
                     f"({per_step:.2f} s/step; {state.max_steps - state.global_step} steps of this trial"
                     f" + {trials_after} more trial(s) of {state.max_steps})",
                     flush=True,

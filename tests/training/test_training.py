@@ -254,7 +254,7 @@ def test_the_first_steps_give_one_estimate_of_the_training_time_left(tiny_model_
     train, val = load_dataset(DataConfig(data="safe", limit=16, benign_ratio=0)).split(0.25, seed=0)
     cfg = TrainConfig(max_steps=8, eval_every=8, batch_size=4, max_length=96)
     train_lora(loaded.model, loaded.tokenizer, train, val, cfg, quiet=True, trials_after=2)
-    lines = [line for line in capsys.readouterr().out.splitlines() if "of training left" in line]
+    lines = [line for line in capsys.readouterr().out.splitlines() if "of SFT training left" in line]
     assert len(lines) == 1 and "2 steps of this trial + 2 more trial(s) of 8" in lines[0], lines
     train_lora(loaded.model, loaded.tokenizer, train, val, cfg, quiet=True)  # no trials_after: no estimate
-    assert "of training left" not in capsys.readouterr().out
+    assert "of SFT training left" not in capsys.readouterr().out
