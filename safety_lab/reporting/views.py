@@ -81,7 +81,7 @@ def lineage_tree(model_name: str) -> str:
         parts = [
             f"v{mv.version}",
             f"data={tags.get('data.name') or '-'}",
-            f"stages={tags.get('training.stages') or 'sft'}",
+            f"stages={tags.get('training.stages') or '-'}",
             f"status={status_of(mv)}",
             f"asr={_fmt_num(tags.get('safety.asr'))}",
         ]
