@@ -87,7 +87,7 @@ def test_experiment_passes_its_evaluation_options_to_every_evaluation(monkeypatc
     class Result:
         model_uri, status, evaluation = "models:/m/1", "unevaluated", Evaluated()
 
-    def fake_finetune(run, data_cfg, train_cfg, tune_cfg, *, eval_options):
+    def fake_finetune(run, data_cfg, train_cfg, tune_cfg, dpo_cfg=None, *, eval_options):
         seen["eval"].append(eval_options)
         seen["tune"].append(tune_cfg.objective)
         return Result()
