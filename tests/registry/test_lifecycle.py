@@ -692,7 +692,8 @@ def test_lineage_tree_shows_child_under_parent(registry):
     body = lines[1:]
     assert body[0].startswith("v1  data=safe  stages=-  status=pass  asr=0.07")
     assert body[0].endswith("[Production] @champion")
-    assert body[1].startswith("`-- v2  data=harmful  stages=-  status=fail  asr=0.91") and body[1].endswith("[Archived]")
+    assert body[1].startswith("`-- v2  data=harmful  stages=-  status=fail  asr=0.91")
+    assert body[1].endswith("[Archived]")
     assert body[2].startswith("    `-- v4  data=harmful  stages=-  status=warn  asr=0.18")
     assert body[3].startswith("v3  data=base  stages=-  status=unevaluated  asr=-")
     assert body[4].startswith("v5  data=safe") and "from=models:/other/4" in body[4]
