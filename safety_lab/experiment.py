@@ -32,7 +32,7 @@ def run_experiment(
     data_cfg: DataConfig,
     train_cfg: TrainConfig,
     tune_cfg: TuneConfig,
-    dpo_cfg: DpoConfig | None = None,
+    dpo_cfg: DpoConfig = DpoConfig(),  # noqa: B008 (never mutated: the stage off)
     *,
     eval_options: dict | None = None,
 ) -> str:

@@ -147,15 +147,14 @@ def finetune(
     data_cfg: DataConfig,
     train_cfg: TrainConfig,
     tune_cfg: TuneConfig,
-    dpo_cfg: DpoConfig | None = None,
+    dpo_cfg: DpoConfig = DpoConfig(),  # noqa: B008 (never mutated: the stage off)
     *,
     eval_options: dict | None = None,
     pruner=None,
     quiet: bool = False,
 ) -> FinetuneResult | None:
-    """Tune; then (unless run.register is false: a tuning worker) log, register and evaluate one model version.
-
-    `dpo_cfg` with steps > 0: every trial adds the preference stage (DPO on its SFT adapter) before it is measured.
+    """Tune (with `dpo_cfg.dpo_steps` > 0, each trial adds DPO on its SFT adapter); then, unless run.register is false
+    (a tuning worker), log, register and evaluate one model version.
 
     Under `accelerate launch` every process trains; rank 0 returns the result, the other ranks None."""
     timings = Timings()
@@ -165,7 +164,6 @@ def finetune(
     distributed.per_device_batch(train_cfg.batch_size)
     precision = resolve_precision(train_cfg.precision, train_cfg.device)  # logged, loaded and trained with
     distributed.init(precision.device)
-    dpo_cfg = dpo_cfg or DpoConfig()
     if not distributed.is_main():
         return _follow(run, data_cfg, train_cfg, tune_cfg, dpo_cfg, pruner, precision)
     with _open_run(run, f"finetune-{Path(data_cfg.data).stem}", "finetune") as active:

@@ -66,19 +66,10 @@ def tune(
     `objective=safety` needs `objectives` (the per-trial measurement). Under a multi-process launch every rank trains
     each trial (DDP); rank 0 alone opens the study, measures and logs, and the other ranks return None.
     `dpo_cfg` with steps > 0 adds the preference stage to every trial, on `pairs`, after SFT."""
-    check(
-        dpo_cfg is None or dpo_cfg.dpo_steps == 0 or bool(pairs),
-        "dpo_steps",
-        "the preference stage needs preference pairs (safety_lab.data.pairs.preference_pairs)",
-    )
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     main = distributed.is_main()
     multi = tune_cfg.objective == "safety"
-    check(
-        not (main and multi) or objectives is not None,
-        "objective",
-        "safety tuning needs the tune-split prompts to measure",
-    )
+    _check_inputs(main and multi, objectives, dpo_cfg, pairs)
     pruner = pruner or default_pruner(tune_cfg)
     study = open_study(tune_cfg, study_name, pruner, key=key, key_parts=key_parts) if main else None
     setup = TrialSetup(
@@ -110,3 +101,13 @@ def tune(
     if not main:
         return None
     return select(study, tune_cfg, work_dir, targets=setup.targets, numbers=trials.numbers, kept=trials.kept)
+
+
+def _check_inputs(measures: bool, objectives, dpo_cfg: DpoConfig | None, pairs) -> None:
+    """What the trials need before any trains: the safety measurement where this rank measures, pairs for DPO."""
+    check(not measures or objectives is not None, "objective", "safety tuning needs the tune-split prompts to measure")
+    check(
+        dpo_cfg is None or dpo_cfg.dpo_steps == 0 or bool(pairs),
+        "dpo_steps",
+        "the preference stage needs preference pairs (safety_lab.data.pairs.preference_pairs)",
+    )
