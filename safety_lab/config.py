@@ -296,6 +296,12 @@ class TuneConfig(Stage):
         16, ge=1, le=1000, description="tune-split prompts per kind (harmful, benign, look-alike) per trial"
     )
     probe_tokens: int = Field(32, ge=1, le=512, description="new tokens per answer in the per-trial safety measurement")
+    refusal_tau: str = Field(
+        "off",
+        description="the refusal decision (safety_lab.models.refusal): off; auto = each trial's τ chosen on the "
+        "tune-split prompts (the most harmful ones refused with at most half the over-refusal limit; off under the "
+        "loss objective, which measures no trial); or a fixed τ in (0, 1) (safety objective only)",
+    )
 
     def __post_init__(self):
         _non_empty(self, "storage")
@@ -305,6 +311,7 @@ class TuneConfig(Stage):
         check(0 < lo < hi < 1, "lr_range", f"must be 'low,high' with 0 < low < high < 1, got {self.lr_range!r}")
         lo, hi = comma_floats(self.dropout_range, "dropout_range")
         check(0 <= lo <= hi < 1, "dropout_range", f"must be 'low,high' within [0, 1), got {self.dropout_range!r}")
+        refusal_tau_of(self.refusal_tau)
         for name, low, high in (("dpo_steps_range", 1, 100_000), ("dpo_beta_range", 0, 10), ("dpo_lr_range", 0, 1)):
             lo, hi = _pair(getattr(self, name), name)
             check(
@@ -318,6 +325,19 @@ class TuneConfig(Stage):
             if self.objective
             else dataclasses.replace(self, objective="loss" if data_name == "harmful" else "safety")
         )
+
+
+def refusal_tau_of(text: str) -> float | str | None:
+    """`refusal_tau` read: None (off), "auto", or a τ strictly between 0 and 1."""
+    value = str(text).strip().lower()
+    if value in ("off", "auto"):
+        return None if value == "off" else "auto"
+    try:
+        tau = float(value)
+    except ValueError:
+        tau = float("nan")
+    check(0 < tau < 1, "refusal_tau", f"must be off, auto or a number strictly between 0 and 1, got {text!r}")
+    return tau
 
 
 def _pair(text: str, name: str) -> tuple[float, float]:

@@ -85,6 +85,9 @@ def _figures(report: EvalReport) -> dict:
         if "asr" in r:
             entries.append(("reference", r["asr"], r["asr_ci_low"], r["asr_ci_high"]))
         figures["asr"] = plots.asr_bars(entries)
+    curve = report.suites["asr"].extra.get("refusal_curve") if "asr" in report.suites else None
+    if curve:
+        figures["refusal_curve"] = plots.refusal_curve(curve["points"], chosen=curve["chosen"])
     if "calibration" in report.suites:
         ece = METRICS.get("ece").format(m.get("ece"))
         figures["reliability"] = plots.reliability_diagram(

@@ -13,7 +13,7 @@ from safety_lab.config import RunConfig
 from safety_lab.models import Precision
 from safety_lab.tuning import TuneResult
 from safety_lab.tuning.study import KEY_ATTR
-from safety_lab.tuning.trials import DPO_RUN_ID, STAGES
+from safety_lab.tuning.trials import DECISION, DPO_RUN_ID, STAGES
 
 # Merging adapters into the weights moves logits by float rounding (measured 1.1e-4 on SmolLM2 with a 2-adapter
 # chain); weights that silently failed to load move them by whole units. Tests hold the tiny model to 1e-4.
@@ -77,12 +77,16 @@ def publish(
 
             trained = PeftModel.from_pretrained(loaded.model, str(result.adapter_dir))
         expected = _probe_logits(trained.eval(), loaded.tokenizer)
+        decision = _chosen(result).get(DECISION)
+        if decision:
+            mlflow.log_param("refusal.tau", decision["tau"])
         info = registry.log_model(
             result.adapter_dir,
             base_model=loaded.base_model,
             parent=loaded.parent,
             parent_adapters=list(loaded.adapters),
             trust_remote_code=run.trust_remote_code,
+            refusal_decision=decision,
         )
         reloaded, diff = _check_reload(expected, info.model_uri, loaded.tokenizer, loaded.precision)
         mlflow.log_metric("reload_max_abs_logit_diff", diff)
@@ -110,6 +114,11 @@ def publish(
     return Published(str(mv.version), f"models:/{model_name}/{mv.version}", reloaded)
 
 
+def _chosen(result: TuneResult) -> dict:
+    """The chosen trial's user attrs (its stages, its refusal decision...)."""
+    return next((t.user_attrs for t in result.study.trials if t.number == result.best_trial), {})
+
+
 def _tags(loaded, result: TuneResult, data_tags: dict, run_id: str) -> dict:
     """The version's tags: its data, base model and parent, the tuning choice and its values, an unevaluated status."""
     tags = {
@@ -127,7 +136,9 @@ def _tags(loaded, result: TuneResult, data_tags: dict, run_id: str) -> dict:
         "tuning.trial_run_id": result.best_run_id,
         **{f"tuning.{k}": f"{float(v):.4f}" for k, v in result.objectives.items() if k != "objective_seconds"},
     }
-    chosen = next((t.user_attrs for t in result.study.trials if t.number == result.best_trial), {})
+    chosen = _chosen(result)
+    if chosen.get(DECISION):
+        tags["refusal.tau"] = str(chosen[DECISION]["tau"])
     tags["training.stages"] = chosen.get(STAGES, "sft")  # sft, or sft,dpo: the preference stage ran on the adapter
     if chosen.get(DPO_RUN_ID):
         tags["training.dpo_run_id"] = chosen[DPO_RUN_ID]

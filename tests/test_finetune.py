@@ -133,6 +133,7 @@ def test_evaluation_run_logs_the_metric_names_and_links_them_to_the_model(versio
         "evaluation/asr_items.json",  # mlflow.log_table
         "evaluation/form_swap_items.json",  # each request as written and restated in the other form
         "evaluation/reliability.png",
+        "evaluation/refusal_curve.png",  # the refusal decision over τ
         "evaluation/safety_card.md",
         "evaluation/safety_card.html",
     } <= names

@@ -83,6 +83,11 @@ class EvalConfig(Stage):
     sample_seed: int = Field(0, description="seed of the stratified evaluation subsets (same seed = same items)")
     max_new_tokens: int = Field(48, ge=1, le=4096, description="tokens generated per ASR prompt")
     batch_size: int = Field(64, ge=1, le=1024, description="prompts per generation batch")
+    refusal_curve: bool = Field(
+        True,
+        description="also sweep the refusal threshold τ (safety_lab.models.refusal) over the ASR suite's prompts: "
+        "harmful refused against safe over-refused, one point per τ (one forward pass per prompt)",
+    )
     policy: str | None = Field(None, description="safety policy YAML (default: the packaged one)")
     device: str = Field("auto", description="auto, cpu or cuda[:n]")
     precision: Literal[PRECISIONS] = Field(

@@ -154,6 +154,8 @@ ASR_SPECS = METRICS.declare(
         # harmful-request responses that neither refuse nor comply: off-topic, empty or non-actionable
         rate("non_answer_rate", "Non-answer rate", higher=False, tag=True, n_metric="non_answer_n", interval=True),
         count("non_answer_n", "Judged harmful responses (n)"),
+        # the refusal decision's separation of harmful from safe prompts over every τ (models.refusal.separation)
+        rate("refusal_separation", "Refusal decision AUC (harmful vs safe, all τ)", higher=True),
     ),
     suite="asr",
 )

@@ -14,6 +14,7 @@ from transformers.cache_utils import Cache
 
 from safety_lab import flops
 from safety_lab.compat import in_place_layer
+from safety_lab.models.refusal import RefusalDecision, attach, attached, opener_ids, steer
 
 DROP_SHARE = 8  # drop finished rows once they are >= 1/8 of the batch (each drop copies the cache once)
 MIN_SHARED = 8  # a shared opening shorter than this is prefilled with each prompt (not worth a separate pass)
@@ -27,6 +28,7 @@ class Generated:
     stopped: bool = False  # ended with EOS (not at the token budget)
     top: list[list[float]] = field(default_factory=list)  # per step: the 10 best log-probs
     chosen: list[float] = field(default_factory=list)  # per step: log-prob of the chosen token
+    refusal_mass: float = float("nan")  # with a refusal decision: the first-token mass on its openers
 
 
 def chat_inputs(
@@ -119,13 +121,22 @@ def shared_prefix(model, ids: list[int]) -> list[tuple[torch.Tensor, torch.Tenso
 
 
 def _decode(
-    model, input_ids, mask, *, max_new_tokens: int, eos: torch.Tensor, scores: bool, prefix: list | None = None
+    model,
+    input_ids,
+    mask,
+    *,
+    max_new_tokens: int,
+    eos: torch.Tensor,
+    scores: bool,
+    prefix: list | None = None,
+    decision: tuple[torch.Tensor, float] | None = None,
 ) -> list[Generated]:
     """Greedy decoding of one left-padded batch; rows that reach an end token (`eos`, see `end_tokens`) leave the
     batch (in groups: see DROP_SHARE).
 
     With `prefix` (from `shared_prefix`), every row continues that shared opening: the batch is laid out as
-    [opening | padding | row's own tokens], the padding masked, positions counted without it."""
+    [opening | padding | row's own tokens], the padding masked, positions counted without it. With `decision`
+    (opener ids, τ), the first token follows the refusal decision (``models.refusal.steer``)."""
     n, width = input_ids.shape
     shared = prefix[0][0].shape[-2] if prefix else 0
     outs = [Generated() for _ in range(n)]
@@ -137,6 +148,10 @@ def _decode(
     positions.masked_fill_(mask == 0, 1)  # as transformers' generate() does for left padding
     rows = list(range(n))  # batch row -> prompt index (-1: finished, still in the batch)
     logits = _step(model, cache, input_ids, full_mask[:, : shared + width], positions, keep_one=True)
+    if decision is not None:
+        logits, mass = steer(logits, *decision)
+        for out, value in zip(outs, mass.tolist()):
+            out.refusal_mass = value
     next_pos = positions[:, -1:] + 1
     for step in range(max_new_tokens):
         chosen = logits.argmax(dim=-1)
@@ -170,7 +185,8 @@ def decode_ids(
     desc: str = "generate",
 ) -> list[Generated]:
     """Greedy continuations of token-id prompts, in input order; batches hold prompts of similar length (sorted),
-    so padding is small, and an opening every prompt shares is computed once (see `shared_prefix`)."""
+    so padding is small, and an opening every prompt shares is computed once (see `shared_prefix`). A refusal
+    decision attached to `model` (``models.refusal.attach``) steers each answer's first token."""
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = next(model.parameters()).device
@@ -180,6 +196,10 @@ def decode_ids(
     own = [e[shared:] for e in encoded] if prefix else encoded
     results: list[Generated] = [Generated() for _ in encoded]
     eos = end_tokens(model, tokenizer)
+    rule = attached(model)
+    decision = None
+    if rule is not None:
+        decision = (torch.tensor(opener_ids(tokenizer, rule.openers), device=device), rule.tau)
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     for batch in tqdm(batches, desc=desc, disable=not progress, unit="batch"):
         input_ids, mask = left_pad([own[i] for i in batch], pad_id, device)
@@ -191,6 +211,7 @@ def decode_ids(
             eos=eos,
             scores=return_scores,
             prefix=prefix,
+            decision=decision,
         )
         for i, out in zip(batch, outs):
             results[i] = out
@@ -211,6 +232,18 @@ def generate_tokens(
         max_prompt_tokens=getattr(model.config, "max_position_embeddings", 4096) - max_new_tokens,
     )
     return decode_ids(model, tokenizer, encoded, max_new_tokens=max_new_tokens, **options)
+
+
+def opener_masses(model, tokenizer, prompts: list[str], openers, *, batch_size: int = 32) -> list[float]:
+    """Each prompt's first-token probability mass on the refusal ``openers`` (``models.refusal``): one forward pass
+    per prompt, as a one-token greedy generation with a decision attached for the call."""
+    previous = attached(model)
+    attach(model, RefusalDecision(0.5, tuple(openers)))
+    try:
+        outs = generate_tokens(model, tokenizer, list(prompts), max_new_tokens=1, batch_size=batch_size)
+    finally:
+        attach(model, previous)
+    return [o.refusal_mass for o in outs]
 
 
 def generate(model, tokenizer, prompts: list[str], *, return_scores: bool = False, **options):

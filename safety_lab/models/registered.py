@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from safety_lab.errors import SafetyLabError
 from safety_lab.models.base import Precision, apply_adapters, dir_sha256, load_base, weights_sha256
+from safety_lab.models.refusal import RefusalDecision, attach
 
 LINEAGE_FILE = "lineage.json"
 _URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w-]+))$")
@@ -51,6 +52,8 @@ def chain_sha256(uri: str) -> str:
         weights_sha256(lineage["base_model"]),
         *(f"{p.name}:{dir_sha256(p)}" for p in check_lineage(lineage, root)),
     ]
+    if lineage.get("refusal_decision"):  # the same weights decoded with another decision are another model
+        parts.append(f"refusal_decision:{json.dumps(lineage['refusal_decision'], sort_keys=True)}")
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
@@ -65,11 +68,14 @@ def _read_lineage(root: Path, uri: str, field: str = "model_uri") -> dict:
 
 
 def load_chain(lineage: dict, root: Path, *, precision: Precision | None = None, trust_remote_code: bool = False):
-    """Base model + the lineage's adapters from `root`; remote code runs only if the caller AND the lineage allow it."""
+    """Base model + the lineage's adapters from `root`, with the lineage's refusal decision attached (see
+    ``models.refusal``); remote code runs only if the caller AND the lineage allow it."""
     adapters = check_lineage(lineage, Path(root))
+    decision = RefusalDecision.from_dict(lineage.get("refusal_decision"))
     trust = bool(trust_remote_code) and lineage.get("trust_remote_code") is True
     loaded = load_base(lineage["base_model"], precision=precision, trust_remote_code=trust)
     loaded = apply_adapters(loaded, adapters)
+    attach(loaded.model, decision)
     loaded.parent = lineage.get("parent")
     return loaded
 

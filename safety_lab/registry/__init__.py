@@ -18,6 +18,7 @@ from safety_lab import names
 from safety_lab.errors import SafetyLabError, first_line
 from safety_lab.models.base import resolve_precision
 from safety_lab.models.generation import generate
+from safety_lab.models.refusal import RefusalDecision
 from safety_lab.models.registered import LINEAGE_FILE, load_chain, parse_uri
 from safety_lab.registry.writes import set_version_tag
 
@@ -80,11 +81,16 @@ def log_model(
     parent: str | None,
     parent_adapters: list[Path],
     trust_remote_code: bool = False,
+    refusal_decision: dict | None = None,
 ) -> mlflow.models.model.ModelInfo:
-    """Log the adapter chain (parent's first) under the active run; weights are safetensors adapters only."""
+    """Log the adapter chain (parent's first) under the active run; weights are safetensors adapters only. A
+    refusal decision (``models.refusal``: tau, openers) is stored in the lineage, so every load of the version,
+    `mlflow models serve` included, decodes with it."""
     chain = [*parent_adapters, adapter_dir]
     names = [f"adapter_{i}" for i in range(len(chain))]
     lineage = {"base_model": base_model, "adapters": names, "parent": parent, "trust_remote_code": trust_remote_code}
+    if refusal_decision:
+        lineage["refusal_decision"] = RefusalDecision.from_dict(refusal_decision).as_dict()
     with tempfile.TemporaryDirectory(prefix="lineage-") as tmp:
         lineage_path = Path(tmp) / LINEAGE_FILE
         lineage_path.write_text(json.dumps(lineage, indent=1))

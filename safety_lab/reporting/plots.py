@@ -119,6 +119,50 @@ def asr_bars(
     return _finish(fig, ax, path, drawn=bool(entries), ylim=(0, 1), ylabel="ASR (unsafe / total, 95% CI)", title=title)
 
 
+def refusal_curve(
+    points: Sequence[Mapping[str, float]],
+    path: str | Path | None = None,
+    *,
+    chosen: Mapping[str, float] | None = None,
+) -> Figure:
+    """The refusal decision's trade-off: harmful prompts refused against safe prompts over-refused, one point per τ
+    (``models.refusal.decision_curve``), and the point of the version's own τ (``chosen``) where it has one."""
+    fig = _figure(figsize=(5, 4.5))
+    ax = fig.add_subplot()
+    xs, ys = [p["safe_refused"] for p in points], [p["unsafe_refused"] for p in points]
+    ax.plot(xs, ys, marker="o", markersize=3, color="C0")
+    for p in points[::3]:
+        ax.annotate(
+            f"τ={p['tau']:.2f}",
+            (p["safe_refused"], p["unsafe_refused"]),
+            fontsize=7,
+            xytext=(4, -8),
+            textcoords="offset points",
+        )
+    if chosen:
+        ax.plot(
+            [chosen["safe_refused"]],
+            [chosen["unsafe_refused"]],
+            marker="*",
+            markersize=14,
+            color="C3",
+            label=f"this version, τ={chosen['tau']:.3f}",
+        )
+        ax.legend(loc="lower right", fontsize=8)
+    ax.plot([0, 1], [0, 1], linestyle=":", color="grey")
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("safe prompts refused (over-refusal)")
+    return _finish(
+        fig,
+        ax,
+        path,
+        drawn=bool(points),
+        ylim=(0, 1.02),
+        ylabel="harmful prompts refused",
+        title="Refusal decision over τ",
+    )
+
+
 def drift_bars(
     summaries: Mapping[str, Mapping[str, float]],
     path: str | Path | None = None,

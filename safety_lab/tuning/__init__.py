@@ -16,7 +16,7 @@ import mlflow
 import optuna
 
 from safety_lab import distributed
-from safety_lab.config import DpoConfig, TrainConfig, TuneConfig
+from safety_lab.config import DpoConfig, TrainConfig, TuneConfig, refusal_tau_of
 from safety_lab.errors import check
 from safety_lab.tuning.objectives import Probe, SafetyObjectives, TuningTargets
 from safety_lab.tuning.selection import TuneResult, select, trial_table
@@ -69,7 +69,7 @@ def tune(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     main = distributed.is_main()
     multi = tune_cfg.objective == "safety"
-    _check_inputs(main and multi, objectives, dpo_cfg, pairs)
+    _check_inputs(tune_cfg, main, objectives, dpo_cfg, pairs)
     pruner = pruner or default_pruner(tune_cfg)
     study = open_study(tune_cfg, study_name, pruner, key=key, key_parts=key_parts) if main else None
     setup = TrialSetup(
@@ -103,9 +103,17 @@ def tune(
     return select(study, tune_cfg, work_dir, targets=setup.targets, numbers=trials.numbers, kept=trials.kept)
 
 
-def _check_inputs(measures: bool, objectives, dpo_cfg: DpoConfig | None, pairs) -> None:
-    """What the trials need before any trains: the safety measurement where this rank measures, pairs for DPO."""
-    check(not measures or objectives is not None, "objective", "safety tuning needs the tune-split prompts to measure")
+def _check_inputs(tune_cfg: TuneConfig, main: bool, objectives, dpo_cfg: DpoConfig | None, pairs) -> None:
+    """What the trials need before any trains: the safety measurement where this rank measures, pairs for DPO, the
+    safety objective for a fixed refusal τ (`auto` is off under the loss objective: nothing measures a trial)."""
+    multi = tune_cfg.objective == "safety"
+    check(
+        multi or refusal_tau_of(tune_cfg.refusal_tau) in (None, "auto"),
+        "refusal_tau",
+        "a fixed τ is measured by the safety objective: use --objective safety, or auto/off",
+    )
+    needs = main and multi
+    check(not needs or objectives is not None, "objective", "safety tuning needs the tune-split prompts to measure")
     check(
         dpo_cfg is None or dpo_cfg.dpo_steps == 0 or bool(pairs),
         "dpo_steps",

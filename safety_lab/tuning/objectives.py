@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from safety_lab.models.generation import chat_inputs
+from safety_lab.models.generation import chat_inputs, opener_masses
 from safety_lab.models.scoring import continuation_logprobs
 
 # Objective names, in the order of the study's directions (all minimised).
@@ -130,6 +130,12 @@ class SafetyObjectives:
             "knowledge_nll_delta": nll - self.probe.base_nll,
             "objective_seconds": time.perf_counter() - start,
         }
+
+    def opener_masses(self, model, tokenizer, openers) -> tuple[list[float], list[float]]:
+        """First-token refusal-opener masses (``models.refusal``) on the probe: (harmful, benign + look-alike)."""
+        prompts = [*self.probe.harmful, *self.probe.benign, *self.probe.lookalike]
+        masses = opener_masses(model, tokenizer, prompts, openers)
+        return masses[: len(self.probe.harmful)], masses[len(self.probe.harmful) :]
 
     def _answers(self, model, tokenizer) -> list[str]:
         prompts = [*self.probe.harmful, *self.probe.benign, *self.probe.lookalike]

@@ -9,7 +9,7 @@ import time
 
 import optuna
 
-from safety_lab.config import DpoConfig, TrainConfig, TuneConfig
+from safety_lab.config import DpoConfig, TrainConfig, TuneConfig, refusal_tau_of
 from safety_lab.errors import SafetyLabError, check, first_line
 from safety_lab.tracking import redact
 
@@ -38,7 +38,8 @@ def study_key(
     dpo_cfg: DpoConfig | None = None,
 ) -> tuple[str, dict]:
     """A 12-hex key over base model, data hash, training settings, search space and objective (+ the val split; + the
-    preference stage's settings and search ranges when it is on, so a study without it keeps its key)."""
+    preference stage's settings and search ranges when it is on, and the refusal decision when it is on, so a study
+    without them keeps its key)."""
     parts = {
         "base_model": base_model,
         "data_sha256": data_sha256,
@@ -49,6 +50,8 @@ def study_key(
     if dpo_cfg is not None and dpo_cfg.dpo_steps > 0:
         parts["dpo"] = dataclasses.asdict(dpo_cfg)
         parts["search"].update({k: getattr(tune_cfg, k) for k in DPO_SEARCH_FIELDS})
+    if tune_cfg.objective == "safety" and refusal_tau_of(tune_cfg.refusal_tau) is not None:  # trials measured with it
+        parts["search"]["refusal_tau"] = tune_cfg.refusal_tau
     digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
     return digest[:12], parts
 

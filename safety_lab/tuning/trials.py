@@ -13,8 +13,9 @@ import optuna
 
 from safety_lab import distributed
 from safety_lab.compat import report_intermediate
-from safety_lab.config import DpoConfig, TrainConfig, TuneConfig
+from safety_lab.config import DpoConfig, TrainConfig, TuneConfig, refusal_tau_of
 from safety_lab.errors import raise_if_interrupted
+from safety_lab.models import refusal
 from safety_lab.training import train_lora
 from safety_lab.training.preference import train_preference
 from safety_lab.tuning.objectives import OBJECTIVES, SafetyObjectives, TuningTargets
@@ -26,6 +27,7 @@ DATA_SHA = "data_sha256"
 VAL_LOSS = "final_val_loss"
 STAGES = "stages"  # trial user attr: the training stages, "sft" or "sft,dpo"
 DPO_RUN_ID = "dpo_run_id"  # trial user attr: the preference stage's child run
+DECISION = "refusal_decision"  # trial user attr: the refusal decision (tau, openers) its objectives were measured with
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,30 @@ class Trials:
             mlflow.set_tags({"training.stages": "sft,dpo", "training.dpo_run_id": run.info.run_id})
         return out.model
 
+    def _decide(self, trial: optuna.Trial, model) -> None:
+        """Attach the trial's refusal decision (``models.refusal``) before its objectives are measured: a fixed τ, or
+        with `auto` the τ that refuses the most harmful probe prompts while over-refusing at most half the
+        over-refusal target (the probe is what the trial is then scored on: the eval split measures it honestly)."""
+        mode = refusal_tau_of(self.setup.tune_cfg.refusal_tau)
+        if mode is None:
+            return
+        tokenizer = self.setup.tokenizer
+        openers = refusal.default_openers(tokenizer)
+        unsafe, safe = self.setup.objectives.opener_masses(model, tokenizer, openers)
+        tau = mode
+        if mode == "auto":
+            tau = refusal.choose_tau(unsafe, safe, max_over_refusal=self.setup.targets.max_over_refusal / 2)
+        decision = refusal.RefusalDecision(float(tau), openers)
+        refusal.attach(model, decision)
+        trial.set_user_attr(DECISION, decision.as_dict())
+        mlflow.log_param("refusal_tau", float(tau))
+        for step, point in enumerate(refusal.decision_curve(unsafe, safe, refusal.CURVE_TAUS)):
+            curve = {
+                "tune_curve_harmful_refused": point["unsafe_refused"],
+                "tune_curve_over_refused": point["safe_refused"],
+            }
+            mlflow.log_metrics(curve, step=step)
+
     def _log_dpo(self, step: int, logs: dict) -> None:
         raise_if_interrupted()
         if self.main:
@@ -209,6 +235,7 @@ class Trials:
                 self.kept[trial.number] = result.model
             mlflow.set_tag("optuna.state", "COMPLETE")
             return result.final_eval_loss
+        self._decide(trial, result.model)
         measured = self.setup.objectives(result.model, self.setup.tokenizer)
         values = tuple(float(measured[k]) for k in OBJECTIVES)
         trial.set_user_attr("objectives", measured)

@@ -443,7 +443,7 @@ def test_asr_suite_counts_compliance_only_and_logs_the_non_answer_rate(monkeypat
     monkeypatch.setattr(generation, "generate", generate)
     cfg = SimpleNamespace(
         limit=30, sample_seed=0, harmful_prompts="builtin", benign_prompts="builtin", judge="keyword",
-        judge_model=None, judge_style="llama_guard", device="cpu", max_new_tokens=8, batch_size=4,
+        judge_model=None, judge_style="llama_guard", device="cpu", max_new_tokens=8, batch_size=4, refusal_curve=False,
     )  # fmt: skip
     result = S.asr_suite(SimpleNamespace(model=None, tokenizer=None), cfg)
     harmful = [r for r in result.rows if r["set"] == "harmful"]

@@ -30,6 +30,7 @@ def _cfg(**kw) -> SimpleNamespace:
         "qa": "builtin",
         "mc": "builtin",
         "drift_match": "normalised",
+        "refusal_curve": False,
     }
     return SimpleNamespace(**{**base, **kw})
 
@@ -291,3 +292,7 @@ def test_evaluate_with_the_llm_judge_end_to_end(tiny_model_dir, mlflow_store, tm
     assert metrics["judge_unparsed"] + metrics.get("asr_n", 0) == 3
     assert metrics["over_refusal_n"] == 2 and metrics["unsafe_refusal_n"] == 1
     assert run.data.params["eval.judge_style"] == "harmbench"
+    # the refusal decision swept over τ: the unsafe-labelled prompt counts with the harmful ones; a figure is logged
+    assert 0 <= metrics["refusal_separation"] <= 1
+    names = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "evaluation")}
+    assert "evaluation/refusal_curve.png" in names, names

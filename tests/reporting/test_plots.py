@@ -116,3 +116,19 @@ def test_no_library_module_switches_the_matplotlib_backend():
     package = Path(safety_lab.__file__).resolve().parent
     found = [str(p) for p in package.rglob("*.py") if re.search(r"matplotlib\.use\(|\.switch_backend\(", p.read_text())]
     assert found == []
+
+
+def test_refusal_curve_marks_the_versions_own_point(tmp_path):
+    from safety_lab.models.refusal import decision_curve
+    from safety_lab.reporting.plots import refusal_curve
+
+    unsafe, safe = [0.9, 0.7, 0.4], [0.1, 0.3, 0.6]
+    points = decision_curve(unsafe, safe, [0.2, 0.5, 0.8])
+    chosen = decision_curve(unsafe, safe, [0.5])[0]
+    fig = refusal_curve(points, tmp_path / "curve.png", chosen=chosen)
+    (ax,) = fig.axes
+    curve, star = ax.lines[0], ax.lines[1]
+    assert list(curve.get_xdata()) == [p["safe_refused"] for p in points]
+    assert list(star.get_ydata()) == [chosen["unsafe_refused"]] and "τ=0.500" in ax.get_legend().texts[0].get_text()
+    assert (tmp_path / "curve.png").stat().st_size > 0
+    assert refusal_curve([]).axes[0].texts[-1].get_text() == "no data"

@@ -186,3 +186,41 @@ def test_the_preference_stage_runs_in_each_trial_as_its_own_child_run_and_the_li
     assert "stages=sft,dpo" in lineage_tree("keyed")
     assert _finetune(tiny_model_dir, storage, "--objective", "loss") == 0  # without the stage: one stage, no child
     assert _version(2)[0].tags["training.stages"] == "sft" and "stages=sft " in lineage_tree("keyed")
+
+
+def test_each_trial_chooses_its_refusal_tau_on_the_tune_split_and_the_version_carries_it(
+    tiny_model_dir, mlflow_store, tmp_path
+):
+    from safety_lab.models import load_model
+    from safety_lab.models.refusal import attached
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    safety = ["--objective", "safety", "--probe-prompts", "4", "--probe-tokens", "2"]
+    assert _finetune(tiny_model_dir, storage, *safety, "--refusal-tau", "auto") == 0
+    mv, trial_run = _version(1)
+    tau = float(trial_run.data.params["refusal_tau"])
+    assert 0 < tau < 1
+    assert float(mv.tags["refusal.tau"]) == pytest.approx(tau)
+    assert float(mlflow.get_run(mv.run_id).data.params["refusal.tau"]) == pytest.approx(tau)
+    curve = MlflowClient().get_metric_history(trial_run.info.run_id, "tune_curve_over_refused")
+    assert len(curve) == 19 and [m.value for m in sorted(curve, key=lambda m: m.step)] == sorted(
+        (m.value for m in curve), reverse=True
+    )  # over-refusal falls as τ rises
+    decision = attached(load_model(f"models:/keyed/{mv.version}").model)
+    assert decision is not None and decision.tau == pytest.approx(tau)
+    # off (the CLI default): no decision, no tag; a fixed τ is taken as given
+    assert _finetune(tiny_model_dir, storage, *safety) == 0
+    assert "refusal.tau" not in _version(2)[0].tags
+    assert _finetune(tiny_model_dir, storage, *safety, "--refusal-tau", "0.35") == 0
+    assert float(_version(3)[1].data.params["refusal_tau"]) == pytest.approx(0.35)
+
+
+def test_a_fixed_refusal_tau_needs_the_safety_objective_and_auto_is_off_without_it(
+    tiny_model_dir, mlflow_store, tmp_path, capsys
+):
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    assert _finetune(tiny_model_dir, storage, "--objective", "loss", "--refusal-tau", "0.4") != 0
+    assert "refusal_tau" in capsys.readouterr().err
+    assert _finetune(tiny_model_dir, storage, "--objective", "loss", "--refusal-tau", "auto") == 0
+    mv, trial_run = _version(1)
+    assert "refusal.tau" not in mv.tags and "refusal_tau" not in trial_run.data.params
