@@ -267,6 +267,15 @@ class DpoConfig(Stage):
         "0.172 at weight 1 and beta 1, 0.109 at weight 3 and beta 0.3, docs/safety_tuning.md)",
     )
     dpo_max_length: int = Field(160, ge=16, le=32768, description="tokens per prompt+answer; longer ones are cut")
+    dpo_answer_tokens: int = Field(
+        16,
+        ge=0,
+        le=32768,
+        description="train on the first N tokens of each chosen and rejected answer only (0 = whole answers): "
+        "refusing or answering is decided in the opening, and shorter pairs make each step cheaper; a cut answer "
+        "keeps no end-of-turn token (16: tune-split ASR 0.109 and over-refusal 0.070 as with whole answers, in 0.58x "
+        "the time, docs/safety_tuning.md)",
+    )
 
 
 @stage

@@ -306,11 +306,13 @@ def safety_objectives(tune_cfg: TuneConfig) -> SafetyObjectives:
 def _preference(dpo_cfg: DpoConfig, train_rows: list[dict], loaded) -> dict:
     """The preference stage's options for `tune` (none when it is off): its config and pairs from the training rows,
     with the base model's own answers to the harmful requests as the rejected side where it complied (greedy, 48
-    tokens, cached by `distill_answers`; every rank computes the same ones)."""
+    tokens, or a few more than `dpo_answer_tokens` when fewer are trained; cached by `distill_answers`; every rank
+    computes the same ones)."""
     if dpo_cfg.dpo_steps == 0:
         return {}
     harmful = [r["prompt"] for r in train_rows if r.get("kind") == "refusal"]
-    own = distill.distill_answers(loaded, harmful, max_new_tokens=48, trim=False) if harmful else {}
+    tokens = min(48, dpo_cfg.dpo_answer_tokens + 4) if dpo_cfg.dpo_answer_tokens else 48
+    own = distill.distill_answers(loaded, harmful, max_new_tokens=tokens, trim=False) if harmful else {}
     complied = {prompt: answer for prompt, answer in own.items() if answer.strip() and not is_refusal(answer)}
     pairs = preference_pairs(train_rows, complied)
     if mlflow.active_run() is not None:

@@ -17,6 +17,7 @@ SCRIPTS = [
     "judge_agreement.py",
     "generalisation.py",
     "frozen_cache.py",
+    "dpo_step.py",
     "form_shortcut.py",
 ]
 

@@ -2,7 +2,8 @@
 
 DPOTrainer, given a PeftModel and no reference, copies the trained adapter into a frozen `ref` adapter, so no second
 model is loaded. The loss is DPO's sigmoid plus
-TRL's `sft` term on the chosen answers, which keeps their likelihood from falling while the margin grows."""
+TRL's `sft` term on the chosen answers, which keeps their likelihood from falling while the margin grows. Each
+answer is cut to its opening `dpo_answer_tokens` tokens, where refusing or answering is decided."""
 
 from __future__ import annotations
 
@@ -67,15 +68,72 @@ def dpo_config(cfg: DpoConfig, train: TrainConfig, output_dir: str, *, n_pairs: 
     )
 
 
+def preference_trainer(
+    model,
+    tokenizer,
+    pairs: list[dict],
+    cfg: DpoConfig,
+    train: TrainConfig,
+    output_dir: str,
+    *,
+    callbacks=(),
+    quiet=False,
+):
+    """TRL's DPOTrainer on `model`'s adapter over `pairs`, each answer cut to `cfg.dpo_answer_tokens` tokens.
+
+    The cut is made on TRL's tokenized answers, by the collator every batch goes through (the reference computed up
+    front included). A tokenized answer ends in the chat template's end-of-turn token: a cut answer loses it, so the
+    model is not taught to stop where the cut fell; an answer that ends within the cut keeps it. The cut also rides
+    in the dataset as a column, because TRL caches precomputed reference log-probabilities under the dataset's
+    fingerprint and the weights, not the collator: without it, a second cut of the same pairs on the same adapter in
+    one process would be served the first cut's reference."""
+    from datasets import Dataset as HFDataset
+    from trl import DPOTrainer
+
+    rows = [{**to_preference(p), "answer_tokens": cfg.dpo_answer_tokens} for p in pairs]
+    trainer = DPOTrainer(
+        model=model.train(),
+        args=dpo_config(cfg, train, output_dir, n_pairs=len(pairs), quiet=quiet),
+        data_collator=OpeningsCollator(
+            pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+            max_length=cfg.dpo_max_length,
+            answer_tokens=cfg.dpo_answer_tokens,
+        ),
+        train_dataset=HFDataset.from_list(rows),
+        processing_class=tokenizer,
+        callbacks=list(callbacks),
+    )
+    score_labelled_positions_only(trainer, ("compute_loss", "compute_ref_log_probs"))
+    return trainer
+
+
+@dataclass
+class OpeningsCollator:
+    """TRL's preference collator (right padding to the batch's longest sequence, `max_length` cut), each chosen and
+    rejected answer first cut to its opening `answer_tokens` tokens (0 = whole answers)."""
+
+    pad_token_id: int
+    max_length: int | None
+    answer_tokens: int = 0
+
+    def __call__(self, examples: list[dict]) -> dict:
+        from trl.trainer.dpo_trainer import DataCollatorForPreference
+
+        if self.answer_tokens:
+            cut = slice(None, self.answer_tokens)
+            examples = [
+                {**e, "chosen_ids": e["chosen_ids"][cut], "rejected_ids": e["rejected_ids"][cut]} for e in examples
+            ]
+        return DataCollatorForPreference(pad_token_id=self.pad_token_id, max_length=self.max_length)(examples)
+
+
 def train_preference(
     model, tokenizer, pairs: list[dict], cfg: DpoConfig, train: TrainConfig, *, on_log=None, quiet: bool = False
 ) -> PreferenceResult:
     """Continue training `model`'s (a PeftModel's) default adapter with DPO on `pairs` (prompt/chosen/rejected).
 
     `on_log(step, logs)` receives TRL's per-step logs (loss, rewards/margins, rewards/accuracies...)."""
-    from datasets import Dataset as HFDataset
     from transformers import TrainerCallback, set_seed
-    from trl import DPOTrainer
 
     set_seed(train.seed)
     logged: list[dict] = []
@@ -89,14 +147,7 @@ def train_preference(
                     on_log(state.global_step, numbers)
 
     with tempfile.TemporaryDirectory(prefix="dpo-") as out:
-        trainer = DPOTrainer(
-            model=model.train(),
-            args=dpo_config(cfg, train, out, n_pairs=len(pairs), quiet=quiet),
-            train_dataset=HFDataset.from_list([to_preference(p) for p in pairs]),
-            processing_class=tokenizer,
-            callbacks=[_Logs()],
-        )
-        score_labelled_positions_only(trainer, ("compute_loss", "compute_ref_log_probs"))
+        trainer = preference_trainer(model, tokenizer, pairs, cfg, train, out, callbacks=[_Logs()], quiet=quiet)
         if not quiet:
             from transformers.trainer_callback import ProgressCallback
 

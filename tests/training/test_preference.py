@@ -1,5 +1,7 @@
 """The preference stage: pairs from the built-in rows, and DPO on the SFT adapter itself (tiny model)."""
 
+import copy
+
 import optuna
 import pytest
 import torch
@@ -154,3 +156,90 @@ def test_scoring_only_the_answer_positions_gives_the_same_dpo_losses(tiny_model_
     compact = losses()
     monkeypatch.setattr(preference, "score_labelled_positions_only", lambda trainer, methods: None)
     assert compact == pytest.approx(losses(), abs=1e-4)
+
+
+def _peft_tiny(tiny_model_dir):
+    from peft import LoraConfig, get_peft_model
+
+    loaded = load_model(str(tiny_model_dir))
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)
+    return get_peft_model(loaded.model, config), loaded.tokenizer
+
+
+SHORT, LONG = "Yes.", ("Sure, here is a long answer that goes on " * 4).strip()  # 2 and 40 tokens (SmolLM2's)
+
+
+def _cut_pairs() -> list[dict]:
+    return [
+        {"prompt": "Can I boil an egg?", "chosen": SHORT, "rejected": LONG},
+        {"prompt": "How do I fold a shirt?", "chosen": LONG, "rejected": SHORT},
+    ]
+
+
+def test_dpo_trains_on_the_opening_of_each_answer_and_a_cut_answer_keeps_no_end_of_turn(tiny_model_dir, tmp_path):
+    from safety_lab.training.preference import preference_trainer
+
+    model, tokenizer = _peft_tiny(tiny_model_dir)
+    k = 6
+    cfg = DpoConfig(dpo_steps=1, dpo_answer_tokens=k)
+    trainer = preference_trainer(
+        copy.deepcopy(model), tokenizer, _cut_pairs(), cfg, TrainConfig(batch_size=2), str(tmp_path)
+    )
+    batch = next(iter(trainer.get_train_dataloader()))
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    answers = [ids[mask.bool()].tolist() for ids, mask in zip(batch["input_ids"], batch["completion_mask"])]
+    assert len(answers) == 4 and all(len(a) <= k for a in answers)
+    long_ids = tokenizer(LONG, add_special_tokens=False)["input_ids"]
+    short_ids = tokenizer(SHORT, add_special_tokens=False)["input_ids"]
+    cut = [a for a in answers if a[: len(short_ids)] != short_ids]
+    whole = [a for a in answers if a[: len(short_ids)] == short_ids]
+    assert len(cut) == len(whole) == 2
+    assert all(a == long_ids[:k] and end not in a for a in cut)  # cut: its first k tokens, no end-of-turn learned
+    assert all(a[: len(short_ids) + 1] == [*short_ids, end] for a in whole)  # ended within k: keeps its end
+    # the whole answers: TRL's own tokens, end-of-turn included, and longer than the cut
+    uncut = preference_trainer(
+        copy.deepcopy(model),
+        tokenizer,
+        _cut_pairs(),
+        DpoConfig(dpo_steps=1, dpo_answer_tokens=0),
+        TrainConfig(batch_size=2),
+        str(tmp_path / "whole"),
+    )
+    lengths = next(iter(uncut.get_train_dataloader()))["completion_mask"].sum(dim=1)
+    assert int(lengths.max()) > len(long_ids) > k
+
+
+def test_the_precomputed_reference_is_of_the_cut_answers_and_not_shared_between_cuts(tiny_model_dir, tmp_path):
+    """8 steps of 2 revisit the 2 pairs: the reference is computed once, through the same cut. A second cut of the
+    same pairs on the same weights, in the same process, gets its own reference, not the first one's cache."""
+    from safety_lab.training.preference import preference_trainer
+
+    model, tokenizer = _peft_tiny(tiny_model_dir)
+
+    def reference(answer_tokens: int) -> dict[str, float]:
+        cfg = DpoConfig(dpo_steps=8, dpo_answer_tokens=answer_tokens)
+        trainer = preference_trainer(
+            copy.deepcopy(model), tokenizer, _cut_pairs(), cfg, TrainConfig(batch_size=2), str(tmp_path)
+        )
+        assert trainer.args.precompute_ref_log_probs
+        rows = trainer.train_dataset
+        return {
+            "short": rows[0]["ref_chosen_logps"],
+            "long": rows[0]["ref_rejected_logps"],
+        }
+
+    cut, whole = reference(4), reference(0)
+    # "Yes.<|im_end|>\n" is 4 tokens: nothing cut (the batches differ in padding only)
+    assert cut["short"] == pytest.approx(whole["short"], abs=1e-4)
+    assert cut["long"] > whole["long"] + 1  # fewer negative log-probabilities summed: 4 tokens against 42
+
+
+def test_the_answer_cut_is_validated_and_a_flag():
+    from safety_lab.cli import build_parser
+    from safety_lab.config import from_args
+
+    with pytest.raises(SafetyLabError, match="^dpo_answer_tokens: must be"):
+        DpoConfig(dpo_answer_tokens=-1)
+    assert DpoConfig().dpo_answer_tokens > 0
+    args = build_parser().parse_args(["finetune", "--dpo-answer-tokens", "0"])
+    assert from_args(DpoConfig, vars(args)).dpo_answer_tokens == 0
