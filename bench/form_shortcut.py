@@ -23,6 +23,7 @@ from safety_lab.data import benign_pairs, harmful_requests, lookalike_requests
 from safety_lab.data.forms import form_of
 
 FORMS = ("question", "instruction")
+SAFE_SETS = {"lookalike": lookalike_requests, "benign": benign_pairs}  # each set against the harmful requests
 
 
 def surface(prompt: str) -> dict[str, float]:
@@ -76,18 +77,19 @@ def shortcut(train: list[tuple[str, int]], test: list[tuple[str, int]], resample
     return out
 
 
+def labelled(safe_set: str, part: str) -> list[tuple[str, int]]:
+    """(prompt, harmful) for the built-in harmful requests and one safe set (a key of SAFE_SETS), in one part."""
+    return [(r["prompt"], 1) for r in harmful_requests(part)] + [(r["prompt"], 0) for r in SAFE_SETS[safe_set](part)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="200 bootstrap resamples")
     args = parser.parse_args()
     resamples = 200 if args.quick else 2000
     results = {}
-    for name, safe in (("lookalike", lookalike_requests), ("benign", benign_pairs)):
-
-        def labelled(part, safe=safe):
-            return [(r["prompt"], 1) for r in harmful_requests(part)] + [(r["prompt"], 0) for r in safe(part)]
-
-        for form, (n, acc, (low, high)) in shortcut(labelled("train"), labelled("tune"), resamples).items():
+    for name in SAFE_SETS:
+        for form, (n, acc, (low, high)) in shortcut(labelled(name, "train"), labelled(name, "tune"), resamples).items():
             ok = low <= 0.5
             print(
                 f"{C.verdict(ok)}  harmful vs {name:<9} {form:<11} n={n:<4} balanced accuracy {acc:.3f} "

@@ -30,3 +30,15 @@ def test_the_same_openings_for_both_labels_leave_chance():
     train = [(f"Write {t} now", y) for t in TOPICS for y in (0, 1)]
     n, accuracy, (low, high) = form_shortcut.shortcut(train, train, resamples=200)["instruction"]
     assert accuracy == 0.5 and low <= 0.5 <= high
+
+
+@pytest.mark.parametrize("safe_set", sorted(form_shortcut.SAFE_SETS))
+def test_the_builtin_train_split_gives_no_form_shortcut(safe_set):
+    """Issue 20: trained on the built-in train split, the surface classifier is at chance on the tune split within
+    each form (the interval of its balanced accuracy includes 0.5), against look-alikes and against benign rows."""
+    found = form_shortcut.shortcut(
+        form_shortcut.labelled(safe_set, "train"), form_shortcut.labelled(safe_set, "tune"), resamples=200
+    )
+    assert set(found) == set(form_shortcut.FORMS)
+    shown = {form: f"{acc:.3f} [{low:.3f}, {high:.3f}]" for form, (_, acc, (low, high)) in found.items()}
+    assert all(low <= 0.5 for _, _, (low, _) in found.values()), f"harmful vs {safe_set}: {shown}"
