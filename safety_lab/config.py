@@ -12,7 +12,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, ValidationError, ValidationInfo, field_validator
+from pydantic import ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 from pydantic.fields import FieldInfo
 
@@ -82,7 +82,10 @@ def declared(cls: type) -> dict[str, FieldInfo]:
     return cls.__pydantic_fields__
 
 
-@pydantic_dataclass
+_FORBID_EXTRA = ConfigDict(extra="forbid")  # a misspelt or retired option is an error, not silently dropped
+
+
+@pydantic_dataclass(config=_FORBID_EXTRA)
 class Stage:
     """Base of the stage configs: every field's value passes `before` (by its declared type) before validation.
 
@@ -99,7 +102,7 @@ class Stage:
 def stage(cls: type) -> type:
     """Make `cls` (a subclass of `Stage`) a stage config: a pydantic dataclass whose constructor (and
     `dataclasses.replace`) raises one `SafetyLabError` naming the first bad field, on one line."""
-    cls = pydantic_dataclass(cls)
+    cls = pydantic_dataclass(cls, config=_FORBID_EXTRA)
     init = cls.__init__
 
     @functools.wraps(init)
@@ -127,6 +130,8 @@ def _one_error(exc: ValidationError, cls: type) -> SafetyLabError:
         return SafetyLabError(name, f"must be {', '.join(choices[:-1])} or {choices[-1]}, got {value!r}")
     if error["type"] == "missing":
         return SafetyLabError(name, "is required")
+    if error["type"] == "unexpected_keyword_argument":
+        return SafetyLabError(name, f"is not an option of {cls.__name__}")
     message = error["msg"]
     return SafetyLabError(name, f"{message[:1].lower()}{message[1:]}, got {value!r}")
 

@@ -15,6 +15,7 @@ from pydantic import Field
 from safety_lab import cli
 from safety_lab.config import (
     DataConfig,
+    DpoConfig,
     Group,
     RunConfig,
     Stage,
@@ -266,6 +267,14 @@ def test_stage_errors_are_one_line_naming_the_field():
         DataConfig(val_fraction=1)
     assert to_params(RunConfig())[param_key(RunConfig, "base_model")] == "smollm2-135m-instruct"
     assert param_key(EvalConfig, "limit") == "eval.limit"  # each stage names its prefix; none is derived
+
+
+@pytest.mark.parametrize("cls", [TrainConfig, DataConfig, EvalConfig, RunConfig, DpoConfig])
+def test_an_unknown_option_is_an_error_not_silently_dropped(cls):
+    with pytest.raises(SafetyLabError, match=f"^lora_rank: is not an option of {cls.__name__}$"):
+        cls(lora_rank=4)  # a misspelling of lora_r would otherwise train with the default
+    with pytest.raises(SafetyLabError, match="^lora_rank: is not an option"):
+        dataclasses.replace(cls(), lora_rank=4)
 
 
 def test_the_eval_config_reads_no_file_its_users_do(tmp_path):
