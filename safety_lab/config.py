@@ -316,6 +316,12 @@ class TuneConfig(Stage):
         "tune-split prompts (the most harmful ones refused with at most half the over-refusal limit; off under the "
         "loss objective, which measures no trial); or a fixed τ in (0, 1) (safety objective only)",
     )
+    refusal_answers: Literal["tuned", "parent"] = Field(
+        "tuned",
+        description="with a refusal decision, who answers the prompts it does not refuse: tuned = the tuned weights; "
+        "parent = the parent's weights (the base model for a first tune), the adapter only deciding and refusing "
+        "(LoRA-Guard's dual path, safety_lab.models.refusal)",
+    )
 
     def __post_init__(self):
         _non_empty(self, "storage")

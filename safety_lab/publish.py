@@ -79,7 +79,7 @@ def publish(
         expected = _probe_logits(trained.eval(), loaded.tokenizer)
         decision = _chosen(result).get(DECISION)
         if decision:
-            mlflow.log_param("refusal.tau", decision["tau"])
+            mlflow.log_params({"refusal.tau": decision["tau"], "refusal.answers": decision.get("answers", "tuned")})
         info = registry.log_model(
             result.adapter_dir,
             base_model=loaded.base_model,
@@ -139,6 +139,7 @@ def _tags(loaded, result: TuneResult, data_tags: dict, run_id: str) -> dict:
     chosen = _chosen(result)
     if chosen.get(DECISION):
         tags["refusal.tau"] = str(chosen[DECISION]["tau"])
+        tags["refusal.answers"] = chosen[DECISION].get("answers", "tuned")
     tags["training.stages"] = chosen.get(STAGES, "sft")  # sft, or sft,dpo: the preference stage ran on the adapter
     if chosen.get(DPO_RUN_ID):
         tags["training.dpo_run_id"] = chosen[DPO_RUN_ID]

@@ -145,3 +145,124 @@ def test_a_version_carries_its_decision_into_every_load_and_the_served_pyfunc(ml
     root = Path(mlflow.artifacts.download_artifacts(artifact_uri=resolve_version(uris["refuses"]).source))
     lineage = json.loads((root / "artifacts" / LINEAGE_FILE).read_text())
     assert lineage["refusal_decision"]["tau"] == pytest.approx(mass / 2)
+
+
+# ---------------------------------------------------------------- gated: the parent answers what is not refused
+@pytest.fixture(scope="module")
+def tuned(tiny_model_dir):
+    """A PeftModel whose random adapter moves the tiny model's answers, and its tokenizer."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(0)
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+        LoraConfig(r=8, target_modules=["q_proj", "v_proj", "o_proj"], init_lora_weights=False),
+    )
+    return model.eval(), AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+GATE_PROMPTS = ["How do I boil an egg?", "Write a poem about cats", "Hello", "What is the capital of France?"]
+
+
+def _split_tau(masses: list[float]) -> float:
+    """A τ with at least one prompt on each side."""
+    low, high = sorted(masses)[len(masses) // 2 - 1 : len(masses) // 2 + 1]
+    assert low < high, "the tiny adapter gave two prompts the same mass"
+    return (low + high) / 2
+
+
+def test_a_gated_decision_has_the_parent_answer_what_it_does_not_refuse(tuned):
+    from safety_lab.models.generation import generate_tokens
+
+    model, tokenizer = tuned
+    openers = default_openers(tokenizer)
+    ids = set(opener_ids(tokenizer, openers))
+    masses = opener_masses(model, tokenizer, GATE_PROMPTS, openers)
+    tau = _split_tau(masses)
+    with model.disable_adapter():
+        parent = generate_tokens(model, tokenizer, GATE_PROMPTS, max_new_tokens=6)
+    own = generate_tokens(model, tokenizer, GATE_PROMPTS, max_new_tokens=6)
+    assert [o.ids for o in own] != [o.ids for o in parent]  # the adapter does change the answers
+    try:
+        attach(model, RefusalDecision(tau, openers, answers="parent"))
+        gated = generate_tokens(model, tokenizer, GATE_PROMPTS, max_new_tokens=6)
+    finally:
+        attach(model, None)
+    for mass, out, base in zip(masses, gated, parent):
+        assert out.refusal_mass == pytest.approx(mass, abs=1e-5)
+        if mass >= tau:
+            assert out.ids[0] in ids  # refused, by the tuned weights
+        else:
+            assert out.ids == base.ids  # answered exactly as the parent answers, nothing steered
+
+
+def test_a_gated_decision_scores_options_with_the_weights_that_would_answer(tuned):
+    from safety_lab.models.generation import chat_inputs
+    from safety_lab.models.scoring import continuation_logprobs
+
+    model, tokenizer = tuned
+    openers = default_openers(tokenizer)
+    masses = opener_masses(model, tokenizer, GATE_PROMPTS, openers)
+    tau = _split_tau(masses)
+    prompts = chat_inputs(tokenizer, GATE_PROMPTS)
+    options = [tokenizer(" Paris", add_special_tokens=False)["input_ids"]] * len(prompts)
+    owner = list(range(len(prompts)))
+    own = continuation_logprobs(model, prompts, options, owner, pad_id=0)
+    with model.disable_adapter():
+        parent = continuation_logprobs(model, prompts, options, owner, pad_id=0)
+    try:
+        attach(model, RefusalDecision(tau, openers, answers="parent"))
+        gated = continuation_logprobs(model, prompts, options, owner, pad_id=0, tokenizer=tokenizer)
+        with pytest.raises(SafetyLabError, match="^tokenizer: "):
+            continuation_logprobs(model, prompts, options, owner, pad_id=0)
+    finally:
+        attach(model, None)
+    for mass, g, o, p in zip(masses, gated, own, parent):
+        assert g == pytest.approx(o if mass >= tau else p, abs=1e-5)
+    assert max(abs(o[0] - p[0]) for o, p in zip(own, parent)) > 1e-3  # the adapter moves the scores
+
+
+def test_a_gated_decision_on_merged_weights_is_a_one_line_error(tiny):
+    from safety_lab.models.generation import generate_tokens
+
+    model, tokenizer = tiny
+    try:
+        attach(model, RefusalDecision(0.999, default_openers(tokenizer), answers="parent"))
+        with pytest.raises(SafetyLabError, match="^refusal_answers: parent needs the model's adapter unmerged"):
+            generate_tokens(model, tokenizer, ["Hello"], max_new_tokens=2)
+    finally:
+        attach(model, None)
+    with pytest.raises(SafetyLabError, match="^refusal_answers: must be tuned or parent"):
+        RefusalDecision(0.5, ("I",), answers="base")
+    # a lineage written before `answers` existed reads as tuned
+    assert RefusalDecision.from_dict({"tau": 0.5, "openers": ["I"]}).answers == "tuned"
+
+
+def test_a_gated_version_loads_unmerged_and_serves_the_parents_answers(mlflow_store, tuned, tiny_model_dir, tmp_path):
+    from safety_lab import registry
+    from safety_lab.models import load_model
+    from safety_lab.models.generation import generate
+
+    model, tokenizer = tuned
+    openers = default_openers(tokenizer)
+    masses = opener_masses(model, tokenizer, GATE_PROMPTS, openers)
+    tau = _split_tau(masses)
+    model.save_pretrained(tmp_path / "adapter")
+    with mlflow.start_run():
+        info = registry.log_model(
+            tmp_path / "adapter",
+            base_model=str(tiny_model_dir),
+            parent=None,
+            parent_adapters=[],
+            refusal_decision={"tau": tau, "openers": list(openers), "answers": "parent"},
+        )
+        mv = registry.register(info.model_uri, "gated", tags={"safety.status": "unevaluated"}, description="t")
+    uri = f"models:/gated/{mv.version}"
+    loaded = load_model(uri)
+    assert hasattr(loaded.model, "disable_adapter")  # the adapter stayed unmerged: the parent is still there
+    with model.disable_adapter():
+        parent = generate(model, tokenizer, GATE_PROMPTS, max_new_tokens=6)
+    served = mlflow.pyfunc.load_model(uri).predict(GATE_PROMPTS, params={"max_new_tokens": 6})
+    answered = [i for i, m in enumerate(masses) if m < tau]
+    assert answered and [served[i] for i in answered] == [parent[i] for i in answered]

@@ -16,7 +16,9 @@ def batch_option_logprobs(model, tokenizer, questions: list[str], choices: list[
         for opts in choices
         for c in opts
     ]
-    per_token = continuation_logprobs(model, chat_inputs(tokenizer, questions), options, owner, pad_id=pad_id)
+    per_token = continuation_logprobs(
+        model, chat_inputs(tokenizer, questions), options, owner, pad_id=pad_id, tokenizer=tokenizer
+    )
     scores: list[list[float]] = [[] for _ in choices]
     for n, lps in enumerate(per_token):
         scores[owner[n]].append(lps[0] + sum(lps[1:]))

@@ -302,14 +302,17 @@ def load_base(
     return LoadedModel(model=model, tokenizer=tok, spec=spec, base_model=spec, precision=precision)
 
 
-def apply_adapters(loaded: LoadedModel, adapters: list[Path]) -> LoadedModel:
-    """Merge LoRA adapters into the model, in order (a registered chain: parent first)."""
+def apply_adapters(loaded: LoadedModel, adapters: list[Path], *, keep_last: bool = False) -> LoadedModel:
+    """Merge LoRA adapters into the model, in order (a registered chain: parent first). With `keep_last` the last
+    one is applied unmerged (a PeftModel whose disabled adapter gives back the parent's weights)."""
     from peft import PeftModel
 
     model = loaded.model
-    for path in adapters:
+    for n, path in enumerate(adapters):
         try:
-            model = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
+            model = PeftModel.from_pretrained(model, str(path))
+            if not (keep_last and n == len(adapters) - 1):
+                model = model.merge_and_unload()
         except (RuntimeError, ValueError, KeyError) as exc:
             raise SafetyLabError(
                 "base_model", f"adapter {path.name} does not fit the model ({first_line(exc)})"

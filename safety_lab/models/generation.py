@@ -14,7 +14,7 @@ from transformers.cache_utils import Cache
 
 from safety_lab import flops
 from safety_lab.compat import in_place_layer
-from safety_lab.models.refusal import RefusalDecision, attach, attached, opener_ids, steer
+from safety_lab.models.refusal import answering, attached, opener_ids, steer
 
 DROP_SHARE = 8  # drop finished rows once they are >= 1/8 of the batch (each drop copies the cache once)
 MIN_SHARED = 8  # a shared opening shorter than this is prefilled with each prompt (not worth a separate pass)
@@ -186,7 +186,54 @@ def decode_ids(
 ) -> list[Generated]:
     """Greedy continuations of token-id prompts, in input order; batches hold prompts of similar length (sorted),
     so padding is small, and an opening every prompt shares is computed once (see `shared_prefix`). A refusal
-    decision attached to `model` (``models.refusal.attach``) steers each answer's first token."""
+    decision attached to `model` (``models.refusal.attach``) steers each answer's first token; a gated one
+    (``answers="parent"``) has the parent's weights answer the prompts it does not refuse (see `_gated`)."""
+    rule = attached(model)
+    options = dict(batch_size=batch_size, return_scores=return_scores, progress=progress, desc=desc)
+    if rule is None:
+        return _decode_all(model, tokenizer, encoded, None, max_new_tokens=max_new_tokens, **options)
+    ids = torch.tensor(opener_ids(tokenizer, rule.openers), device=next(model.parameters()).device)
+    if not rule.gated:
+        return _decode_all(model, tokenizer, encoded, (ids, rule.tau), max_new_tokens=max_new_tokens, **options)
+    return _gated(model, tokenizer, encoded, ids, rule.tau, max_new_tokens=max_new_tokens, **options)
+
+
+def _gated(model, tokenizer, encoded, ids, tau: float, *, max_new_tokens: int, **options) -> list[Generated]:
+    """The gated decision: one first-token pass with the tuned weights gives each prompt's opener mass; the prompts
+    at or over τ are refused by the tuned weights (their first token an opener), the others are answered by the
+    parent's weights as the parent would answer them (plain greedy, nothing steered)."""
+    first = _decode_all(model, tokenizer, encoded, (ids, tau), max_new_tokens=1, batch_size=options["batch_size"])
+    masses = [o.refusal_mass for o in first]
+    refused = [i for i, m in enumerate(masses) if m >= tau]
+    answered = [i for i, m in enumerate(masses) if m < tau]
+    results: list[Generated] = [Generated() for _ in encoded]
+    for rows, parent in ((refused, False), (answered, True)):
+        if not rows:
+            continue
+        with answering(model, parent):
+            decision = None if parent else (ids, 0.0)  # τ 0: every row takes an opener
+            outs = _decode_all(
+                model, tokenizer, [encoded[i] for i in rows], decision, max_new_tokens=max_new_tokens, **options
+            )
+        for i, out in zip(rows, outs):
+            out.refusal_mass = masses[i]
+            results[i] = out
+    return results
+
+
+def _decode_all(
+    model,
+    tokenizer,
+    encoded: list[list[int]],
+    decision: tuple[torch.Tensor, float] | None,
+    *,
+    max_new_tokens: int,
+    batch_size: int = 32,
+    return_scores: bool = False,
+    progress: bool = False,
+    desc: str = "generate",
+) -> list[Generated]:
+    """`decode_ids` with the decision (opener ids, τ) given rather than read off the model."""
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = next(model.parameters()).device
@@ -196,10 +243,6 @@ def decode_ids(
     own = [e[shared:] for e in encoded] if prefix else encoded
     results: list[Generated] = [Generated() for _ in encoded]
     eos = end_tokens(model, tokenizer)
-    rule = attached(model)
-    decision = None
-    if rule is not None:
-        decision = (torch.tensor(opener_ids(tokenizer, rule.openers), device=device), rule.tau)
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     for batch in tqdm(batches, desc=desc, disable=not progress, unit="batch"):
         input_ids, mask = left_pad([own[i] for i in batch], pad_id, device)
@@ -225,24 +268,26 @@ def generate_tokens(
     model, tokenizer, prompts: list[str], *, max_new_tokens: int = 64, system: str | None = None, **options
 ) -> list[Generated]:
     """Greedy continuations of `prompts` rendered with the chat template (``options`` as for ``decode_ids``)."""
-    encoded = chat_inputs(
+    encoded = _chat_encoded(model, tokenizer, prompts, max_new_tokens=max_new_tokens, system=system)
+    return decode_ids(model, tokenizer, encoded, max_new_tokens=max_new_tokens, **options)
+
+
+def _chat_encoded(model, tokenizer, prompts: list[str], *, max_new_tokens: int, system: str | None = None):
+    return chat_inputs(
         tokenizer,
         prompts,
         system=system,
         max_prompt_tokens=getattr(model.config, "max_position_embeddings", 4096) - max_new_tokens,
     )
-    return decode_ids(model, tokenizer, encoded, max_new_tokens=max_new_tokens, **options)
 
 
+@torch.inference_mode()
 def opener_masses(model, tokenizer, prompts: list[str], openers, *, batch_size: int = 32) -> list[float]:
-    """Each prompt's first-token probability mass on the refusal ``openers`` (``models.refusal``): one forward pass
-    per prompt, as a one-token greedy generation with a decision attached for the call."""
-    previous = attached(model)
-    attach(model, RefusalDecision(0.5, tuple(openers)))
-    try:
-        outs = generate_tokens(model, tokenizer, list(prompts), max_new_tokens=1, batch_size=batch_size)
-    finally:
-        attach(model, previous)
+    """Each prompt's first-token probability mass on the refusal ``openers`` (``models.refusal``) under the model's
+    own weights: one forward pass per prompt, as a one-token greedy generation."""
+    ids = torch.tensor(opener_ids(tokenizer, list(openers)), device=next(model.parameters()).device)
+    encoded = _chat_encoded(model, tokenizer, list(prompts), max_new_tokens=1)
+    outs = _decode_all(model, tokenizer, encoded, (ids, 0.5), max_new_tokens=1, batch_size=batch_size)
     return [o.refusal_mass for o in outs]
 
 

@@ -11,19 +11,29 @@ prompt gives p (``models.generation.opener_masses``), so a whole curve of τ cos
 
 A model carries its decision as the attribute ``refusal_decision`` (see ``attach``): every greedy generation with it
 (``models.generation``) honours it, so the evaluation, the tuning objectives and the served pyfunc see the same model.
+
+Who answers (``answers``): with ``tuned`` the tuned weights write every answer. With ``parent`` the tuned adapter
+only decides, and writes the refusals; a prompt it does not refuse is answered by the parent's weights (the base
+model for a first tune: the adapter disabled), exactly as the parent would answer it, and multiple-choice options
+are scored the same way (``models.scoring``). That is LoRA-Guard's dual path (arXiv 2407.02987): the safety
+adapter shares the backbone but stays off the generative path, so what the model knows is the parent's wherever it
+answers, and only the decision to refuse is learnt.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
 from safety_lab.errors import check
 
 ATTRIBUTE = "refusal_decision"
+ANSWERS = ("tuned", "parent")  # who answers a prompt the decision does not refuse (see the module docstring)
 CURVE_TAUS = tuple(round(0.05 * i, 2) for i in range(1, 20))  # the τ grid curves are logged on: 0.05 ... 0.95
 
 
@@ -33,6 +43,7 @@ class RefusalDecision:
 
     tau: float
     openers: tuple[str, ...]  # the opener tokens, as text (stored with the version; ids depend on the tokenizer)
+    answers: Literal["tuned", "parent"] = "tuned"
 
     def __post_init__(self):
         check(
@@ -41,16 +52,26 @@ class RefusalDecision:
             f"must be a probability strictly between 0 and 1, got {self.tau!r}",
         )
         check(bool(self.openers), "refusal_openers", "must name at least one opener token")
+        check(self.answers in ANSWERS, "refusal_answers", f"must be tuned or parent, got {self.answers!r}")
+
+    @property
+    def gated(self) -> bool:
+        """True when the parent's weights answer what the decision does not refuse."""
+        return self.answers == "parent"
 
     def as_dict(self) -> dict:
-        return {"tau": float(self.tau), "openers": list(self.openers)}
+        return {"tau": float(self.tau), "openers": list(self.openers), "answers": self.answers}
 
     @classmethod
     def from_dict(cls, value: dict | None) -> RefusalDecision | None:
         if not value:
             return None
         check(isinstance(value, dict), "refusal_decision", f"must be an object, got {type(value).__name__}")
-        return cls(tau=value.get("tau"), openers=tuple(str(t) for t in value.get("openers") or ()))
+        return cls(
+            tau=value.get("tau"),
+            openers=tuple(str(t) for t in value.get("openers") or ()),
+            answers=value.get("answers", "tuned"),  # versions registered before `answers` existed: tuned
+        )
 
 
 def default_openers(tokenizer) -> tuple[str, ...]:
@@ -84,6 +105,28 @@ def steer(logits: torch.Tensor, ids: torch.Tensor, tau: float) -> tuple[torch.Te
     refuse = (mass >= tau)[:, None]
     allowed = torch.where(refuse, is_opener[None, :], ~is_opener[None, :])
     return logits.masked_fill(~allowed, float("-inf")), mass
+
+
+def mass_from_logprobs(logprobs: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Per row, the opener mass of a first-token distribution given as log-probabilities (batch x vocab)."""
+    return logprobs[:, ids].float().exp().sum(dim=-1)
+
+
+def parent_weights(model: torch.nn.Module):
+    """A context in which ``model`` runs with its parent's weights: its (unmerged) PEFT adapter disabled. A model
+    whose adapter was merged into its weights has no parent left in it: a one-line error."""
+    disable = getattr(model, "disable_adapter", None)
+    check(
+        callable(disable) and hasattr(model, "peft_config"),
+        "refusal_answers",
+        "parent needs the model's adapter unmerged (a PeftModel), to answer with its parent's weights",
+    )
+    return disable()
+
+
+def answering(model: torch.nn.Module, parent: bool):
+    """The weights that answer: the parent's (``parent_weights``) or the model's own (a no-op context)."""
+    return parent_weights(model) if parent else contextlib.nullcontext()
 
 
 def attach(model: torch.nn.Module, decision: RefusalDecision | None) -> torch.nn.Module:

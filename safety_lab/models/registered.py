@@ -69,12 +69,14 @@ def _read_lineage(root: Path, uri: str, field: str = "model_uri") -> dict:
 
 def load_chain(lineage: dict, root: Path, *, precision: Precision | None = None, trust_remote_code: bool = False):
     """Base model + the lineage's adapters from `root`, with the lineage's refusal decision attached (see
-    ``models.refusal``); remote code runs only if the caller AND the lineage allow it."""
+    ``models.refusal``); remote code runs only if the caller AND the lineage allow it. With a gated decision (the
+    parent answers) the version's own adapter stays unmerged, so the parent's weights remain in the model."""
     adapters = check_lineage(lineage, Path(root))
     decision = RefusalDecision.from_dict(lineage.get("refusal_decision"))
     trust = bool(trust_remote_code) and lineage.get("trust_remote_code") is True
     loaded = load_base(lineage["base_model"], precision=precision, trust_remote_code=trust)
-    loaded = apply_adapters(loaded, adapters)
+    gated = decision is not None and decision.gated and bool(adapters)
+    loaded = apply_adapters(loaded, adapters, keep_last=gated)
     attach(loaded.model, decision)
     loaded.parent = lineage.get("parent")
     return loaded

@@ -6,19 +6,41 @@ from __future__ import annotations
 
 import torch
 
+from safety_lab.errors import check
 from safety_lab.models.generation import left_pad
+from safety_lab.models.refusal import answering, attached, mass_from_logprobs, opener_ids
 
 
 @torch.inference_mode()
 def continuation_logprobs(
-    model, prompts: list[list[int]], continuations: list[list[int]], owner: list[int], *, pad_id: int
+    model, prompts: list[list[int]], continuations: list[list[int]], owner: list[int], *, pad_id: int, tokenizer=None
 ) -> list[list[float]]:
     """log p(token | prompt, the continuation's earlier tokens) for every token of every continuation.
 
     Continuation n (token ids, at least one) follows prompt ``owner[n]``. The prompts run once, as one
     left-padded batch; their KV cache is then gathered per continuation, so continuations of one prompt share
     its computation and only their own tokens are run again.
+
+    With a gated refusal decision attached (``models.refusal``, ``answers="parent"``; needs ``tokenizer``), a
+    prompt's continuations are scored by the weights that would answer it: the tuned ones where its opener mass
+    reaches τ (it is refused), the parent's elsewhere.
     """
+    rule = attached(model)
+    tuned, first = _logprobs(model, prompts, continuations, owner, pad_id=pad_id)
+    if rule is None or not rule.gated:
+        return tuned
+    check(tokenizer is not None, "tokenizer", "is needed to score with a gated refusal decision (its opener ids)")
+    ids = torch.tensor(opener_ids(tokenizer, rule.openers), device=first.device)
+    refused = (mass_from_logprobs(first, ids) >= rule.tau).tolist()
+    with answering(model, parent=True):
+        parent, _ = _logprobs(model, prompts, continuations, owner, pad_id=pad_id)
+    return [tuned[n] if refused[owner[n]] else parent[n] for n in range(len(continuations))]
+
+
+def _logprobs(
+    model, prompts: list[list[int]], continuations: list[list[int]], owner: list[int], *, pad_id: int
+) -> tuple[list[list[float]], torch.Tensor]:
+    """`continuation_logprobs` with the model's own weights, and each prompt's first-token log-probabilities."""
     device = next(model.parameters()).device
     prompt_ids, prompt_mask = left_pad(prompts, pad_id, device)
     out = model(
@@ -43,10 +65,11 @@ def continuation_logprobs(
     logits = torch.log_softmax(
         model(input_ids=ids.to(device), attention_mask=mask, position_ids=positions, cache=cache).logits.float(), -1
     )
-    return [
+    scored = [
         [float(last[owner[n], c[0]])] + [float(logits[n, j - 1, c[j]]) for j in range(1, len(c))]
         for n, c in enumerate(continuations)
     ]
+    return scored, last
 
 
 __all__ = ["continuation_logprobs"]

@@ -112,6 +112,11 @@ def _check_inputs(tune_cfg: TuneConfig, main: bool, objectives, dpo_cfg: DpoConf
         "refusal_tau",
         "a fixed τ is measured by the safety objective: use --objective safety, or auto/off",
     )
+    check(
+        tune_cfg.refusal_answers == "tuned" or refusal_tau_of(tune_cfg.refusal_tau) is not None,
+        "refusal_answers",
+        "parent answers need a refusal decision: --refusal-tau auto or a fixed τ",
+    )
     needs = main and multi
     check(not needs or objectives is not None, "objective", "safety tuning needs the tune-split prompts to measure")
     check(

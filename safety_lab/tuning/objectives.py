@@ -177,6 +177,6 @@ def answer_nll(
         return float("nan")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     per_token = continuation_logprobs(
-        model, chat_inputs(tokenizer, list(prompts)), [tails[i] for i in owner], owner, pad_id=pad
+        model, chat_inputs(tokenizer, list(prompts)), [tails[i] for i in owner], owner, pad_id=pad, tokenizer=tokenizer
     )
     return -sum(sum(lps) for lps in per_token) / sum(len(lps) for lps in per_token)

@@ -52,6 +52,8 @@ def study_key(
         parts["search"].update({k: getattr(tune_cfg, k) for k in DPO_SEARCH_FIELDS})
     if tune_cfg.objective == "safety" and refusal_tau_of(tune_cfg.refusal_tau) is not None:  # trials measured with it
         parts["search"]["refusal_tau"] = tune_cfg.refusal_tau
+        if tune_cfg.refusal_answers != "tuned":  # keys of studies from before the field are kept
+            parts["search"]["refusal_answers"] = tune_cfg.refusal_answers
     digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
     return digest[:12], parts
 

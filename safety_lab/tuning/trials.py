@@ -144,10 +144,10 @@ class Trials:
         tau = mode
         if mode == "auto":
             tau = refusal.choose_tau(unsafe, safe, max_over_refusal=self.setup.targets.max_over_refusal / 2)
-        decision = refusal.RefusalDecision(float(tau), openers)
+        decision = refusal.RefusalDecision(float(tau), openers, self.setup.tune_cfg.refusal_answers)
         refusal.attach(model, decision)
         trial.set_user_attr(DECISION, decision.as_dict())
-        mlflow.log_param("refusal_tau", float(tau))
+        mlflow.log_params({"refusal_tau": float(tau), "refusal_answers": decision.answers})
         for step, point in enumerate(refusal.decision_curve(unsafe, safe, refusal.CURVE_TAUS)):
             curve = {
                 "tune_curve_harmful_refused": point["unsafe_refused"],

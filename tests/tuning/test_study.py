@@ -213,6 +213,12 @@ def test_each_trial_chooses_its_refusal_tau_on_the_tune_split_and_the_version_ca
     assert "refusal.tau" not in _version(2)[0].tags
     assert _finetune(tiny_model_dir, storage, *safety, "--refusal-tau", "0.35") == 0
     assert float(_version(3)[1].data.params["refusal_tau"]) == pytest.approx(0.35)
+    # parent answers: the trial is measured gated, and the version loads gated with its adapter unmerged
+    assert _finetune(tiny_model_dir, storage, *safety, "--refusal-tau", "auto", "--refusal-answers", "parent") == 0
+    mv, trial_run = _version(4)
+    assert trial_run.data.params["refusal_answers"] == "parent" and mv.tags["refusal.answers"] == "parent"
+    loaded = load_model(f"models:/keyed/{mv.version}").model
+    assert attached(loaded).gated and hasattr(loaded, "disable_adapter")
 
 
 def test_a_fixed_refusal_tau_needs_the_safety_objective_and_auto_is_off_without_it(
@@ -221,6 +227,10 @@ def test_a_fixed_refusal_tau_needs_the_safety_objective_and_auto_is_off_without_
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     assert _finetune(tiny_model_dir, storage, "--objective", "loss", "--refusal-tau", "0.4") != 0
     assert "refusal_tau" in capsys.readouterr().err
-    assert _finetune(tiny_model_dir, storage, "--objective", "loss", "--refusal-tau", "auto") == 0
+    assert _finetune(tiny_model_dir, storage, "--refusal-tau", "off", "--refusal-answers", "parent") != 0
+    assert "refusal_answers: parent answers need a refusal decision" in capsys.readouterr().err
+    # MLproject's defaults (auto, parent) on the harmful set: no decision, so nothing gated
+    loss = ["--objective", "loss", "--refusal-tau", "auto", "--refusal-answers", "parent"]
+    assert _finetune(tiny_model_dir, storage, *loss) == 0
     mv, trial_run = _version(1)
     assert "refusal.tau" not in mv.tags and "refusal_tau" not in trial_run.data.params
