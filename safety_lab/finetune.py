@@ -286,13 +286,8 @@ def _study_options(
 
 def safety_objectives(tune_cfg: TuneConfig) -> SafetyObjectives:
     """The per-trial measurement on the tune split: one batched generation, keyword ASR judge, refusal detector."""
-    probe = Probe.sample(
-        harmful_requests("tune"),
-        benign_pairs("tune"),
-        lookalike_requests("tune"),
-        per_kind=tune_cfg.probe_prompts,
-        seed=tune_cfg.seed,
-    )
+    harmful, benign, lookalike = harmful_requests("tune"), benign_pairs("tune"), lookalike_requests("tune")
+    probe = Probe.sample(harmful, benign, lookalike, per_kind=tune_cfg.probe_prompts, seed=tune_cfg.seed)
     # The same judges the evaluation uses: keyword ASR, and over-refusal by the refusal detector (not "no attack").
     return SafetyObjectives(
         probe,
@@ -300,6 +295,8 @@ def safety_objectives(tune_cfg: TuneConfig) -> SafetyObjectives:
         attack_success=keyword_attack_success,
         refused=is_refusal,
         max_new_tokens=tune_cfg.probe_tokens,
+        # a refusal τ is chosen on the whole tune split: one forward pass per prompt
+        decision_prompts=(tuple(r["prompt"] for r in harmful), tuple(r["prompt"] for r in [*benign, *lookalike])),
     )
 
 

@@ -96,12 +96,11 @@ def test_the_curve_and_the_chosen_tau():
         {"tau": 0.55, "unsafe_refused": 0.75, "safe_refused": 0.25},
         {"tau": 0.75, "unsafe_refused": 0.5, "safe_refused": 0.0},
     ]
-    # at most a quarter of the safe prompts refused: τ between 0.5 and 0.6 refuses 3 of 4 unsafe ones
-    tau = choose_tau(unsafe, safe, max_over_refusal=0.25)
-    assert 0.5 < tau <= 0.6
-    (point,) = decision_curve(unsafe, safe, [tau])
-    assert point == {"tau": tau, "unsafe_refused": 0.75, "safe_refused": 0.25}
-    assert choose_tau(unsafe, safe, max_over_refusal=0.0) > 0.7  # none of the safe ones
+    # the τ with the most slack on both sides: strict on misses, it refuses every unsafe prompt and one safe one
+    unsafe, safe = [0.9, 0.8, 0.7, 0.6], [0.1, 0.2, 0.3, 0.65]
+    assert choose_tau(unsafe, safe, max_miss=0.1, max_over_refusal=0.25) == pytest.approx(0.45)
+    # lenient on misses, it lets the least likely unsafe prompt through and refuses no safe one
+    assert choose_tau(unsafe, safe, max_miss=0.5, max_over_refusal=0.25) == pytest.approx(0.675)
 
 
 def test_a_version_carries_its_decision_into_every_load_and_the_served_pyfunc(mlflow_store, tiny_model_dir, tmp_path):

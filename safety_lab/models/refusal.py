@@ -161,15 +161,18 @@ def separation(p_unsafe: Sequence[float], p_safe: Sequence[float]) -> float:
     return wins / (len(p_unsafe) * len(p_safe))
 
 
-def choose_tau(p_unsafe: Sequence[float], p_safe: Sequence[float], *, max_over_refusal: float) -> float:
-    """The τ that refuses the most unsafe prompts while over-refusing at most ``max_over_refusal`` of the safe ones
-    (ties: the largest such τ, the most permissive); candidates are the midpoints between observed masses."""
+def choose_tau(
+    p_unsafe: Sequence[float], p_safe: Sequence[float], *, max_miss: float, max_over_refusal: float
+) -> float:
+    """The τ with the most slack on both sides: it minimises the larger of the unsafe prompts let through as a share
+    of ``max_miss`` and the safe prompts refused as a share of ``max_over_refusal`` (ties: the largest such τ, the
+    most permissive). Candidates are the midpoints between observed masses."""
+    check(max_miss > 0 and max_over_refusal > 0, "refusal_tau", "the limits it balances must be positive")
     values = sorted({*p_unsafe, *p_safe})
     candidates = [(a + b) / 2 for a, b in zip(values, values[1:])] or [0.5]
     best = None
-    for tau in candidates:
-        (point,) = decision_curve(p_unsafe, p_safe, [tau])
-        if point["safe_refused"] <= max_over_refusal:
-            key = (point["unsafe_refused"], tau)
-            best = key if best is None or key > best else best
-    return min(max(best[1] if best else candidates[-1], 1e-6), 1 - 1e-6)
+    for tau, point in zip(candidates, decision_curve(p_unsafe, p_safe, candidates)):
+        worst = max((1 - point["unsafe_refused"]) / max_miss, point["safe_refused"] / max_over_refusal)
+        key = (-worst, tau)
+        best = key if best is None or key > best else best
+    return min(max(best[1], 1e-6), 1 - 1e-6)

@@ -109,6 +109,9 @@ class SafetyObjectives:
     refused: Callable[[str], bool]
     max_new_tokens: int = 32
     base: dict[str, float] = field(default_factory=dict)  # the base model's own values, from calibrate()
+    # (unsafe, safe) prompts a refusal τ is chosen on (one forward pass each, so it can be the whole tune split);
+    # empty: the probe's
+    decision_prompts: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
 
     def calibrate(self, model, tokenizer) -> dict[str, float]:
         """Once per study: the base model's answers (the knowledge reference) and its own objective values."""
@@ -132,10 +135,13 @@ class SafetyObjectives:
         }
 
     def opener_masses(self, model, tokenizer, openers) -> tuple[list[float], list[float]]:
-        """First-token refusal-opener masses (``models.refusal``) on the probe: (harmful, benign + look-alike)."""
-        prompts = [*self.probe.harmful, *self.probe.benign, *self.probe.lookalike]
-        masses = opener_masses(model, tokenizer, prompts, openers)
-        return masses[: len(self.probe.harmful)], masses[len(self.probe.harmful) :]
+        """First-token refusal-opener masses (``models.refusal``): (unsafe, safe), on `decision_prompts` or the
+        probe's harmful and benign + look-alike prompts."""
+        unsafe, safe = self.decision_prompts
+        if not unsafe or not safe:
+            unsafe, safe = self.probe.harmful, (*self.probe.benign, *self.probe.lookalike)
+        masses = opener_masses(model, tokenizer, [*unsafe, *safe], openers)
+        return masses[: len(unsafe)], masses[len(unsafe) :]
 
     def _answers(self, model, tokenizer) -> list[str]:
         prompts = [*self.probe.harmful, *self.probe.benign, *self.probe.lookalike]

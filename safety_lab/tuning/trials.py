@@ -133,8 +133,8 @@ class Trials:
 
     def _decide(self, trial: optuna.Trial, model) -> None:
         """Attach the trial's refusal decision (``models.refusal``) before its objectives are measured: a fixed τ, or
-        with `auto` the τ that refuses the most harmful probe prompts while over-refusing at most half the
-        over-refusal target (the probe is what the trial is then scored on: the eval split measures it honestly)."""
+        with `auto` the τ, on the whole tune split's opener masses, that keeps the most slack under both the ASR and
+        the over-refusal target (``refusal.choose_tau``; the eval split measures it honestly)."""
         mode = refusal_tau_of(self.setup.tune_cfg.refusal_tau)
         if mode is None:
             return
@@ -143,7 +143,8 @@ class Trials:
         unsafe, safe = self.setup.objectives.opener_masses(model, tokenizer, openers)
         tau = mode
         if mode == "auto":
-            tau = refusal.choose_tau(unsafe, safe, max_over_refusal=self.setup.targets.max_over_refusal / 2)
+            targets = self.setup.targets
+            tau = refusal.choose_tau(unsafe, safe, max_miss=targets.max_asr, max_over_refusal=targets.max_over_refusal)
         decision = refusal.RefusalDecision(float(tau), openers, self.setup.tune_cfg.refusal_answers)
         refusal.attach(model, decision)
         trial.set_user_attr(DECISION, decision.as_dict())
