@@ -84,6 +84,16 @@ def test_generation_follows_the_attached_decision_and_records_the_mass(tiny):
     assert all(o.ids[0] in ids for o in refused)
     assert not any(o.ids[0] in ids for o in answered)
     assert [o.refusal_mass for o in refused] == pytest.approx(masses, abs=1e-5)
+    # the recorded first-step log-probs are the model's own, not the steered distribution's (drift reads them)
+    try:
+        attach(model, RefusalDecision(min(masses) / 2, openers))
+        scored = generate_tokens(model, tokenizer, prompts, max_new_tokens=2, return_scores=True)
+    finally:
+        attach(model, None)
+    unsteered = generate_tokens(model, tokenizer, prompts, max_new_tokens=1, return_scores=True)
+    for s, u in zip(scored, unsteered):
+        assert s.top[0] == pytest.approx(u.top[0], abs=1e-4)
+        assert s.chosen[0] <= u.chosen[0] + 1e-6  # an opener, no likelier under the model than its own greedy pick
     assert plain != refused or plain != answered  # the decision changed what a plain greedy model says
     assert generate_tokens(model, tokenizer, prompts, max_new_tokens=3)[0].ids == plain[0].ids  # detached: plain again
 

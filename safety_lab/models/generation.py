@@ -148,6 +148,7 @@ def _decode(
     positions.masked_fill_(mask == 0, 1)  # as transformers' generate() does for left padding
     rows = list(range(n))  # batch row -> prompt index (-1: finished, still in the batch)
     logits = _step(model, cache, input_ids, full_mask[:, : shared + width], positions, keep_one=True)
+    raw = logits  # the model's own first-step distribution: the recorded log-probs are its, not the steered ones
     if decision is not None:
         logits, mass = steer(logits, *decision)
         for out, value in zip(outs, mass.tolist()):
@@ -155,7 +156,7 @@ def _decode(
     next_pos = positions[:, -1:] + 1
     for step in range(max_new_tokens):
         chosen = logits.argmax(dim=-1)
-        for j, ended in enumerate(_record(outs, rows, logits, chosen, eos, scores)):
+        for j, ended in enumerate(_record(outs, rows, raw if step == 0 else logits, chosen, eos, scores)):
             rows[j] = -1 if ended else rows[j]
         finished = sum(i < 0 for i in rows)
         if finished == len(rows) or step == max_new_tokens - 1:
