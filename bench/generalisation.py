@@ -23,6 +23,11 @@ gets its refusal rate with a Wilson 95% interval, and each version a verdict per
 The halves split each type's source rows alternately (a row and its rewrite share a half), so that a recipe
 chosen on one half can be checked on the other.
 
+--tau-curve: also, for each named version, the refusal decision's curve on these prompts (``models.refusal``): for
+each τ of the grid, the share of each label x form whose first-token opener mass reaches τ, one forward pass per
+prompt (the decision alone, not judged answers), with a figure per version in bench/out. The version's own τ, where
+it has one, is marked. Nothing here chooses τ: these prompts only report.
+
 --quick: the base model only, 4 source rows per label in both forms (about 4 prompts per cell), 16 new tokens (a smoke
 test of the path).
 """
@@ -44,6 +49,8 @@ from safety_lab.errors import check
 from safety_lab.evaluation import EvalConfig, run_suites
 from safety_lab.evaluation import metrics as M
 from safety_lab.models import load_model
+from safety_lab.models.generation import opener_masses
+from safety_lab.models.refusal import CURVE_TAUS, attached, decision_curve, default_openers
 
 DATA = C.ROOT / "bench" / "data"
 SAFE = DATA / "heldout_lookalikes.csv"
@@ -179,6 +186,50 @@ def print_table(results: dict[str, dict[str, list[bool]]]) -> list[str]:
     return keys
 
 
+def tau_curves(spec: str, rows: list[dict]) -> tuple[dict[str, list[dict]], float | None]:
+    """For one model, per form of VERDICT_FORMS: the decision curve (``decision_curve``) of its unsafe against its
+    safe prompts of that form on CURVE_TAUS; and the model's own τ (None without a decision)."""
+    loaded = load_model(spec)
+    decision = attached(loaded.model)
+    openers = decision.openers if decision else default_openers(loaded.tokenizer)
+    masses = opener_masses(loaded.model, loaded.tokenizer, [r["prompt"] for r in rows], openers)
+    curves = {}
+    for form in VERDICT_FORMS:
+        cell = [(r["label"], m) for r, m in zip(rows, masses) if form_of(r["prompt"]) == form]
+        unsafe, safe = ([m for label, m in cell if label == want] for want in ("unsafe", "safe"))
+        if unsafe and safe:
+            curves[form] = decision_curve(unsafe, safe, CURVE_TAUS)
+            if decision:
+                curves[f"{form}@own"] = decision_curve(unsafe, safe, [decision.tau])
+    return curves, (decision.tau if decision else None)
+
+
+def decision_curve_at(curves: dict[str, list[dict]], form: str, own: float | None) -> dict | None:
+    """The version's own point on one form's curve (``tau_curves`` stores it as `<form>@own`)."""
+    return curves[f"{form}@own"][0] if own is not None and f"{form}@own" in curves else None
+
+
+def print_tau_curves(name: str, curves: dict[str, list[dict]], own: float | None) -> None:
+    """One line per τ: unsafe refused and safe refused, per form; and a figure per form in bench/out."""
+    from safety_lab.reporting.plots import refusal_curve
+
+    print(f"\nrefusal decision over τ on the held-out prompts [{name}]" + (f" (its τ {own:.3f})" if own else ""))
+    forms = [f for f in curves if "@" not in f]
+    print("  tau   " + "".join(f"{form + 's: unsafe / safe refused':<40}" for form in forms))
+    rows = [(f"{tau:.2f}", i) for i, tau in enumerate(CURVE_TAUS)] + ([(f"{own:.3f}*", None)] if own else [])
+    for label, i in rows:
+        points = [curves[f][i] if i is not None else decision_curve_at(curves, f, own) for f in forms]
+        print(f"  {label:<6}" + "".join(f"{p['unsafe_refused']:.3f} / {p['safe_refused']:.3f}{'':<27}" for p in points))
+    C.OUT.mkdir(parents=True, exist_ok=True)
+    safe_name = re.sub(r"[^\w.+-]", "_", name)
+    for form in forms:
+        points = curves[form]
+        path = C.OUT / f"generalisation_tau_{safe_name}_{form}.png"
+        chosen = decision_curve_at(curves, form, own)
+        refusal_curve(points, path, chosen=chosen)
+        print(f"[bench] {path}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -190,6 +241,9 @@ def main() -> None:
     )
     parser.add_argument("--base", default="smollm2-135m-instruct", help="the base model spec")
     parser.add_argument("--quick", action="store_true", help="base only, 4 prompts per cell, 16 new tokens")
+    parser.add_argument(
+        "--tau-curve", action="store_true", help="also each version's refusal decision over τ (one pass per prompt)"
+    )
     args = parser.parse_args()
     versions = parse_model_uris(args.model_uri)
 
@@ -209,7 +263,12 @@ def main() -> None:
     for name in [n for n in results if n != "base"] or ["base"]:
         print("\n".join(verdict_lines(results[name], name)))
     rates = {k: {n: sum(r[k]) / len(r[k]) for n, r in results.items() if k in r} for k in keys}
-    C.save("generalisation", args.quick, {"models": specs, **rates})
+    curves = {}
+    if args.tau_curve:
+        for name, spec in ({} if args.quick else versions).items():
+            curves[name], own = tau_curves(spec, rows)
+            print_tau_curves(name, curves[name], own)
+    C.save("generalisation", args.quick, {"models": specs, **rates, **({"tau_curves": curves} if curves else {})})
 
 
 if __name__ == "__main__":

@@ -149,3 +149,24 @@ def test_model_uris_named_repeated_or_comma_separated(gen):
 def test_model_uris_reject_clashes_and_empty_entries(gen, values, match):
     with pytest.raises(SafetyLabError, match=f"^model_uri: .*({match})"):
         gen.parse_model_uris(values)
+
+
+def test_tau_curves_give_each_form_its_decision_curve_and_the_versions_own_point(gen, tiny_model_dir, monkeypatch):
+    from safety_lab.models import load_model
+    from safety_lab.models.refusal import CURVE_TAUS, RefusalDecision, attach, default_openers
+
+    rows = gen.prompt_rows(gen.source_pairs(), 3)
+    curves, own = gen.tau_curves(str(tiny_model_dir), rows)
+    assert own is None and set(curves) == {"question", "instruction"}
+    for points in curves.values():
+        assert [p["tau"] for p in points] == list(CURVE_TAUS)
+        for key in ("unsafe_refused", "safe_refused"):
+            assert [p[key] for p in points] == sorted((p[key] for p in points), reverse=True)  # falls as τ rises
+    # a version with a decision gets its own τ's point, and the figures are drawn
+    loaded = load_model(str(tiny_model_dir))
+    attach(loaded.model, RefusalDecision(0.3, default_openers(loaded.tokenizer)))
+    monkeypatch.setattr(gen, "load_model", lambda spec: loaded)
+    curves, own = gen.tau_curves("v", rows)
+    assert own == 0.3 and gen.decision_curve_at(curves, "question", own)["tau"] == 0.3
+    gen.print_tau_curves("v", curves, own)
+    assert (gen.C.OUT / "generalisation_tau_v_question.png").stat().st_size > 0
