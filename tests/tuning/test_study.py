@@ -184,8 +184,13 @@ def test_the_preference_stage_runs_in_each_trial_as_its_own_child_run_and_the_li
     assert child.data.params["dpo_steps"] == trial_run.data.params["dpo_steps"]  # searched by Optuna
     assert "dpo_reward_margin" in child.data.metrics and "dpo_loss" in child.data.metrics
     assert "stages=sft,dpo" in lineage_tree("keyed")
+    # after the preference stage too, a gated decision is measured and registered with the adapter unmerged
+    gated = ["--objective", "safety", "--probe-prompts", "4", "--probe-tokens", "2", "--refusal-tau", "auto"]
+    assert _finetune(tiny_model_dir, storage, *dpo[:-2], *gated, "--refusal-answers", "parent") == 0
+    mv, _ = _version(2)
+    assert mv.tags["training.stages"] == "sft,dpo" and mv.tags["refusal.answers"] == "parent"
     assert _finetune(tiny_model_dir, storage, "--objective", "loss") == 0  # without the stage: one stage, no child
-    assert _version(2)[0].tags["training.stages"] == "sft" and "stages=sft " in lineage_tree("keyed")
+    assert _version(3)[0].tags["training.stages"] == "sft" and "stages=sft " in lineage_tree("keyed")
 
 
 def test_each_trial_chooses_its_refusal_tau_on_the_tune_split_and_the_version_carries_it(
