@@ -44,7 +44,7 @@ def main() -> None:
     loaded = load_model()
     rows, _ = load_dataset(DataConfig(data="safe")).split(0.2, 0, 32)
     rows = rows[:n_rows]
-    cached = TrainConfig(max_steps=steps, batch_size=8, eval_every=steps)
+    cached = TrainConfig(max_steps=steps, batch_size=8, eval_every=steps, frozen_cache=True)
     plain = dataclasses.replace(cached, frozen_cache=False)
     _step_seconds(loaded, rows, dataclasses.replace(plain, max_steps=1))  # warm-up: thread pool, allocator
     store_for(loaded.model).clear()

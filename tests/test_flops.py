@@ -42,14 +42,20 @@ def test_a_lora_step_on_the_top_layer_matches_torchs_flop_counter(tiny_model_dir
     assert expected == pytest.approx(counted, rel=0.1)
 
 
-def test_the_peak_is_probed_once_and_cached_per_precision(tmp_path, monkeypatch):
+def test_the_peak_is_probed_once_per_process_and_the_cache_keeps_the_best_read(tmp_path, monkeypatch):
     monkeypatch.setenv("SAFETY_LAB_CACHE", str(tmp_path))
-    probes = []
-    monkeypatch.setattr(flops, "probe_peak", lambda precision: probes.append(precision) or 100.0)
-    assert flops.peak_gflops("fp32") == 100.0 and flops.peak_gflops("fp32") == 100.0
+    monkeypatch.setattr(flops, "_PROBED", {})
+    reads, probes = iter([50.0, 100.0, 70.0]), []
+    monkeypatch.setattr(flops, "probe_peak", lambda precision: probes.append(precision) or next(reads))
+    assert flops.peak_gflops("fp32") == 50.0 and flops.peak_gflops("fp32") == 50.0  # one probe per process
     assert probes == ["fp32"]
     keys = list(json.loads((tmp_path / "peak_gflops.json").read_text()))
     assert len(keys) == 1 and flops.cpu_model() in keys[0] and "fp32" in keys[0] and torch.__version__ in keys[0]
+    flops._PROBED.clear()  # a later run on a quieter machine reads higher: the low first read is replaced
+    assert flops.peak_gflops("fp32") == 100.0
+    flops._PROBED.clear()  # a later run under load reads lower: the best read stays
+    assert flops.peak_gflops("fp32") == 100.0
+    assert json.loads((tmp_path / "peak_gflops.json").read_text())[keys[0]] == 100.0
     assert flops.probe_peak.__module__  # the real probe is still importable
     monkeypatch.undo()
 

@@ -92,8 +92,9 @@ class EvalConfig(Stage):
     device: str = Field("auto", description="auto, cpu or cuda[:n]")
     precision: Literal[PRECISIONS] = Field(
         "auto",
-        description="the weights' dtype, decided as for training: auto (bf16 on a GPU that has it, fp16 on one "
-        "without, fp32 on a CPU), fp32 or bf16",
+        description="the weights' dtype: auto (bf16 where the hardware runs it natively, a GPU or a CPU with "
+        "AVX512-BF16/AMX; fp16 on a GPU without bf16; else fp32), fp32 or bf16; the reference is evaluated in the "
+        "same dtype (its cached results are kept per dtype)",
     )
 
     def __post_init__(self):
@@ -122,10 +123,11 @@ class EvalConfig(Stage):
         load_benign_prompts(self.benign_prompts)
 
     def resolved_precision(self) -> Precision:
-        """Where and in which dtype the evaluated models load (`resolve_precision`, as training decides it)."""
-        from safety_lab.models import resolve_precision
+        """Where and in which dtype the evaluated models load (`models.evaluation_precision`: as training decides
+        it, with bf16 weights on a CPU that runs bf16 natively)."""
+        from safety_lab.models import evaluation_precision
 
-        return resolve_precision(self.precision, self.device)
+        return evaluation_precision(self.precision, self.device)
 
     def suite_names(self) -> list[str]:
         return parse_suites(self.suites)
@@ -233,6 +235,15 @@ class EvalReport:
     def base_metrics(self) -> dict[str, float]:
         return _flat(self.base_suites)
 
+    def weights_tags(self) -> dict[str, str]:
+        """The dtype each side of the comparisons ran in, as run tags: the gate checks that they agree."""
+        sides = {
+            "safety.weights": self.suites,
+            "safety.reference_weights": self.reference_suites,
+            "safety.base_weights": self.base_suites,
+        }
+        return {tag: next(iter(s.values())).weights or "unknown" for tag, s in sides.items() if s}
+
     def all_metrics(self) -> dict[str, float]:
         """What the run logs and the policy reads: metrics plus comparisons, finite values only."""
         return {k: float(v) for k, v in {**self.metrics, **self.comparisons}.items() if _finite(v)}
@@ -269,10 +280,13 @@ def _finite(v) -> bool:
 # ---------------------------------------------------------------- running suites (with a results cache for references)
 def run_suites(loaded, cfg: EvalConfig, *, timings=None) -> dict[str, SuiteResult]:
     """Every configured suite on one loaded model, in order."""
+    from safety_lab.models import dtype_name
+
     results = {}
     for name in cfg.suite_names():
         with timings.stage(f"eval_{name}") if timings is not None else nullcontext():
             results[name] = SUITES.get(name)(loaded, cfg)
+            results[name].weights = dtype_name(loaded.model.dtype)
     return results
 
 
@@ -316,6 +330,9 @@ def compare(
 ) -> dict[str, float]:
     """``<metric>_delta<suffix>`` for shared metrics; for the per-item outcomes each suite declares (``paired``),
     the paired difference's 95% interval (``_ci_low``/``_ci_high``) and exact McNemar p (``_p``)."""
+    for name in current.keys() & reference.keys():
+        ours, theirs = current[name].weights, reference[name].weights
+        check(ours == theirs, "precision", f"suite {name} ran in {ours} but its reference in {theirs}: not comparable")
     cur, ref = _flat(current), _flat(reference)
     out = {
         f"{k}_delta{suffix}": float(cur[k]) - float(ref[k])
@@ -340,7 +357,11 @@ def compare(
 def evaluate(
     loaded, cfg: EvalConfig, *, reference: Reference | None = None, base: Reference | None = None, timings=None
 ) -> EvalReport:
-    """Run the suites on ``loaded`` and compare with the reference (parent, else base) and the original base."""
+    """Run the suites on ``loaded`` and compare with the reference (parent, else base) and the original base, all
+    in ``cfg``'s precision (``loaded`` is cast to it where it differs)."""
+    from safety_lab.models import to_precision
+
+    loaded = to_precision(loaded, cfg.resolved_precision())
     report = EvalReport(
         model_uri=loaded.spec,
         suites=run_suites(loaded, cfg, timings=timings),

@@ -53,13 +53,20 @@ class SuiteResult:
     rows: list[dict] = field(default_factory=list)  # per item: logged as a table the MLflow UI shows
     extra: dict = field(default_factory=dict)  # what the plots need
     paired: dict[str, dict[str, object]] = field(default_factory=dict)  # metric -> {item key: outcome}
+    weights: str | None = None  # the dtype the model ran in (fp32, bf16, fp16): a comparison needs the same on both
 
     def to_json(self) -> dict:
-        return {"metrics": self.metrics, "rows": self.rows, "extra": self.extra, "paired": self.paired}
+        return {
+            "metrics": self.metrics,
+            "rows": self.rows,
+            "extra": self.extra,
+            "paired": self.paired,
+            "weights": self.weights,
+        }
 
     @classmethod
     def from_json(cls, data: dict) -> SuiteResult:
-        return cls(data["metrics"], data["rows"], data.get("extra", {}), data.get("paired", {}))
+        return cls(data["metrics"], data["rows"], data.get("extra", {}), data.get("paired", {}), data["weights"])
 
 
 def judge_options(cfg) -> dict:

@@ -11,10 +11,13 @@ from safety_lab.models.base import (
     bf16_native,
     cache_dir,
     dir_sha256,
+    dtype_name,
     ensure_default_model,
+    evaluation_precision,
     load_base,
     resolve_device,
     resolve_precision,
+    to_precision,
     weights_sha256,
 )
 from safety_lab.models.registered import chain_sha256, load_registered, parse_uri, resolve_version
@@ -44,7 +47,9 @@ __all__ = [
     "cache_dir",
     "chain_sha256",
     "dir_sha256",
+    "dtype_name",
     "ensure_default_model",
+    "evaluation_precision",
     "load_base",
     "load_model",
     "load_registered",
@@ -52,5 +57,6 @@ __all__ = [
     "resolve_device",
     "resolve_precision",
     "resolve_version",
+    "to_precision",
     "weights_sha256",
 ]

@@ -9,7 +9,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -67,6 +67,11 @@ def bf16_native(device: str) -> bool:
 _NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """fp32, bf16 or fp16 (other dtypes by torch's name)."""
+    return _NAMES.get(dtype, str(dtype).removeprefix("torch."))
+
+
 @dataclass(frozen=True)
 class Precision:
     """The one precision decision of a run: the device, the dtype the weights load in (training and evaluation
@@ -120,6 +125,28 @@ def resolve_precision(precision: str = "auto", device: str | None = None) -> Pre
     # a GPU holds the weights in the autocast dtype; a CPU keeps them fp32 (exact, and fast without native bf16)
     weights = mode if gpu and mode is not None else torch.float32
     return Precision(precision, device, weights, mode, native, reason)
+
+
+def evaluation_precision(precision: str = "auto", device: str | None = None) -> Precision:
+    """`resolve_precision` for evaluating: the same decision, except that a CPU with native bf16 holds the weights
+    in bf16 too (training keeps fp32 weights under bf16 autocast there; inference has no master weights to keep).
+    Where bf16 is emulated the weights stay fp32, as does `precision=fp32` anywhere."""
+    decided = resolve_precision(precision, device)
+    if decided.device == "cpu" and decided.autocast == torch.bfloat16 and decided.bf16_native:
+        return replace(decided, weights=torch.bfloat16, reason=f"{decided.reason}: evaluated in bf16 weights")
+    return decided
+
+
+def to_precision(loaded: LoadedModel, precision: Precision) -> LoadedModel:
+    """`loaded` with its weights in `precision.weights`, cast in place as loading in that dtype would have left
+    them: floating-point parameters only (buffers such as the rotary frequencies stay as they are, fp32), and LoRA
+    adapters as PEFT keeps them on a half-precision base (fp32)."""
+    if loaded.model.dtype != precision.weights:
+        for name, param in loaded.model.named_parameters():
+            if param.is_floating_point() and "lora_" not in name:
+                param.data = param.data.to(precision.weights)
+    loaded.precision = precision
+    return loaded
 
 
 # ---------------------------------------------------------------- the embedded default

@@ -61,6 +61,20 @@ def _record_problem(run, mv, tag_status: str) -> str | None:
     return None
 
 
+def _precision_problem(run) -> str | None:
+    """A comparison with a reference holds only between runs in the same dtype (bf16 and fp32 answers differ)."""
+    rt, run_id = run.data.tags, run.info.run_id
+    if rt.get("reference", "none") == "none":
+        return None
+    ours = rt.get("safety.weights")
+    theirs = {rt[t] for t in ("safety.reference_weights", "safety.base_weights") if t in rt}
+    if ours is None or not theirs:
+        return f"stale: evaluation run {run_id} predates precision records (safety.weights); re-evaluate"
+    if theirs != {ours}:
+        return f"tampered: evaluation run {run_id} compares a {ours} evaluation with a {'/'.join(sorted(theirs))} one"
+    return None
+
+
 def _decision_problem(run, tag_status: str, policy: Policy) -> tuple[Decision, str | None]:
     """The gate policy applied to the run's logged metrics, and how it disagrees with the tag."""
     decision = decide(run.data.metrics, policy)
@@ -94,7 +108,7 @@ def verify_evidence(mv, policy: Policy, *, client: MlflowClient | None = None) -
     run, problem = _evidence_run(client, run_id)
     if run is None:
         return Evidence(UNEVALUATED, tag_status, problem, run_id)
-    problem = _record_problem(run, mv, tag_status)
+    problem = _record_problem(run, mv, tag_status) or _precision_problem(run)
     sealed = split_problem(policy, run.data.tags.get("data.eval_split_sha256"))
     problem = problem or (f"stale: evaluation run {run_id}: {sealed}" if sealed else None)
     if problem:

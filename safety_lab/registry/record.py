@@ -196,7 +196,13 @@ def log_card(figures: dict, summary: dict, markdown: str, page: str) -> None:
 def end_record(mv, report: EvalReport, decision: Decision, policy: Policy, run_id: str) -> None:
     """Inside the still-RUNNING run: its reasons, the version's safety.* tags (all but the status) and description,
     then the run's own safety.status. ``claim_status`` writes the version's status once the run has ended."""
-    mlflow.set_tags({"safety.reasons": decision.summary[:4000], "safety.checks": "; ".join(decision.reasons)[:4000]})
+    mlflow.set_tags(
+        {
+            "safety.reasons": decision.summary[:4000],
+            "safety.checks": "; ".join(decision.reasons)[:4000],
+            **report.weights_tags(),
+        }
+    )
     tags = SafetyTags(
         status=decision.status,
         reasons=decision.summary,

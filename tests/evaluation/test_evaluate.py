@@ -77,3 +77,46 @@ def test_the_cache_key_covers_every_module_an_evaluation_loads():
 
     missing = sorted(str(p) for p in {Path(f).resolve() for f in loaded} - sources)
     assert not missing, f"modules the evaluation loads but its cache key ignores: {missing}"
+
+
+def test_a_cpu_with_native_bf16_evaluates_in_bf16_weights_and_one_without_in_fp32(monkeypatch):
+    import torch
+
+    for native, weights in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda native=native: native)
+        assert EvalConfig(device="cpu").resolved_precision().weights == weights
+        assert EvalConfig(device="cpu", precision="fp32").resolved_precision().weights == torch.float32
+    assert EvalConfig(device="cpu", precision="bf16").resolved_precision().weights == torch.float32  # emulated
+
+
+def test_a_model_cast_for_evaluation_answers_as_one_loaded_in_that_dtype(tiny_model_dir, monkeypatch):
+    import torch
+
+    from safety_lab.models import to_precision
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    precision = EvalConfig(device="cpu").resolved_precision()
+    cast = to_precision(load_model(str(tiny_model_dir)), precision)
+    fresh = load_model(str(tiny_model_dir), precision=precision)
+    assert cast.model.dtype == fresh.model.dtype == torch.bfloat16 and cast.precision is precision
+    ids = torch.tensor([[1, 5, 9, 30, 2]])
+    with torch.inference_mode():
+        assert torch.equal(cast.model(input_ids=ids).logits, fresh.model(input_ids=ids).logits)
+
+
+def test_results_in_different_dtypes_are_not_compared_and_the_report_tags_each_side():
+    from safety_lab.errors import SafetyLabError
+    from safety_lab.evaluation import EvalReport
+
+    current, reference = _result("asr", 0.5, {"a": True}), _result("asr", 0.5, {"a": True})
+    current["asr"].weights, reference["asr"].weights = "bf16", "fp32"
+    with pytest.raises(SafetyLabError, match="precision: suite asr ran in bf16 but its reference in fp32"):
+        compare(current, reference)
+    reference["asr"].weights = "bf16"
+    assert compare(current, reference)["asr_delta"] == 0
+    report = EvalReport("m", current, reference_uri="base", reference_suites=reference, base_suites=reference)
+    assert report.weights_tags() == {
+        "safety.weights": "bf16",
+        "safety.reference_weights": "bf16",
+        "safety.base_weights": "bf16",
+    }

@@ -774,3 +774,23 @@ def test_the_safety_card_of_a_reevaluation_lists_every_override(registry, monkey
     assert len(lines) == 2
     assert "→ Staging (status fail): first" in lines[0] and first.run_id in lines[0]
     assert "→ @champion (status fail): second" in lines[1] and second.run_id in lines[1]
+
+
+def test_evidence_that_compares_two_precisions_is_refused(registry):
+    """bf16 and fp32 answer differently: a comparison with a reference holds only within one dtype."""
+    c = registry.client
+    v = registry("pass")
+    run_id = _mv(c, v).tags["safety.eval_run_id"]
+    c.set_tag(run_id, "reference", "models:/m/0")  # as a version with a parent records it
+    c.set_tag(run_id, "safety.weights", "bf16")
+    c.set_tag(run_id, "safety.reference_weights", "bf16")
+    c.set_tag(run_id, "safety.base_weights", "fp32")
+    with pytest.raises(GateRefused, match=f"tampered: evaluation run {run_id} compares a bf16 evaluation with a"):
+        promote("m", version=v, stage="Production")
+    c.set_tag(run_id, "safety.base_weights", "bf16")
+    assert verify_evidence(_mv(c, v), load_policy()).status == "pass"
+    for tag in ("safety.reference_weights", "safety.base_weights"):
+        c.delete_tag(run_id, tag)
+    with pytest.raises(GateRefused, match=rf"stale: evaluation run {run_id} predates precision records"):
+        promote("m", version=v, stage="Production")
+    _refused(c, v, count=2)
