@@ -234,7 +234,7 @@ class TrainConfig(Stage):
         "auto",
         description="auto (bf16 where the device runs it natively: bf16 weights on a GPU, bf16 autocast over fp32 "
         "weights on a CPU; fp16 on a GPU without bf16; else fp32), fp32 (fp32 weights, no autocast) or bf16; "
-        "the weights' dtype holds for the evaluation too",
+        "the evaluation follows it, with bf16 weights where a CPU runs bf16 natively",
     )
 
     def __post_init__(self):

@@ -19,6 +19,7 @@ SCRIPTS = [
     "frozen_cache.py",
     "dpo_step.py",
     "form_shortcut.py",
+    "eval_precision.py",
 ]
 
 

@@ -74,8 +74,8 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 @dataclass(frozen=True)
 class Precision:
-    """The one precision decision of a run: the device, the dtype the weights load in (training and evaluation
-    alike) and training's autocast dtype (None: no autocast)."""
+    """The one precision decision of a run: the device, the dtype the weights load in (`evaluation_precision`
+    holds them in bf16 on a CPU with native bf16) and training's autocast dtype (None: no autocast)."""
 
     requested: str  # auto, fp32 or bf16
     device: str  # cpu, cuda or cuda:<n>
