@@ -25,7 +25,7 @@ from safety_lab.config import (
     from_args,
     stage,
 )
-from safety_lab.errors import SafetyLabError, check, clear_interrupts, first_line, note_interrupt
+from safety_lab.errors import SafetyLabError, check, clear_interrupts, first_line, interrupt_now, note_interrupt
 from safety_lab.evaluation import EvalConfig
 
 EXIT_MOVED_UNRECORDED = 3  # promote: the version moved, but the record of the move could not be written
@@ -49,7 +49,8 @@ def _sigterm_as_interrupt() -> None:
 
     def handler(signum, frame):
         note_interrupt(signum)
-        raise KeyboardInterrupt(f"signal {signum}")
+        if interrupt_now():  # else raised when the deferring section ends
+            raise KeyboardInterrupt(f"signal {signum}")
 
     clear_interrupts()
     signal.signal(signal.SIGTERM, handler)

@@ -1,5 +1,7 @@
 """One error type for bad input: the CLI prints its message as one line and exits non-zero."""
 
+from contextlib import contextmanager
+
 
 class SafetyLabError(ValueError):
     """A user-facing error. The message names the field and the problem, on one line."""
@@ -31,6 +33,29 @@ _INTERRUPTED: list[int] = []  # the signal numbers received; read by `raise_if_i
 def note_interrupt(signum: int) -> None:
     """Record a Ctrl-C or SIGTERM (called by the CLI's signal handler, which then raises KeyboardInterrupt)."""
     _INTERRUPTED.append(signum)
+
+
+_DEFERRED: list[bool] = []  # non-empty while a section that must not be cut in half runs
+
+
+def interrupt_now() -> bool:
+    """Whether a signal arriving now should raise at once (the CLI's handler asks): not inside `interrupts_deferred`."""
+    return not _DEFERRED
+
+
+@contextmanager
+def interrupts_deferred():
+    """A Ctrl-C or SIGTERM arriving inside is recorded and raised on leaving, once the section is done: closing an
+    MLflow run is not cut in half, leaving it RUNNING (a launcher sends SIGTERM to every rank when one rank dies,
+    often while the survivors are already closing their runs FAILED)."""
+    before = len(_INTERRUPTED)
+    _DEFERRED.append(True)
+    try:
+        yield
+    finally:
+        _DEFERRED.pop()
+    if len(_INTERRUPTED) > before and interrupt_now():
+        raise KeyboardInterrupt(f"signal {_INTERRUPTED[-1]}")
 
 
 def raise_if_interrupted() -> None:

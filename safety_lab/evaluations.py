@@ -18,6 +18,7 @@ from safety_lab.registry import record
 from safety_lab.registry.overrides import override_history
 from safety_lab.reporting import plots
 from safety_lab.reporting.cards import safety_card
+from safety_lab.tracking import tracked_run
 
 
 @dataclasses.dataclass
@@ -62,7 +63,7 @@ def evaluate_version(model_uri: str, cfg: EvalConfig, *, loaded=None, timings=No
     if not mlflow.active_run():
         record.use_experiment_of(mv)
     run_name = f"evaluate-{mv.name}-v{mv.version}" if mv else f"evaluate-{Path(spec).name}"
-    with mlflow.start_run(run_name=run_name, nested=mlflow.active_run() is not None) as run:
+    with tracked_run(run_name=run_name, nested=mlflow.active_run() is not None) as run:
         record.start_record(mv, spec, reference, cfg, policy)
         loaded = loaded if loaded is not None else load_model(spec, precision=cfg.resolved_precision())
         loaded.spec = spec

@@ -13,7 +13,7 @@ from safety_lab.evaluations import evaluate_version
 from safety_lab.finetune import finetune
 from safety_lab.reporting import plots
 from safety_lab.reporting.tables import headline_columns, metric_cells, render
-from safety_lab.tracking import start_experiment
+from safety_lab.tracking import start_experiment, tracked_run
 
 ID_COLUMNS = ("model", "uri", "status")
 
@@ -45,7 +45,7 @@ def run_experiment(
     eval_cfg.check_files()
     model_name = run.model_name or registry.default_model_name(run.base_model).replace("-safety-lora", "-experiment")
     start_experiment(run.experiment)
-    with mlflow.start_run(run_name="experiment-overriding-safety") as parent:
+    with tracked_run(run_name="experiment-overriding-safety") as parent:
         mlflow.set_tags({"safety_lab.job": "experiment", "model_name": model_name})
         tag = parent.info.run_id[:8]
         base_report = evaluate_version(

@@ -35,7 +35,7 @@ from safety_lab.models.generation import generate
 from safety_lab.policy import load_policy
 from safety_lab.publish import Published, publish
 from safety_lab.reporting import plots
-from safety_lab.tracking import redact, start_experiment
+from safety_lab.tracking import redact, start_experiment, tracked_run
 from safety_lab.training import distill
 from safety_lab.tuning import (
     Probe,
@@ -135,11 +135,12 @@ class FinetuneResult:
         )
 
 
+@contextmanager
 def _open_run(run: RunConfig, name: str, job: str):
     start_experiment(run.experiment)
-    active = mlflow.start_run(run_name=name, nested=mlflow.active_run() is not None)
-    mlflow.set_tags({"safety_lab.job": job})
-    return active
+    with tracked_run(run_name=name, nested=mlflow.active_run() is not None) as active:
+        mlflow.set_tags({"safety_lab.job": job})
+        yield active
 
 
 def finetune(

@@ -6,13 +6,15 @@ import getpass
 import os
 import re
 import socket
+import sys
+from contextlib import contextmanager
 from urllib.parse import urlparse
 
 import mlflow
 from mlflow.utils.credentials import get_default_host_creds
 from mlflow.utils.rest_utils import http_request
 
-from safety_lab.errors import SafetyLabError, first_line
+from safety_lab.errors import SafetyLabError, first_line, interrupts_deferred
 
 
 def tracking_uri() -> str:
@@ -45,6 +47,21 @@ def start_experiment(name: str) -> None:
         mlflow.set_experiment(experiment_id=experiment.experiment_id)
     except mlflow.exceptions.MlflowException as exc:
         raise SafetyLabError("MLFLOW_TRACKING_URI", f"cannot use {tracking_uri()} ({first_line(exc)})") from None
+
+
+@contextmanager
+def tracked_run(**start_run):
+    """`mlflow.start_run(**start_run)` as a context, whose closing (FINISHED, or FAILED on an exception) no signal
+    interrupts: a SIGTERM that lands while the run is being ended is raised once it has ended."""
+    active = mlflow.start_run(**start_run)
+    try:
+        yield active
+    except BaseException:
+        with interrupts_deferred():
+            active.__exit__(*sys.exc_info())
+        raise
+    with interrupts_deferred():
+        active.__exit__(None, None, None)
 
 
 _USERINFO = re.compile(r"(//[^:/@\s]*):\S*@")  # greedy: a password may itself contain '@'

@@ -16,6 +16,7 @@ from safety_lab.compat import report_intermediate
 from safety_lab.config import DpoConfig, TrainConfig, TuneConfig, refusal_tau_of
 from safety_lab.errors import raise_if_interrupted
 from safety_lab.models import refusal
+from safety_lab.tracking import tracked_run
 from safety_lab.training import train_lora
 from safety_lab.training.preference import train_preference
 from safety_lab.tuning.objectives import OBJECTIVES, SafetyObjectives, TuningTargets
@@ -73,7 +74,7 @@ class Trials:
         self.current = (trial, shared)
         cfg = suggest(shared, setup.train_cfg, setup.tune_cfg)
         dpo = suggest_dpo(shared, setup.dpo_cfg, setup.tune_cfg)
-        with mlflow.start_run(run_name=f"trial-{shared.number}", nested=True) if self.main else nullcontext() as run:
+        with tracked_run(run_name=f"trial-{shared.number}", nested=True) if self.main else nullcontext() as run:
             if self.main:
                 self._start(trial, run, cfg)
             try:
@@ -109,7 +110,7 @@ class Trials:
         """The preference stage on the trial's SFT adapter, logged as a child run of the trial's run."""
         setup = self.setup
         name = f"trial-{self.current[1].number}-preference"
-        with mlflow.start_run(run_name=name, nested=True) if self.main else nullcontext() as run:
+        with tracked_run(run_name=name, nested=True) if self.main else nullcontext() as run:
             if self.main:
                 mlflow.set_tags({"training.stage": "dpo", "optuna.trial": trial.number})
                 mlflow.log_params({**dataclasses.asdict(dpo), "dpo_pairs": len(setup.pairs)})

@@ -78,6 +78,7 @@ def test_a_toy_suite_reaches_the_version_tags_and_the_report(mlflow_store, monke
     safety.* version tag and a column of `report`, with no edit anywhere but the suite."""
     from types import SimpleNamespace
 
+    import torch
     from mlflow.tracking import MlflowClient
 
     from safety_lab import evaluations
@@ -93,7 +94,16 @@ def test_a_toy_suite_reaches_the_version_tags_and_the_report(mlflow_store, monke
             {"toy_leak_rate": 0.125, "toy_leak_rate_ci_low": 0.05, "toy_leak_rate_ci_high": 0.25, "toy_score": 7.0}
         )
 
-    monkeypatch.setattr(evaluations, "load_model", lambda spec, **kw: SimpleNamespace(spec=spec))  # none needed
+    class NoWeights(torch.nn.Module):  # the toy suite reads no model: one parameter so it has a dtype to record
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        @property
+        def dtype(self):
+            return self.w.dtype
+
+    monkeypatch.setattr(evaluations, "load_model", lambda spec, **kw: SimpleNamespace(spec=spec, model=NoWeights()))
     client = MlflowClient()
     client.create_registered_model("toy-model")
     mv = client.create_model_version("toy-model", source="file:///nowhere", tags={"data.name": "toy"})
