@@ -170,15 +170,7 @@ def finetune(
     with _open_run(run, f"finetune-{Path(data_cfg.data).stem}", "finetune") as active:
         mlflow.set_tags({"model_name": model_name, "tuning.objective": tune_cfg.objective})
         _log_config(run, data_cfg, train_cfg, tune_cfg, dpo_cfg, precision)
-        # bad data fails before any model loads, unless the answers are distilled (those need the model first)
-        with timings.stage("data"):
-            data = None if _distils(data_cfg) else load_dataset(data_cfg)
-        with timings.stage("model_load"):
-            loaded = _load_base(run, precision)
-        with timings.stage("distill" if data is None else "data"):
-            data = data or _dataset(data_cfg, train_cfg, loaded)
-            train_rows, val_rows = _split_data(data_cfg, data)
-        mlflow.set_tag("base_model", loaded.base_model)
+        data, loaded, train_rows, val_rows = _inputs(run, data_cfg, train_cfg, precision, timings)
         study = _study_options(
             model_name, data, data_cfg, loaded, (train_cfg, tune_cfg, dpo_cfg), getattr(eval_cfg, "policy", None)
         )
@@ -204,6 +196,20 @@ def finetune(
         timings.log()
     print(f"[safety_lab] timings: {timings.format()}", flush=True)
     return out.registered(published, evaluation)
+
+
+def _inputs(run: RunConfig, data_cfg: DataConfig, train_cfg: TrainConfig, precision: Precision, timings: Timings):
+    """The dataset, the base model and the train/validation rows. Bad data fails before any model loads, unless
+    the answers are distilled (those need the model first)."""
+    with timings.stage("data"):
+        data = None if _distils(data_cfg) else load_dataset(data_cfg)
+    with timings.stage("model_load"):
+        loaded = _load_base(run, precision)
+    with timings.stage("distill" if data is None else "data"):
+        data = data or _dataset(data_cfg, train_cfg, loaded)
+        train_rows, val_rows = _split_data(data_cfg, data)
+    mlflow.set_tag("base_model", loaded.base_model)
+    return data, loaded, train_rows, val_rows
 
 
 def _log_config(

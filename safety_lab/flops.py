@@ -151,6 +151,14 @@ def tally(work: Work):
         _OPEN.reset(token)
 
 
+def precision_of(model) -> str:
+    """The precision a model's matmuls run in, as `record` and `peak_gflops` name it: its weights' dtype."""
+    import torch
+
+    dtype = getattr(model, "dtype", None) or next(model.parameters()).dtype
+    return "bf16" if dtype == torch.bfloat16 else "fp32"
+
+
 def record(flops: int, precision: str = "fp32") -> None:
     """Count `flops` done in `precision` towards every open tally (none open: nothing is kept)."""
     for work in _OPEN.get():

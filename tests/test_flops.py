@@ -101,3 +101,16 @@ def test_timings_count_the_flops_of_training_and_generation_per_stage(tiny_model
     for rate in rates.values():
         assert rate["gflops_per_s"] > 0 and rate["peak_share"] == pytest.approx(rate["gflops_per_s"])
     assert "GFLOP/s" in timings.format() and "of peak" in timings.format()
+
+
+@pytest.mark.parametrize("dtype,precision", [(torch.float32, "fp32"), (torch.bfloat16, "bf16")])
+def test_generation_counts_its_flops_in_the_precision_of_the_weights(tiny_model_dir, dtype, precision):
+    """bf16 evaluation's share of peak is read against the bf16 peak (it was counted as fp32 work: on an AMX CPU,
+    whose bf16 peak is 3.6x its fp32 one, that overstated the share 3.6x)."""
+    from safety_lab.models.generation import generate
+
+    loaded = load_model(str(tiny_model_dir))
+    loaded.model.to(dtype)
+    with flops.tally(flops.Work()) as work:
+        generate(loaded.model, loaded.tokenizer, ["Hello there", "How are you?"], max_new_tokens=3)
+    assert set(work.flops) == {precision} and work.total() > 0

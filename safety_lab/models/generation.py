@@ -261,7 +261,8 @@ def _decode_all(
             results[i] = out
     prompts = [len(e) for e in own]
     work = flops.generation_flops(model.config, prompts, [len(r.ids) for r in results])
-    flops.record(work + (flops.forward_flops(model.config, [shared], head_tokens=0) if prefix else 0), "fp32")
+    work += flops.forward_flops(model.config, [shared], head_tokens=0) if prefix else 0
+    flops.record(work, flops.precision_of(model))
     return results
 
 
