@@ -20,6 +20,7 @@ SCRIPTS = [
     "dpo_step.py",
     "form_shortcut.py",
     "eval_precision.py",
+    "frozen_head.py",
 ]
 
 

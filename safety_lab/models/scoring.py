@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from safety_lab.errors import check
-from safety_lab.models.generation import left_pad
+from safety_lab.models.generation import last_position, left_pad
 from safety_lab.models.refusal import answering, attached, mass_from_logprobs, opener_ids
 
 
@@ -48,7 +48,7 @@ def _logprobs(
         attention_mask=prompt_mask,
         position_ids=(prompt_mask.cumsum(-1) - 1).clamp(min=0),
         use_cache=True,
-        logits_to_keep=1,
+        logits_to_keep=last_position(prompt_ids),
     )
     last = torch.log_softmax(out.logits[:, -1].float(), -1)
     width = max(len(c) for c in continuations)
