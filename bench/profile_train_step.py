@@ -27,6 +27,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--rows", type=int, default=25)
+    parser.add_argument("--shapes", action="store_true", help="also the top ops by input shape")
     args = parser.parse_args()
     loaded = load_model()
     rows, _ = load_dataset(DataConfig(data="safe")).split(0.2, 0, 32)
@@ -40,9 +41,11 @@ def main() -> None:
             Profiled.step += 1
             if Profiled.step != 3:
                 return super().training_step(model, inputs, *a, **kw)
-            with profile(activities=[ProfilerActivity.CPU]) as prof:
+            with profile(activities=[ProfilerActivity.CPU], record_shapes=args.shapes) as prof:
                 out = super().training_step(model, inputs, *a, **kw)
             tables["events"] = prof.key_averages()
+            if args.shapes:
+                tables["shapes"] = prof.key_averages(group_by_input_shape=True)
             return out
 
     trl.SFTTrainer = Profiled
@@ -66,6 +69,8 @@ def main() -> None:
         )
         groups[key] += e.self_cpu_time_total
     print(events.table(sort_by="self_cpu_time_total", row_limit=18))
+    if args.shapes:
+        print(tables["shapes"].table(sort_by="self_cpu_time_total", row_limit=30, max_name_column_width=30))
     print(f"step (forward+backward, profiled): {total / 1e6:.2f} s of self CPU time")
     for key, value in groups.items():
         print(f"  {key:42s} {value / total:6.1%}")

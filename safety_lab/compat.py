@@ -35,15 +35,30 @@ def report_intermediate(study, trial, step: int, value: float):
 
 
 @contextmanager
-def fused_head_on_labelled_positions():
-    """Within: TRL's fused LM head scores only the labelled positions, on every device.
+def fused_head_on_labelled_positions(cpu_head=None):
+    """Within: TRL's fused LM head scores only the labelled positions, on every device; with `cpu_head` (a function
+    of `ChunkedLogProbFunction.apply`'s signature and results), that function computes the head wherever TRL has
+    no Triton kernel (the CPU), and TRL's kernel everywhere else.
 
     TRL (`trl.trainer.utils`) compacts the hidden states to the labelled positions only where its private
-    `_use_triton(device)` says so (CUDA/XPU); there is no setting for it. `mock.patch.object` raises if TRL renames
-    the switch, so a rename fails loudly instead of going slow quietly."""
+    `_use_triton(device)` says so (CUDA/XPU); there is no setting for it, nor for the kernel it calls
+    (`_ChunkedLogProbFunction`). `mock.patch.object` raises if TRL renames either, so a rename fails loudly instead of
+    going slow quietly."""
     from trl.trainer import utils as trl_utils
 
-    with mock.patch.object(trl_utils, "_use_triton", return_value=True):
+    chunked, has_triton = trl_utils._ChunkedLogProbFunction, trl_utils._use_triton
+
+    class _Head:
+        @staticmethod
+        def apply(hidden, *args):
+            if cpu_head is not None and not has_triton(hidden.device):
+                return cpu_head(hidden, *args)
+            return chunked.apply(hidden, *args)
+
+    with (
+        mock.patch.object(trl_utils, "_use_triton", return_value=True),
+        mock.patch.object(trl_utils, "_ChunkedLogProbFunction", _Head),
+    ):
         yield
 
 

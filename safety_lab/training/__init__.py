@@ -19,6 +19,7 @@ from safety_lab.data import to_conversation
 from safety_lab.models import resolve_precision
 from safety_lab.training.bars import one_bar
 from safety_lab.training.frozen import frozen_layer_count, frozen_prefix, store_for
+from safety_lab.training.head import log_probs as dense_head
 
 logging.getLogger("transformers.trainer").setLevel(logging.WARNING)
 
@@ -291,14 +292,16 @@ def score_labelled_positions_only(trainer, methods: tuple[str, ...] = ("compute_
     on CUDA/XPU; elsewhere it scores every position of the batch (to keep tile shapes fixed for compilers like
     Neuron's), prompt tokens included, and zeroes them afterwards, forward and backward. On the CPU, where nothing
     recompiles, that spends the 49152-wide head and softmax on the ~half of each row that is prompt. Here TRL's own
-    compact branch is chosen for the duration of each call (`compat.fused_head_on_labelled_positions`): same kernel,
-    the same full-shaped per-token output with zeros at unlabelled positions, fewer rows computed."""
+    compact branch is chosen for the duration of each call (`compat.fused_head_on_labelled_positions`): the same
+    full-shaped per-token output with zeros at unlabelled positions, fewer rows computed. On a CPU the rows are scored
+    by `training.head.log_probs` (one dense log-softmax, the frozen weight cast once) instead of TRL's tiled kernel,
+    which on a CPU spent more on weight casts and per-tile passes than on the projection itself."""
     for name in methods:
         method = getattr(trainer, name)
 
         @functools.wraps(method)
         def on_labelled_positions(*args, _method=method, **kwargs):
-            with fused_head_on_labelled_positions():
+            with fused_head_on_labelled_positions(dense_head):
                 return _method(*args, **kwargs)
 
         setattr(trainer, name, on_labelled_positions)
