@@ -6,8 +6,9 @@ Each change has a switch (CHANGES) that puts the previous code path back for the
 `train_lora` with the same model (SmolLM2-135M-Instruct), rows (the `safe` train split), seed and the finetune
 defaults (precision auto, the top half of the layers adapted, 16 answer tokens, the frozen-prefix cache). Runs go
 off, on, on, off, ... so that a drift in other people's load hits both; the first step of each run is warm-up and
-left out, and one untimed run first fills the frozen-prefix store that every later run reads. Prints the 1-minute load average around every run, seconds per step of each variant, the on/off ratio
-(wall and process CPU time) and how far the training losses moved.
+left out, and one untimed run first fills the frozen-prefix store that every later run reads. Prints the 1-minute
+load average around every run, seconds per step of each variant, the on/off ratio (wall and process CPU time) and
+how far the training losses moved.
 
     head   the LM head on a CPU: `training.head.log_probs` (one dense log-softmax, the frozen weight cast once)
            against TRL's tiled kernel (`trl.kernels.ChunkedLogProbFunction`), both on the labelled positions only

@@ -20,7 +20,7 @@ from safety_lab import compat
 PACKAGE = Path(safety_lab.__file__).resolve().parent
 ALLOWED = {PACKAGE / "compat.py"}
 PRIVATE = re.compile(
-    r"\._storage\b|[\"']_MLFLOW_\w+|\._trial_id\b|\._study_id\b|_tracking_service|_use_triton|cumulative_length|\bStaticLayer\b"
+    r"\._storage\b|[\"']_MLFLOW_\w+|\._trial_id\b|\._study_id\b|_tracking_service|_use_triton|_ChunkedLogProbFunction|cumulative_length|\bStaticLayer\b"
     # any import from a private module of these libraries (mlflow.tracking._tracking_service, optuna.study._...)
     r"|^\s*(?:from|import)\s+(?:mlflow|optuna|trl|transformers|peft)(?:\.\w+)*\._\w+",
     re.MULTILINE,
@@ -53,6 +53,7 @@ def test_the_pattern_catches_each_private_name():
         "key=lambda s: s._study_id",
         "from mlflow.tracking._tracking_service.utils import get_default_host_creds",
         'with mock.patch.object(trl_utils, "_use_triton", compact):',
+        "chunked = trl_utils._ChunkedLogProbFunction",
         "class _InPlaceLayer(StaticLayer):",
         "filled = int(self.cumulative_length)",
         'BACKEND_STORE_ENV = "_MLFLOW_SERVER_FILE_STORE"',
@@ -81,6 +82,26 @@ def test_trl_compacts_the_fused_head_on_every_device_only_within_the_switch():
     with compat.fused_head_on_labelled_positions():
         assert trl_utils._use_triton(cpu) is True
     assert trl_utils._use_triton(cpu) is False
+
+
+def test_the_cpu_head_stands_in_for_trls_kernel_only_within_the_switch_and_only_where_triton_is_not(monkeypatch):
+    from trl.trainer import utils as trl_utils
+
+    kernel = trl_utils._ChunkedLogProbFunction
+    monkeypatch.setattr(kernel, "apply", lambda hidden, *args: "trl kernel")
+    monkeypatch.setattr(trl_utils, "_use_triton", lambda device: device.type == "meta")  # meta: a Triton device
+    calls = []
+
+    def cpu_head(hidden, *args):
+        calls.append(tuple(hidden.shape))
+        return "cpu head"
+
+    with compat.fused_head_on_labelled_positions(cpu_head):
+        assert trl_utils._ChunkedLogProbFunction.apply(torch.zeros(3, 4), "weight") == "cpu head"
+        assert trl_utils._ChunkedLogProbFunction.apply(torch.zeros(3, 4, device="meta"), "weight") == "trl kernel"
+    assert calls == [(3, 4)] and trl_utils._ChunkedLogProbFunction is kernel
+    with compat.fused_head_on_labelled_positions():  # no CPU head given: TRL's kernel everywhere, as it ships
+        assert trl_utils._ChunkedLogProbFunction.apply(torch.zeros(3, 4), "weight") == "trl kernel"
 
 
 def test_the_in_place_layer_returns_only_the_filled_part_and_drops_rows():

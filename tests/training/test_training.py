@@ -161,18 +161,27 @@ def test_a_layer_share_adapts_only_the_top_layers_and_leaves_the_rest_without_gr
 
 
 def _head_rows_and_labels(monkeypatch):
-    """Record, per `compute_loss` call, the rows TRL's fused head projects and the batch's labelled positions."""
+    """Record, per `compute_loss` call, the rows the LM head projects (TRL's fused kernel, or the project's CPU head
+    that stands in for it) and the batch's labelled positions; "kernel" says which head ran."""
     import trl
     from trl.trainer import utils as trl_utils
 
-    seen = {"head_rows": [], "labelled": [], "positions": []}
-    chunked = trl_utils._ChunkedLogProbFunction
+    from safety_lab import training
+
+    seen = {"head_rows": [], "labelled": [], "positions": [], "kernel": set()}
+    chunked, dense = trl_utils._ChunkedLogProbFunction, training.dense_head
 
     class _Counting(chunked):
         @classmethod
         def apply(cls, hidden, *args, **kwargs):
             seen["head_rows"].append(hidden.shape[0])
+            seen["kernel"].add("trl")
             return chunked.apply(hidden, *args, **kwargs)
+
+    def _counting_dense(hidden, *args, **kwargs):
+        seen["head_rows"].append(hidden.shape[0])
+        seen["kernel"].add("dense")
+        return dense(hidden, *args, **kwargs)
 
     class _Recording(trl.SFTTrainer):
         def compute_loss(self, model, inputs, *args, **kwargs):
@@ -182,6 +191,7 @@ def _head_rows_and_labels(monkeypatch):
             return super().compute_loss(model, inputs, *args, **kwargs)
 
     monkeypatch.setattr(trl_utils, "_ChunkedLogProbFunction", _Counting)
+    monkeypatch.setattr(training, "dense_head", _counting_dense)
     monkeypatch.setattr(trl, "SFTTrainer", _Recording)  # `_trainer` imports it at call time
     return seen
 
@@ -194,12 +204,14 @@ def test_the_lm_head_scores_only_labelled_positions_and_gives_the_same_losses(ti
     seen = _head_rows_and_labels(monkeypatch)
     compact, compact_losses = _tiny_run(tiny_model_dir, precision="fp32")
     assert seen["head_rows"] and seen["head_rows"] == seen["labelled"]
+    assert seen["kernel"] == {"dense"}  # on a CPU the project's head, not TRL's tiled kernel (training.head)
     assert sum(seen["labelled"]) < 0.8 * sum(seen["positions"])  # the prompts are a real share of the rows
 
     monkeypatch.setattr(training, "score_labelled_positions_only", lambda trainer: None)  # TRL's head as it ships
     seen = _head_rows_and_labels(monkeypatch)
     reference, reference_losses = _tiny_run(tiny_model_dir, precision="fp32")
     assert seen["head_rows"] == seen["positions"]  # every position, labelled or not: what the change removes
+    assert seen["kernel"] == {"trl"}
 
     assert len(compact_losses) == len(reference_losses) == 6
     assert max(abs(a - b) for a, b in zip(compact_losses, reference_losses)) < 1e-5
