@@ -1,6 +1,6 @@
 """One change to the training step, off and on: train_lora side by side in one process, alternated.
 
-    OMP_WAIT_POLICY=PASSIVE python bench/step_changes.py --change head [--steps 6] [--rounds 2] [--quick]
+    OMP_WAIT_POLICY=PASSIVE python bench/step_changes.py [--change head ...] [--steps 6] [--rounds 2] [--quick]
 
 Each change has a switch (CHANGES) that puts the previous code path back for the `off` runs. Both variants are
 `train_lora` with the same model (SmolLM2-135M-Instruct), rows (the `safe` train split), seed and the finetune
@@ -55,7 +55,7 @@ def run(change: str, variant: str, model, tok, rows, cfg: TrainConfig) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--change", choices=sorted(CHANGES), required=True)
+    parser.add_argument("--change", choices=sorted(CHANGES), nargs="*", help="default: each change in turn")
     parser.add_argument("--steps", type=int, default=6, help="steps per run, the first untimed (default 6)")
     parser.add_argument("--rounds", type=int, default=2, help="off-on-on-off rounds (default 2: 4 runs each)")
     parser.add_argument("--quick", action="store_true", help="3 steps, 1 round: a smoke run")
@@ -64,23 +64,29 @@ def main() -> None:
     loaded = load_model()
     rows, _ = load_dataset(DataConfig(data="safe")).split(0.2, 0, 32)
     cfg = TrainConfig(max_steps=steps, device="cpu")
-    run(args.change, "on", loaded.model, loaded.tokenizer, rows, cfg)  # untimed: fills the frozen-prefix store
+    run(sorted(CHANGES)[0], "on", loaded.model, loaded.tokenizer, rows, cfg)  # untimed: fills the frozen-prefix store
+    for change in args.change or sorted(CHANGES):
+        compare(change, rounds, loaded, rows, cfg, args.quick)
+
+
+def compare(change: str, rounds: int, loaded, rows, cfg: TrainConfig, quick: bool) -> None:
+    """`rounds` of off, on, on, off runs of `change`; prints and saves the on/off ratio."""
     runs = {"off": [], "on": []}
     for _ in range(rounds):
         for variant in ("off", "on", "on", "off"):
-            runs[variant].append(run(args.change, variant, loaded.model, loaded.tokenizer, rows, cfg))
+            runs[variant].append(run(change, variant, loaded.model, loaded.tokenizer, rows, cfg))
     per_step = {v: sum(r["seconds"] for r in rs) / sum(r["timed_steps"] for r in rs) for v, rs in runs.items()}
     cpu = {v: sum(r["cpu_seconds"] for r in rs) for v, rs in runs.items()}
     wall, by_cpu = per_step["on"] / per_step["off"], cpu["on"] / cpu["off"]
     gap = max(abs(a - b) for o, n in zip(runs["off"], runs["on"]) for a, b in zip(o["losses"], n["losses"]))
     print(
-        f"{args.change}: {per_step['off']:.3f} s/step off, {per_step['on']:.3f} on; on/off {wall:.3f} by wall time, "
+        f"{change}: {per_step['off']:.3f} s/step off, {per_step['on']:.3f} on; on/off {wall:.3f} by wall time, "
         f"{by_cpu:.3f} by CPU time ({C.verdict(wall < 1)}: on < off); training losses differ by <= {gap:.2e}"
     )
     C.save(
         "step_changes",
-        args.quick,
-        {"change": args.change, "runs": runs, "per_step": per_step, "on_vs_off": wall, "on_vs_off_cpu": by_cpu,
+        quick,
+        {"change": change, "runs": runs, "per_step": per_step, "on_vs_off": wall, "on_vs_off_cpu": by_cpu,
          "loss_gap": gap},
     )  # fmt: skip
 

@@ -21,6 +21,7 @@ SCRIPTS = [
     "form_shortcut.py",
     "eval_precision.py",
     "frozen_head.py",
+    "step_changes.py",
 ]
 
 
