@@ -57,25 +57,41 @@ def remaining_seconds(step_seconds: float, step: int, max_steps: int, trials_aft
     return step_seconds * ((max_steps - step) + trials_after * max_steps)
 
 
-def _eta_callback(trials_after: int, after_steps: int = 5):
-    """Prints one line, once, after `after_steps` steps: the estimated training time left in this tuning stage."""
+def _eta_callback(trials_after: int, after_steps: int = 5, again_in_epoch_two: bool = False):
+    """Prints one line after `after_steps` steps: the estimated training time left in this tuning stage. With
+    `again_in_epoch_two` (the frozen-prefix cache serves the run: from the second epoch on, a step skips the bottom
+    layers, as every step of a later trial does), a second line after `after_steps` steps of the second epoch."""
     from transformers import TrainerCallback
 
     class _Eta(TrainerCallback):
-        start: float | None = None
+        def __init__(self):
+            self.labels = ["", " once rows repeat"] if again_in_epoch_two else [""]  # one per line still to print
+            self.clock: tuple[int, float] | None = None  # (step, time) the line in progress counts from
 
         def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step == 1:  # the first step pays one-off costs (allocation, autocast set-up)
-                self.start = time.perf_counter()
-            elif self.start is not None and state.global_step == after_steps + 1:
-                per_step = (time.perf_counter() - self.start) / after_steps
+            if not self.labels:
+                return
+            now = time.perf_counter()
+            if self.clock is None:
+                # the first step pays one-off costs (allocation, autocast set-up); the second line counts from the
+                # first step of epoch 2, the first that found its rows stored
+                if (state.global_step == 1) if self.labels[0] == "" else (state.epoch > 1):
+                    self.clock = (state.global_step, now)
+                return
+            first, start = self.clock
+            if state.global_step - first < after_steps:
+                return
+            per_step = (now - start) / after_steps
+            if state.global_step < state.max_steps:
                 left = remaining_seconds(per_step, state.global_step, state.max_steps, trials_after)
                 print(
-                    f"[safety_lab] tuning: about {left / 60:.1f} min of SFT training left "
-                    f"({per_step:.2f} s/step; {state.max_steps - state.global_step} steps of this trial"
-                    f" + {trials_after} more trial(s) of {state.max_steps})",
+                    f"[safety_lab] tuning: about {left / 60:.1f} min of SFT training left ({per_step:.2f} s/step"
+                    f"{self.labels[0]}; {state.max_steps - state.global_step} steps of this trial + {trials_after} "
+                    f"more trial(s) of {state.max_steps})",
                     flush=True,
                 )
+            self.labels.pop(0)
+            self.clock = None
 
     return _Eta()
 
@@ -189,15 +205,15 @@ def train_lora(
     result = TrainResult(model=None)
     with tempfile.TemporaryDirectory(prefix="sft-") as out:
         trainer = _trainer(model, tokenizer, train_rows, val_rows, cfg, out, quiet=quiet, padding_free=padding_free)
+        n_frozen = _frozen_layers(cfg, trainer.model, padding_free)
         if trials_after is not None:
-            trainer.add_callback(_eta_callback(trials_after))
+            trainer.add_callback(_eta_callback(trials_after, again_in_epoch_two=n_frozen > 0))
 
         def _eval(step, loss):
             result.eval_losses.append((step, loss))
             if on_eval is not None:
                 on_eval(step, loss)
 
-        n_frozen = _frozen_layers(cfg, trainer.model, padding_free)
         count_flops(trainer, cfg, n_frozen)
         with frozen_prefix(trainer.model, n_frozen, store_for(model)):
             _run(trainer, result, _eval, on_log, initial_eval_loss, bool(val_rows))

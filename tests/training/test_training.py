@@ -270,3 +270,23 @@ def test_the_first_steps_give_one_estimate_of_the_training_time_left(tiny_model_
     assert len(lines) == 1 and "2 steps of this trial + 2 more trial(s) of 8" in lines[0], lines
     train_lora(loaded.model, loaded.tokenizer, train, val, cfg, quiet=True)  # no trials_after: no estimate
     assert "of SFT training left" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("frozen_cache", [True, False])
+def test_with_the_frozen_cache_a_second_estimate_comes_from_the_steps_that_found_their_rows(
+    tiny_model_dir, capsys, frozen_cache
+):
+    """Epoch 1 runs every layer and fills the store; later epochs, and every step of a later trial, skip the bottom
+    layers. An estimate from the first steps alone overstated a 360-step make run's training by about half."""
+    loaded = load_model(str(tiny_model_dir))
+    train, val = load_dataset(DataConfig(data="safe", limit=16, benign_ratio=0)).split(0.25, seed=0)
+    assert len(train) == 12  # 6 steps per epoch at batch 2: epoch 2 starts at step 7
+    cfg = TrainConfig(max_steps=16, eval_every=16, batch_size=2, max_length=96, frozen_cache=frozen_cache)
+    train_lora(loaded.model, loaded.tokenizer, train, val, cfg, quiet=True, trials_after=1)
+    lines = [line for line in capsys.readouterr().out.splitlines() if "of SFT training left" in line]
+    if not frozen_cache:
+        assert len(lines) == 1 and "10 steps of this trial" in lines[0], lines
+        return
+    assert len(lines) == 2, lines
+    assert "10 steps of this trial" in lines[0] and "once rows repeat" not in lines[0]  # steps 2-6: epoch 1
+    assert "once rows repeat; 4 steps of this trial + 1 more trial(s) of 16" in lines[1]  # steps 8-12: epoch 2
