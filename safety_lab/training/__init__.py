@@ -63,19 +63,21 @@ def _eta_callback(trials_after: int, after_steps: int = 5, again_in_epoch_two: b
     layers, as every step of a later trial does), a second line after `after_steps` steps of the second epoch."""
     from transformers import TrainerCallback
 
+    first_step = ("", lambda state: state.global_step == 1)  # step 1 pays one-off costs (allocation, autocast)
+    epoch_two = (" once rows repeat", lambda state: state.epoch > 1)  # the first steps that found their rows stored
+
     class _Eta(TrainerCallback):
         def __init__(self):
-            self.labels = ["", " once rows repeat"] if again_in_epoch_two else [""]  # one per line still to print
+            self.lines = [first_step, epoch_two] if again_in_epoch_two else [first_step]  # (label, counts from)
             self.clock: tuple[int, float] | None = None  # (step, time) the line in progress counts from
 
         def on_step_end(self, args, state, control, **kwargs):
-            if not self.labels:
+            if not self.lines:
                 return
             now = time.perf_counter()
+            label, starts = self.lines[0]
             if self.clock is None:
-                # the first step pays one-off costs (allocation, autocast set-up); the second line counts from the
-                # first step of epoch 2, the first that found its rows stored
-                if (state.global_step == 1) if self.labels[0] == "" else (state.epoch > 1):
+                if starts(state):
                     self.clock = (state.global_step, now)
                 return
             first, start = self.clock
@@ -86,11 +88,11 @@ def _eta_callback(trials_after: int, after_steps: int = 5, again_in_epoch_two: b
                 left = remaining_seconds(per_step, state.global_step, state.max_steps, trials_after)
                 print(
                     f"[safety_lab] tuning: about {left / 60:.1f} min of SFT training left ({per_step:.2f} s/step"
-                    f"{self.labels[0]}; {state.max_steps - state.global_step} steps of this trial + {trials_after} "
+                    f"{label}; {state.max_steps - state.global_step} steps of this trial + {trials_after} "
                     f"more trial(s) of {state.max_steps})",
                     flush=True,
                 )
-            self.labels.pop(0)
+            self.lines.pop(0)
             self.clock = None
 
     return _Eta()

@@ -5,8 +5,8 @@ TRL's fused head (`trl.kernels.ChunkedLogProbFunction`) tiles the vocabulary so 
 [positions, vocab] logits. Without Triton it folds each tile with a dozen torch passes, casts the 49152 x 576 weight
 to bf16 in the forward and again in the backward, and back to fp32 for the input gradient. On a CPU, with the 128
 labelled positions of a step (16 answer tokens x 8 rows), the logits are 25 MB: `log_probs` computes them at once,
-with the same outputs and the same signature (`bench/head_kernel.py` times both; tests/training/test_head.py
-compares them).
+with the same outputs and the same signature (`bench/step_changes.py --change head` times both;
+tests/training/test_head.py compares them).
 """
 
 from __future__ import annotations
@@ -32,9 +32,10 @@ def cast_once(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         return weight.to(dtype)
     key = id(weight)
     held = _CASTS.get(key)
-    if held is None or held[0]() is not weight or held[1:3] != (weight._version, dtype):
-        if held is None or held[0]() is not weight:
-            weakref.finalize(weight, _CASTS.pop, key, None)
+    mine = held is not None and held[0]() is weight
+    if not mine:  # a new weight (or a dead one's id reused): its entry goes when it does
+        weakref.finalize(weight, _CASTS.pop, key, None)
+    if not mine or held[1:3] != (weight._version, dtype):
         held = (weakref.ref(weight), weight._version, dtype, weight.detach().to(dtype))
         _CASTS[key] = held
     return held[3]
