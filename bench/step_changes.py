@@ -12,6 +12,8 @@ how far the training losses moved.
 
     head   the LM head on a CPU: `training.head.log_probs` (one dense log-softmax, the frozen weight cast once)
            against TRL's tiled kernel (`trl.kernels.ChunkedLogProbFunction`), both on the labelled positions only
+    positions  the LM head on the labelled positions only (`training.score_labelled_positions_only`) against TRL's
+           head as it ships on a CPU, every position of the batch, prompt tokens included (was head_positions.py)
 """
 
 from __future__ import annotations
@@ -39,7 +41,18 @@ def _trl_head():
         training.dense_head = original
 
 
-CHANGES = {"head": _trl_head}  # change -> a context manager under which train_lora runs as before the change
+@contextlib.contextmanager
+def _every_position():
+    original = training.score_labelled_positions_only
+    training.score_labelled_positions_only = lambda trainer: None  # TRL's head as it ships: every position scored
+    try:
+        yield
+    finally:
+        training.score_labelled_positions_only = original
+
+
+# change -> a context manager under which train_lora runs as before the change
+CHANGES = {"head": _trl_head, "positions": _every_position}
 
 
 def run(change: str, variant: str, model, tok, rows, cfg: TrainConfig) -> dict:
